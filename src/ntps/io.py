@@ -1,0 +1,139 @@
+"""Atomic output writers and provenance records.
+
+Every writer writes to a temporary file in the destination folder and renames it into place, so a
+killed job never leaves a partial file under the final name (rename is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+PROVENANCE_PACKAGES = (
+    "ntps",
+    "torch",
+    "transformers",
+    "peft",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "snakemake",
+)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are meant to be shared
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every reader agrees."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as pretty, key-sorted JSON (byte-stable for identical data), atomically."""
+    text = json.dumps(
+        _finite_or_none(json.loads(json.dumps(data, default=_json_default))),
+        indent=2,
+        sort_keys=True,
+        allow_nan=False,
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, Any],
+    metadata_: Mapping[str, str] | None = None,
+) -> None:
+    """Save a dict of torch tensors as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=dict(metadata_) if metadata_ else None)
+
+
+def load_tensors(path: str | os.PathLike[str], keys: list[str] | None = None) -> dict[str, Any]:
+    """Load all tensors, or only ``keys`` (lazily, without reading the others)."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in keys if keys is not None else f.keys():
+            out[key] = f.get_tensor(key)
+    return out
+
+
+def write_table(path: str | os.PathLike[str], frame: Any) -> None:
+    """Write a pandas DataFrame as CSV or Parquet (by suffix), atomically and deterministically."""
+    suffix = Path(path).suffix
+    with atomic_path(path) as tmp:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False, float_format="%.10g", lineterminator="\n")
+        elif suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            raise ValueError(f"unsupported table format {suffix!r} for {path}")
+
+
+def package_versions(names: tuple[str, ...] = PROVENANCE_PACKAGES) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance(**extra: Any) -> dict[str, Any]:
+    """What produced an output: package versions, Python, plus caller-supplied seeds/hashes."""
+    return {"python": platform.python_version(), "packages": package_versions(), **extra}
