@@ -1,0 +1,853 @@
+"""LoRA fine-tuning of a causal LM's base model with a linear classification head (method spec §4).
+
+The classifier is the base model (no LM head) wrapped with peft LoRA adapters, plus a linear head on
+the masked mean-pooled LAST layer: ``hidden_states[-1]`` of a forward pass with
+``output_hidden_states=True``, the same tensor the extraction uses for the last layer. For Llama-like
+models in transformers 5 this equals ``last_hidden_state``, i.e. it is taken AFTER the final norm
+(checked in tests/test_lora.py).
+
+Usage::
+
+    settings = LoRASettings.from_dict({"max_steps": 200, "learning_rate": 1e-4})
+    result = train_lora_classifier(base, tok, texts, labels, 2, settings, device="cpu",
+                                   test_texts=tt, test_labels=tl)
+    save_lora(result, "results/lora/smollm2/sst2")
+
+``train_lora_classifier`` injects the adapters into ``base_model`` IN PLACE (peft's way; copying a
+7B model would double its memory): pass a freshly loaded model for every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
+from ntps.io import load_tensors, read_json, save_tensors, write_json
+
+# Auto-detected LoRA targets, tried in order: the first group whose modules all exist wins.
+# q/k/v: Llama, Qwen2, Gemma/Gemma3, Mistral, Phi-3 (split). qkv_proj: OpenELM (and fused Phi-3).
+# The last two keep GPT-2 / GPT-NeoX-style test models usable.
+AUTO_TARGET_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "k_proj", "v_proj"),
+    ("qkv_proj",),
+    ("c_attn",),
+    ("query_key_value",),
+)
+OPTIMIZERS = ("adamw", "adafactor")
+SCHEDULES = ("cosine", "linear", "constant")
+# Settings that do not change the training trajectory, so a checkpoint stays valid if they change.
+_NON_TRAJECTORY_KEYS = ("eval_batch_size", "checkpoint_every")
+_CHECKPOINT_PREFIX = "step-"
+HEAD_FILE = "head.safetensors"
+META_FILE = "lora_classifier.json"
+
+
+@dataclass
+class LoRASettings:
+    """LoRA fine-tuning hyper-parameters; defaults are the paper's (r=32, alpha=32, dropout 0.05,
+    q/k/v, Adafactor lr 1e-4, cosine with 5% warm-up, 5000 steps of batch 1)."""
+
+    r: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: auto-detect per architecture
+    layers_to_transform: list[int] | None = None  # None: all layers
+    optimizer: str = "adafactor"
+    learning_rate: float = 1e-4
+    head_lr: float | None = None  # None: same as learning_rate
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup_ratio: float = 0.05
+    max_steps: int = 5000  # optimizer steps
+    batch_size: int = 1  # texts per micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_length: int = 512  # tokens per text after truncation
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    eval_batch_size: int = 16
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = off
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        if self.target_modules is not None:
+            self.target_modules = [str(m) for m in self.target_modules]
+            if not self.target_modules:
+                raise ConfigError("lora.target_modules is an empty list; use null to auto-detect")
+        if self.layers_to_transform is not None:
+            if isinstance(self.layers_to_transform, int):
+                self.layers_to_transform = [self.layers_to_transform]
+            self.layers_to_transform = [int(i) for i in self.layers_to_transform]
+            if not self.layers_to_transform or min(self.layers_to_transform) < 0:
+                raise ConfigError(
+                    f"lora.layers_to_transform must be a non-empty list of layer indices >= 0, "
+                    f"got {self.layers_to_transform}"
+                )
+        positive_ints = (
+            "r",
+            "max_steps",
+            "batch_size",
+            "grad_accum_steps",
+            "max_length",
+            "eval_batch_size",
+        )
+        for key in positive_ints:
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(
+                    f"lora.{key} must be a positive integer, got {getattr(self, key)!r}"
+                )
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"lora.checkpoint_every must be >= 0 (0 = off), got {self.checkpoint_every}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"lora.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"lora.lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"lora.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        for key in ("learning_rate", "alpha", "max_grad_norm"):
+            if not float(getattr(self, key)) > 0:
+                raise ConfigError(f"lora.{key} must be > 0, got {getattr(self, key)!r}")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ConfigError(f"lora.head_lr must be > 0 or null, got {self.head_lr!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> LoRASettings:
+        """Build from a config mapping; unknown keys are an error (catches typos like ``lr``)."""
+        data = dict(data or {})
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown LoRA setting(s) {unknown}; valid keys are: {', '.join(valid)}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def num_warmup_steps(self) -> int:
+        # Same rounding as transformers' Trainer (ceil), so 5% of 5000 steps is 250.
+        return math.ceil(self.warmup_ratio * self.max_steps)
+
+
+# --------------------------------------------------------------------------------------------
+# target modules
+
+
+def _model_name(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "")
+    return f"{name} ({type(model).__name__})" if name else type(model).__name__
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Sorted distinct leaf names of the modules LoRA can adapt (Linear and GPT-2's Conv1D)."""
+    names = set()
+    for full_name, module in model.named_modules():
+        if full_name and (isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"):
+            names.add(full_name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def resolve_target_modules(model: nn.Module, requested: Sequence[str] | None) -> list[str]:
+    """Check user-given target modules exist, or auto-detect the attention projections.
+
+    Raises ConfigError naming the missing modules (and listing those that exist) for a bad request,
+    ModelSourceError when no known attention projection is found for auto-detection.
+    """
+    available = linear_module_names(model)
+    if requested is not None:
+        missing = [name for name in requested if name not in available]
+        if missing:
+            raise ConfigError(
+                f"lora.target_modules {missing} not found in model {_model_name(model)}; "
+                f"linear modules that exist: {available}"
+            )
+        return list(requested)
+    for group in AUTO_TARGET_GROUPS:
+        if all(name in available for name in group):
+            return list(group)
+    raise ModelSourceError(
+        f"cannot auto-detect LoRA target modules for model {_model_name(model)}: none of "
+        f"{[list(g) for g in AUTO_TARGET_GROUPS]} exist; set lora.target_modules to some of: {available}"
+    )
+
+
+def _layers_pattern(model: nn.Module, targets: Sequence[str]) -> str:
+    """Name of the module list holding the blocks (``layers`` for Llama, ``h`` for GPT-2 ...).
+
+    peft's default layer-index regex needs a dot before the list name, which a BASE model's module
+    names (``layers.0.self_attn.q_proj``) do not have, so the pattern is passed explicitly.
+    """
+    for full_name, _ in model.named_modules():
+        if full_name.rsplit(".", 1)[-1] in targets:
+            match = re.match(r"(?:^|.*?\.)([^.]+)\.\d+\.", full_name)
+            if match:
+                return match.group(1)
+    raise ConfigError(
+        f"lora.layers_to_transform is set but no numbered layer list holds the target modules "
+        f"{list(targets)} in model {_model_name(model)}; remove layers_to_transform"
+    )
+
+
+def _num_layers(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for key in ("num_hidden_layers", "num_transformer_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# the classifier
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (B, T, d) over positions where ``attention_mask`` (B, T) is 1, in fp32."""
+    mask = attention_mask.to(torch.float32).unsqueeze(-1)
+    return (hidden.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class LoRAClassifier(nn.Module):
+    """peft-wrapped base model + linear head on the masked mean-pooled last layer."""
+
+    def __init__(self, peft_model: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+        hidden_size = peft_model.get_base_model().config.hidden_size
+        self.n_classes = int(n_classes)
+        self.target_modules: list[str] = sorted(peft_model.peft_config["default"].target_modules)
+        self.head = nn.Linear(hidden_size, self.n_classes, dtype=torch.float32)
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of ``hidden_states[-1]`` (the extraction's last layer), (B, d) fp32."""
+        out = self.peft_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return masked_mean(out.hidden_states[-1], attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return (logits (B, c) fp32, mean cross-entropy or None)."""
+        pooled = self.pooled(input_ids, attention_mask)
+        # The head runs in fp32 even under bf16 autocast: it is tiny and bf16 logits lose accuracy.
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            logits = self.head(pooled)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return logits, loss
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+
+def build_classifier(
+    base_model: nn.Module, n_classes: int, settings: LoRASettings
+) -> LoRAClassifier:
+    """Inject LoRA adapters into ``base_model`` (in place) and add a fresh head. Uses torch's RNG."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = resolve_target_modules(base_model, settings.target_modules)
+    n_layers = _num_layers(base_model)
+    if settings.layers_to_transform is not None and n_layers is not None:
+        bad = [i for i in settings.layers_to_transform if i >= n_layers]
+        if bad:
+            raise ConfigError(
+                f"lora.layers_to_transform {bad} out of range for model {_model_name(base_model)} "
+                f"with {n_layers} layers (valid: 0..{n_layers - 1})"
+            )
+    layers_pattern = None
+    if settings.layers_to_transform is not None:
+        layers_pattern = _layers_pattern(base_model, targets)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        layers_to_transform=settings.layers_to_transform,
+        layers_pattern=layers_pattern,
+        bias="none",
+    )
+    peft_model = get_peft_model(base_model, config)
+    if not any("lora_" in n for n, p in peft_model.named_parameters() if p.requires_grad):
+        raise ConfigError(
+            f"LoRA with target_modules={targets} and layers_to_transform="
+            f"{settings.layers_to_transform} adapted no module of model {_model_name(base_model)}"
+        )
+    classifier = LoRAClassifier(peft_model, n_classes)
+    classifier.target_modules = targets
+    return classifier
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids per text (special tokens as the tokenizer adds them), truncated; and #truncated."""
+    # Same tokenisation as ntps.extract: special tokens as the tokenizer adds them, keep the head.
+    full = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)[
+        "input_ids"
+    ]
+    n_truncated = sum(len(ids) > max_length for ids in full)
+    return [list(ids[:max_length]) for ids in full], n_truncated
+
+
+def _length_limit(model: nn.Module, max_length: int) -> int:
+    """``max_length`` capped at the model's context (as the extraction does)."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    return min(max_length, context) if isinstance(context, int) and context > 0 else max_length
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0  # masked out anyway
+
+
+def _collate(
+    ids: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: positions 0..n-1 stay those of the unpadded text."""
+    width = max(1, max(len(x) for x in ids))
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def sample_order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Indices ``start .. start+count-1`` of the training stream: one seeded permutation per epoch.
+
+    Stateless (epoch e uses generator seed (seed, e)), so resuming at any step needs no saved state.
+    """
+    out: list[int] = []
+    position = start
+    perm_epoch, perm = -1, np.empty(0, dtype=np.int64)
+    while len(out) < count:
+        epoch, offset = divmod(position, n)
+        if epoch != perm_epoch:
+            perm = np.random.default_rng([seed, epoch]).permutation(n)
+            perm_epoch = epoch
+        take = min(count - len(out), n - offset)
+        out.extend(int(i) for i in perm[offset : offset + take])
+        position += take
+    return out
+
+
+def _fingerprint(texts: Sequence[str], labels: Sequence[int]) -> str:
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=True):
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+        digest.update(str(int(label)).encode())
+        digest.update(b"\x01")
+    return digest.hexdigest()
+
+
+def _check_labels(
+    texts: Sequence[str], labels: Sequence[int], n_classes: int, split: str
+) -> list[int]:
+    if len(texts) != len(labels):
+        raise DatasetError(f"LoRA {split} split: {len(texts)} texts but {len(labels)} labels")
+    out = [int(y) for y in labels]
+    bad = sorted({y for y in out if not 0 <= y < n_classes})
+    if bad:
+        raise DatasetError(
+            f"LoRA {split} split: labels {bad[:10]} outside 0..{n_classes - 1} (n_classes={n_classes})"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# optimisation
+
+
+def _make_optimizer(classifier: LoRAClassifier, settings: LoRASettings) -> torch.optim.Optimizer:
+    adapter = [p for n, p in classifier.peft_model.named_parameters() if p.requires_grad]
+    head = list(classifier.head.parameters())
+    head_lr = settings.head_lr if settings.head_lr is not None else settings.learning_rate
+    groups = [
+        {"params": adapter, "lr": settings.learning_rate},
+        {"params": head, "lr": head_lr},
+    ]
+    if settings.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(
+            groups,
+            lr=settings.learning_rate,
+            relative_step=False,
+            scale_parameter=False,
+            warmup_init=False,
+            weight_decay=settings.weight_decay,
+        )
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, settings: LoRASettings) -> Any:
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if settings.lr_schedule == "constant" else settings.lr_schedule
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=settings.num_warmup_steps(),
+        num_training_steps=settings.max_steps,
+    )
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA when supported; CPU trains in the model's dtype (fp32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    # The global numpy state is seeded for third-party code that uses it; ours uses Generators.
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuples(obj: Any) -> Any:
+    # random.setstate wants tuples; a saved state may come back with lists.
+    return tuple(_to_tuples(x) for x in obj) if isinstance(obj, list | tuple) else obj
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    if checkpoint_dir.is_dir():
+        for path in checkpoint_dir.iterdir():
+            if path.is_dir() and path.name.startswith(_CHECKPOINT_PREFIX):
+                suffix = path.name[len(_CHECKPOINT_PREFIX) :]
+                if suffix.isdigit() and (path / "state.pt").exists():
+                    found.append((int(suffix), path))
+    return sorted(found)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename a finished temp folder onto ``final``, replacing an existing folder."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``final``; it replaces ``final`` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        _replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_checkpoint(
+    checkpoint_dir: Path,
+    step: int,
+    classifier: LoRAClassifier,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> None:
+    final = checkpoint_dir / f"{_CHECKPOINT_PREFIX}{step:08d}"
+    with _atomic_dir(final) as tmp:
+        save_tensors(tmp / "trainable.safetensors", classifier.trainable_state())
+        torch.save(
+            {
+                **state,
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+            },
+            tmp / "state.pt",
+        )
+    # Older checkpoints are redundant once the new one is in place.
+    for old_step, path in _checkpoints(checkpoint_dir):
+        if old_step != step:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class LoRAResult:
+    """Outcome of :func:`train_lora_classifier`; ``to_dict`` gives the JSON-ready summary."""
+
+    classifier: LoRAClassifier
+    settings: LoRASettings
+    target_modules: list[str]
+    loss_curve: list[float]  # mean training loss of each optimizer step
+    steps_done: int
+    resumed_from_step: int
+    wall_time_s: float  # this call
+    train_time_s_total: float  # summed over resumed runs
+    trainable_params: int
+    n_train: int
+    n_train_truncated: int
+    test_accuracy: float | None = None
+    test_macro_f1: float | None = None
+    test_predictions: list[int] = field(default_factory=list)
+    test_logits: torch.Tensor | None = None
+    n_test: int = 0
+    n_test_truncated: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.to_dict(),
+            "target_modules": self.target_modules,
+            "loss_curve": self.loss_curve,
+            "steps_done": self.steps_done,
+            "resumed_from_step": self.resumed_from_step,
+            "wall_time_s": self.wall_time_s,
+            "train_time_s_total": self.train_time_s_total,
+            "seconds_per_step": (self.train_time_s_total / self.steps_done)
+            if self.steps_done
+            else None,
+            "trainable_params": self.trainable_params,
+            "n_train": self.n_train,
+            "n_train_truncated": self.n_train_truncated,
+            "n_test": self.n_test,
+            "n_test_truncated": self.n_test_truncated,
+            "test_accuracy": self.test_accuracy,
+            "test_macro_f1": self.test_macro_f1,
+            "test_predictions": self.test_predictions,
+        }
+
+
+def train_lora_classifier(
+    base_model: nn.Module,
+    tokenizer: Any,
+    train_texts: Sequence[str],
+    train_labels: Sequence[int],
+    n_classes: int,
+    settings: LoRASettings,
+    *,
+    device: torch.device | str | None = None,
+    test_texts: Sequence[str] | None = None,
+    test_labels: Sequence[int] | None = None,
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    log: Callable[[str], Any] = print,
+    on_step: Callable[[int, float], Any] | None = None,
+) -> LoRAResult:
+    """Fine-tune LoRA adapters + head with cross-entropy; evaluate on the test split if given.
+
+    Each optimizer step averages ``grad_accum_steps`` micro-batches of ``batch_size`` texts taken
+    from a seeded per-epoch permutation; gradients are clipped to ``max_grad_norm``. With
+    ``checkpoint_dir`` and ``checkpoint_every > 0`` the run saves its full state periodically and at
+    the end, and resumes from the latest checkpoint there (same result as an uninterrupted run).
+    ``on_step(step, loss)`` is called after every optimizer step (e.g. for a time budget).
+    """
+    from tqdm.auto import tqdm
+
+    if n_classes < 2:
+        raise DatasetError(f"LoRA needs at least 2 classes, got n_classes={n_classes}")
+    train_y = _check_labels(train_texts, train_labels, n_classes, "train")
+    if not train_y:
+        raise DatasetError("LoRA train split is empty")
+    device = torch.device(device) if device is not None else next(base_model.parameters()).device
+    start_time = time.perf_counter()
+
+    seed_everything(settings.seed)
+    base_model.to(device)
+    classifier = build_classifier(base_model, n_classes, settings).to(device)
+    targets = classifier.target_modules
+    optimizer = _make_optimizer(classifier, settings)
+    scheduler = _make_scheduler(optimizer, settings)
+    trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
+    log(f"LoRA: targets {targets}, {trainable:,} trainable parameters, {settings.max_steps} steps")
+
+    limit = _length_limit(base_model, settings.max_length)
+    train_ids, n_trunc = _tokenize(tokenizer, train_texts, limit)
+    pad_id = _pad_id(tokenizer)
+    trajectory = {k: v for k, v in settings.to_dict().items() if k not in _NON_TRAJECTORY_KEYS}
+    run_key = {
+        "settings": trajectory,
+        "n_classes": n_classes,
+        "data": _fingerprint(train_texts, train_y),
+    }
+
+    step, loss_curve, time_before = 0, [], 0.0
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None and (existing := _checkpoints(ckpt_dir)):
+        step, path = existing[-1]
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        if state["run_key"] != run_key:
+            raise ConfigError(
+                f"checkpoint {path} was made with other settings or data than this run; delete "
+                f"{ckpt_dir} to start afresh (saved {state['run_key']['settings']}, now {trajectory})"
+            )
+        tensors = load_tensors(path / "trainable.safetensors")
+        missing, _ = classifier.load_state_dict(tensors, strict=False)
+        missing_trainable = [k for k in missing if k in classifier.trainable_state()]
+        if missing_trainable:
+            raise ConfigError(f"checkpoint {path} lacks parameters {missing_trainable[:5]}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        loss_curve = list(state["loss_curve"])
+        time_before = float(state["train_time_s"])
+        log(f"LoRA: resumed from {path} at step {step}/{settings.max_steps}")
+    resumed_from = step
+
+    classifier.train()
+    micro_per_step = settings.grad_accum_steps * settings.batch_size
+    bar = tqdm(
+        total=settings.max_steps, initial=step, disable=not progress, desc="LoRA", unit="step"
+    )
+    running = None
+    while step < settings.max_steps:
+        order = sample_order(len(train_ids), settings.seed, step * micro_per_step, micro_per_step)
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for m in range(settings.grad_accum_steps):
+            idx = order[m * settings.batch_size : (m + 1) * settings.batch_size]
+            input_ids, mask = _collate([train_ids[i] for i in idx], pad_id, device)
+            labels = torch.tensor([train_y[i] for i in idx], dtype=torch.long, device=device)
+            with _autocast(device):
+                _, loss = classifier(input_ids, mask, labels)
+            (loss / settings.grad_accum_steps).backward()
+            step_loss += float(loss.detach()) / settings.grad_accum_steps
+        if not math.isfinite(step_loss):
+            raise NumericalError(
+                f"LoRA training loss is {step_loss} at step {step + 1}; lower lora.learning_rate "
+                f"(now {settings.learning_rate}) or check the data"
+            )
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in classifier.parameters() if p.requires_grad], settings.max_grad_norm
+        )
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        loss_curve.append(step_loss)
+        running = step_loss if running is None else 0.9 * running + 0.1 * step_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if (
+            ckpt_dir is not None
+            and settings.checkpoint_every > 0
+            and (step % settings.checkpoint_every == 0 or step == settings.max_steps)
+        ):
+            elapsed = time_before + time.perf_counter() - start_time
+            _save_checkpoint(
+                ckpt_dir,
+                step,
+                classifier,
+                optimizer,
+                scheduler,
+                {"run_key": run_key, "loss_curve": loss_curve, "train_time_s": elapsed},
+            )
+        if on_step is not None:
+            on_step(step, step_loss)
+    bar.close()
+    classifier.eval()
+    train_time = time.perf_counter() - start_time
+
+    result = LoRAResult(
+        classifier=classifier,
+        settings=settings,
+        target_modules=targets,
+        loss_curve=loss_curve,
+        steps_done=step,
+        resumed_from_step=resumed_from,
+        wall_time_s=train_time,
+        train_time_s_total=time_before + train_time,
+        trainable_params=trainable,
+        n_train=len(train_y),
+        n_train_truncated=n_trunc,
+    )
+    if test_texts is not None:
+        if test_labels is None:
+            raise DatasetError("LoRA: test_texts given without test_labels")
+        test_y = _check_labels(test_texts, test_labels, n_classes, "test")
+        logits = predict(
+            classifier, tokenizer, test_texts, settings.eval_batch_size, settings.max_length, device
+        )
+        result.test_logits = logits
+        result.test_predictions = logits.argmax(-1).tolist()
+        result.test_accuracy, result.test_macro_f1 = classification_metrics(
+            test_y, result.test_predictions, n_classes
+        )
+        result.n_test = len(test_y)
+        result.n_test_truncated = _tokenize(tokenizer, test_texts, limit)[1]
+        log(f"LoRA: test accuracy {result.test_accuracy:.4f}, macro-F1 {result.test_macro_f1:.4f}")
+    result.wall_time_s = time.perf_counter() - start_time
+    return result
+
+
+def classification_metrics(
+    y_true: Sequence[int], y_pred: Sequence[int], n_classes: int
+) -> tuple[float, float]:
+    """(accuracy, macro-F1 over all ``n_classes`` labels, 0 for classes never predicted nor seen)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if not len(y_true):
+        return float("nan"), float("nan")
+    acc = float(accuracy_score(y_true, y_pred))
+    f1 = float(
+        f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0)
+    )
+    return acc, f1
+
+
+@torch.no_grad()
+def predict(
+    classifier: LoRAClassifier,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    max_length: int,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Logits (N, c) fp32 on CPU, in input order; batches sorted by length to limit padding."""
+    device = torch.device(device) if device is not None else next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    ids, _ = _tokenize(tokenizer, texts, _length_limit(classifier.peft_model, max_length))
+    pad_id = _pad_id(tokenizer)
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    out = torch.empty((len(ids), classifier.n_classes), dtype=torch.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, mask = _collate([ids[i] for i in chunk], pad_id, device)
+        with _autocast(device):
+            logits, _ = classifier(input_ids, mask)
+        out[torch.tensor(chunk)] = logits.float().cpu()
+    classifier.train(was_training)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# saving, loading, merging
+
+
+def save_lora(
+    result_or_model: LoRAResult | LoRAClassifier, path_dir: str | os.PathLike[str]
+) -> Path:
+    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` (peft) and ``head.safetensors``
+    (+ a small JSON) into ``path_dir``, atomically (temp folder renamed into place)."""
+    classifier = (
+        result_or_model.classifier if isinstance(result_or_model, LoRAResult) else result_or_model
+    )
+    final = Path(path_dir)
+    with _atomic_dir(final) as tmp:
+        classifier.peft_model.save_pretrained(str(tmp))
+        save_tensors(
+            tmp / HEAD_FILE,
+            {"weight": classifier.head.weight, "bias": classifier.head.bias},
+            {"n_classes": str(classifier.n_classes)},
+        )
+        meta: dict[str, Any] = {
+            "n_classes": classifier.n_classes,
+            "pooling": "masked mean of hidden_states[-1]",
+        }
+        if isinstance(result_or_model, LoRAResult):
+            meta["settings"] = result_or_model.settings.to_dict()
+            meta["target_modules"] = result_or_model.target_modules
+        write_json(tmp / META_FILE, meta)
+    return final
+
+
+def load_lora_classifier(
+    base_model: nn.Module, adapter_dir: str | os.PathLike[str]
+) -> LoRAClassifier:
+    """Rebuild a saved classifier on ``base_model`` (adapters injected in place), in eval mode."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    for name in ("adapter_config.json", "adapter_model.safetensors", HEAD_FILE):
+        if not (adapter_dir / name).exists():
+            raise ModelSourceError(
+                f"LoRA folder {adapter_dir} has no {name}; was it written by save_lora?"
+            )
+    head = load_tensors(adapter_dir / HEAD_FILE)
+    n_classes = int(head["weight"].shape[0])
+    if (adapter_dir / META_FILE).exists():
+        n_classes = int(read_json(adapter_dir / META_FILE)["n_classes"])
+    device = next(base_model.parameters()).device
+    peft_model = PeftModel.from_pretrained(base_model, str(adapter_dir))
+    classifier = LoRAClassifier(peft_model, n_classes)
+    classifier.head.load_state_dict(head)
+    return classifier.to(device).eval()
+
+
+def merged_base_model(classifier: LoRAClassifier) -> nn.Module:
+    """A copy of the base model with the adapters merged into its weights (the classifier is left
+    untouched), for post-LoRA extraction through the ordinary extraction code path."""
+    peft_copy = copy.deepcopy(classifier.peft_model)
+    merged = peft_copy.merge_and_unload()
+    return merged.eval()
