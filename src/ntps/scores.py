@@ -1,0 +1,269 @@
+"""NTPS scores from one layer's moments (method spec sections 2-3).
+
+Per layer the expensive work (eigendecompositions of Cxx and S0, the two generalized eigenproblems,
+one QR) is done once; every k of the grid is then read off cumulative sums, because the top-k
+subspaces are nested: span(V_k) = span(Q[:, :k]) for the QR factor Q of V.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ntps.eigen import (
+    Whitener,
+    check_finite,
+    count_nonzero,
+    generalized_eigh_factored,
+    generalized_eigh_lowrank,
+    symmetrize,
+    whitener,
+)
+from ntps.errors import ConfigError, NumericalError
+from ntps.stats import LayerMoments
+
+_F64 = torch.float64
+
+#: The paper's sweep: fractions 0.05, 0.10, ..., 0.95 of each problem's retained rank.
+DEFAULT_K_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+RECORD_FIELDS = (
+    "k_spec",
+    "k_perception",
+    "k_ar",
+    "rank_perception",
+    "rank_ar",
+    "n_nonzero_perception",
+    "ntps_paper",
+    "ntps_reg",
+    "baseline",
+    "excess_loss",
+    "bound_lower",
+    "bound_upper",
+    "lam_min_cxx",
+    "lam_max_cxx",
+    "w_star_norm2",
+    "paper_degenerate",
+    "k_clipped",
+)
+
+
+def _is_int(k: Any) -> bool:
+    return isinstance(k, numbers.Integral) and not isinstance(k, bool)
+
+
+def check_k_spec(k_spec: int | float) -> None:
+    """Raise :class:`ConfigError` unless ``k_spec`` is an int >= 1 or a float in (0, 1)."""
+    if _is_int(k_spec):
+        if int(k_spec) < 1:
+            raise ConfigError(f"k must be an integer >= 1 or a fraction in (0, 1), got {k_spec}")
+    elif isinstance(k_spec, numbers.Real) and not isinstance(k_spec, bool):
+        if not 0.0 < float(k_spec) < 1.0:
+            raise ConfigError(f"fractional k must lie strictly between 0 and 1, got {k_spec}")
+    else:
+        raise ConfigError(f"k must be an int or a float fraction, got {k_spec!r}")
+
+
+def resolve_k(k_spec: int | float, rank: int) -> int:
+    """Integer k for a problem of retained rank ``rank``.
+
+    int: as is, clipped to [1, rank]; float f in (0, 1): max(1, floor(f * rank)).
+    """
+    check_k_spec(k_spec)
+    if rank < 1:
+        raise NumericalError(f"cannot choose k for a problem of rank {rank}")
+    if _is_int(k_spec):
+        return max(1, min(int(k_spec), rank))
+    # The small epsilon makes 0.29 * 100 give 29, not 28 (0.29 * 100 == 28.999999999999996).
+    return max(1, math.floor(float(k_spec) * rank + 1e-9))
+
+
+def excess_loss(cxx: Tensor, cxy: Tensor, basis: Tensor, *, rtol: float = 1e-10) -> float:
+    """Reference closed form of ``L(P) - L*`` for P = projector onto range(``basis``) (d, k).
+
+    ``tr(Cxy^T Cxx^+ Cxy) - tr(Cxy^T B (B^T Cxx B)^+ B^T Cxy)`` with B an orthonormal basis of
+    range(basis). Dense O(d^3) per call; :func:`score_layer` gets all k at once more cheaply.
+    """
+    cxx = symmetrize(cxx)
+    cxy = cxy.to(_F64)
+    b, _ = torch.linalg.qr(basis.to(_F64))
+    full = torch.trace(cxy.T @ torch.linalg.pinv(cxx, rtol=rtol, hermitian=True) @ cxy)
+    g = b.T @ cxy
+    h = symmetrize(b.T @ cxx @ b)
+    part = torch.trace(g.T @ torch.linalg.pinv(h, rtol=rtol, hermitian=True) @ g)
+    return float(full - part)
+
+
+def _nested_explained(
+    m: Tensor, target: Tensor, ks: Sequence[int], tol2: float
+) -> dict[int, float]:
+    """``||Proj_{span m[:, :k]} target||_F^2`` for each k in ``ks``.
+
+    Block Gram-Schmidt over the sorted ks, twice for stability, with a rank-revealing SVD of each
+    new block: columns whose residual squared singular value is <= ``tol2`` add nothing (this is
+    the pseudo-inverse cutoff of the closed form, applied incrementally).
+    """
+    out: dict[int, float] = {}
+    basis = m.new_zeros(m.shape[0], 0)
+    explained = 0.0
+    prev = 0
+    for k in sorted(set(ks)):
+        blk = m[:, prev:k]
+        if blk.shape[1]:
+            for _ in range(2):
+                blk = blk - basis @ (basis.T @ blk)
+            u, sv, _ = torch.linalg.svd(blk, full_matrices=False)
+            new = u[:, sv.square() > tol2]
+            if new.shape[1]:
+                # One more projection keeps the new directions orthogonal to the old ones.
+                new = new - basis @ (basis.T @ new)
+                new, _ = torch.linalg.qr(new)
+                explained += float((new.T @ target).square().sum())
+                basis = torch.cat([basis, new], dim=1)
+        out[k] = explained
+        prev = k
+    return out
+
+
+def _perception_problem(
+    cxy: Tensor, w: Whitener, solver: str, rtol: float
+) -> tuple[Tensor, Tensor, int]:
+    if solver == "lowrank":
+        return generalized_eigh_lowrank(cxy, w, rtol=rtol)
+    if solver == "dense":
+        lam, u = generalized_eigh_factored(cxy, w)
+        return lam, u, count_nonzero(lam, rtol=rtol)
+    raise ConfigError(f"perception_solver must be 'lowrank' or 'dense', got {solver!r}")
+
+
+def score_layer(
+    m: LayerMoments,
+    k_grid: Sequence[int | float] = DEFAULT_K_GRID,
+    *,
+    rtol: float = 1e-10,
+    ridge: float = 0.0,
+    centered: bool = False,
+    perception_solver: str = "lowrank",
+) -> list[dict[str, Any]]:
+    """Score one layer for every k of ``k_grid``; one record (plain python scalars) per k.
+
+    ``ridge`` replaces Cxx by Cxx + ridge*I everywhere (solver, W*, excess loss, bounds);
+    ``centered`` uses Cxx - mu mu^T and Cxy - mu ybar^T. ``perception_solver``: "lowrank" exploits
+    rank(Cxy Cxy^T) <= c (SVD of the c-column whitened Cxy); "dense" is the reference solver. They
+    agree on everything except the arbitrary basis of the degenerate eigenspace, i.e. except
+    ``ntps_paper`` where ``paper_degenerate`` is true.
+    """
+    for k in k_grid:
+        check_k_spec(k)
+    if ridge < 0:
+        raise ConfigError(f"ridge must be >= 0, got {ridge}")
+    where = f"layer {m.layer}" if m.layer is not None else "this layer"
+    cxx = symmetrize(m.cxx)
+    cxy = m.cxy.to(_F64)
+    if centered:
+        mu = m.x_mean.to(_F64)
+        cxx = symmetrize(cxx - torch.outer(mu, mu))
+        cxy = cxy - torch.outer(mu, m.y_mean.to(_F64))
+    d = cxx.shape[0]
+    if ridge > 0:
+        cxx = cxx + ridge * torch.eye(d, dtype=_F64, device=cxx.device)
+    for name, x in (("Cxx", cxx), ("Cxy", cxy), ("S0", m.s0), ("S1", m.s1)):
+        check_finite(x, f"{name} of {where}")
+
+    # Perception side: one eigendecomposition of Cxx serves W*, the bounds, the whitening and the
+    # excess loss.
+    wx = whitener(cxx, rtol=rtol)
+    rank_p = wx.rank
+    if rank_p == 0:
+        raise NumericalError(f"Cxx of {where} is zero: the pooled features carry no signal")
+    lam_max = wx.max_value
+    # Below full rank Cxx is singular by the same cutoff that defines the pseudo-inverse; eigh
+    # would report its zero eigenvalues as +-1e-16 noise.
+    lam_min = max(wx.min_value, 0.0) if rank_p == d else 0.0
+    coef = wx.vectors.T @ cxy  # (r, c): Cxy in Cxx's eigenbasis
+    b_white = coef / wx.values.sqrt()[:, None]  # Cxx^{+1/2} Cxy in eigen-coordinates
+    w_star = wx.vectors @ (coef / wx.values[:, None])  # Cxx^+ Cxy
+    w2 = float(w_star.square().sum())
+    explained_full = float(b_white.square().sum())  # tr(Cxy^T Cxx^+ Cxy) = L(0) - L*
+    _, u, n_nonzero = _perception_problem(cxy, wx, perception_solver, rtol)
+
+    # Autoregressive side.
+    _, v = generalized_eigh_factored(m.s1, whitener(m.s0, rtol=rtol))
+    rank_ar = v.shape[1]
+    if rank_ar == 0:
+        raise NumericalError(
+            f"S0 of {where} is zero: no (prefix, next token) pairs were accumulated"
+        )
+
+    ks = [(k, resolve_k(k, rank_p), resolve_k(k, rank_ar)) for k in k_grid]
+    kp_max = max(kp for _, kp, _ in ks)
+    ka_max = max(ka for _, _, ka in ks)
+    q, _ = torch.linalg.qr(v[:, :ka_max])  # nested orthonormal bases of span(V_k)
+
+    # Paper form: ||Q_k^T U_k||^2 / ||U_k||^2 for all (k_ar, k_p) via 2-D cumulative sums.
+    u = u[:, :kp_max]
+    paper_num = (q.T @ u).square().cumsum(0).cumsum(1)
+    paper_den = u.square().sum(0).cumsum(0)
+    # Regression form: ||Q_k^T W*||^2 for all k_ar.
+    reg_num = (q.T @ w_star).square().sum(1).cumsum(0)
+    # Exact excess loss: L(P_k) - L* = ||b||^2 - ||Proj_{range(Cxx^{1/2} Q_k)} b||^2 with
+    # b = Cxx^{+1/2} Cxy, computed in Cxx's retained eigen-coordinates.
+    mq = wx.values.sqrt()[:, None] * (wx.vectors.T @ q)
+    explained = _nested_explained(mq, b_white, [ka for _, _, ka in ks], rtol * lam_max)
+
+    records = []
+    for k_spec, kp, ka in ks:
+        num, den = float(paper_num[ka - 1, kp - 1]), float(paper_den[kp - 1])
+        proj2 = float(reg_num[ka - 1])
+        resid2 = max(w2 - proj2, 0.0)  # ||(I - P_k) W*||^2
+        ntps_reg = proj2 / w2 if w2 > 0 else math.nan
+        records.append(
+            {
+                "k_spec": k_spec.item() if hasattr(k_spec, "item") else k_spec,
+                "k_perception": kp,
+                "k_ar": ka,
+                "rank_perception": rank_p,
+                "rank_ar": rank_ar,
+                "n_nonzero_perception": n_nonzero,
+                "ntps_paper": num / den if den > 0 else math.nan,
+                "ntps_reg": ntps_reg,
+                "baseline": ka / d,
+                # Clipped at 0: rounding can turn an exact zero into -1e-17.
+                "excess_loss": max(explained_full - explained[ka], 0.0),
+                "bound_lower": lam_min * resid2,
+                "bound_upper": lam_max * resid2,
+                "lam_min_cxx": lam_min,
+                "lam_max_cxx": lam_max,
+                "w_star_norm2": w2,
+                "paper_degenerate": kp > n_nonzero,
+                "k_clipped": _is_int(k_spec) and (int(k_spec) > rank_p or int(k_spec) > rank_ar),
+            }
+        )
+    return records
+
+
+def score_layers(
+    moments: Iterable[LayerMoments | tuple[int, LayerMoments]],
+    k_grid: Sequence[int | float] = DEFAULT_K_GRID,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Score layers one at a time (an iterator keeps only one layer in memory); adds ``layer``.
+
+    Items are :class:`LayerMoments` (their ``layer`` attribute, else the position, names the
+    layer) or ``(layer, LayerMoments)`` pairs. Keyword arguments go to :func:`score_layer`.
+    """
+    out = []
+    for pos, item in enumerate(moments):
+        if isinstance(item, tuple):
+            layer, m = item
+        else:
+            m = item
+            layer = m.layer if m.layer is not None else pos
+        for rec in score_layer(m, k_grid, **kwargs):
+            out.append({"layer": int(layer), **rec})
+    return out

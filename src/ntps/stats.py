@@ -1,0 +1,408 @@
+"""Streaming sufficient statistics for NTPS, for every layer at once (method spec section 1).
+
+Perception side (per layer): masked mean-pooled features x_i and one-hot labels y_i give
+``sum x x^T``, ``sum x y^T``, ``sum x`` and label counts. Autoregressive side: prefix sums
+``s_t = h_1 + ... + h_t`` over a text's own non-padding tokens give ``sum_t s_t s_t^T`` and
+``sum_t s_t h_{t+1}^T`` for ``t = 1..T-1``. Sums are float64 on the accumulator's device, so memory
+is O(L d^2) whatever the number of texts, and two accumulators merge exactly by addition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ntps.errors import DatasetError, NTPSError, NumericalError
+
+_F64 = torch.float64
+_LAYER_SUMS = ("x_sum", "cxx_sum", "cxy_sum", "s0_sum", "s1_sum")
+_COUNTS = ("n_examples", "n_pairs", "n_texts")
+_KEY_RE = re.compile(r"^layer(\d+)\.(\w+)$")
+# float32 products are accumulated into float64 every this many rows: bounds the length of any
+# float32 summation, which keeps the accumulated moments within ~1e-7 relative of float64.
+_PRODUCT_CHUNK_ROWS = 512
+
+
+def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``hidden`` (B, T, d) over positions where ``mask`` (B, T) is non-zero -> (B, d).
+
+    Padding positions are ignored even if they hold NaN. Computes in float32 or wider.
+    """
+    if hidden.ndim != 3 or mask.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"expected hidden (B, T, d) and mask (B, T), got {tuple(hidden.shape)} and {tuple(mask.shape)}"
+        )
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    m = mask.to(hidden.device).bool()
+    lengths = m.sum(1)
+    if bool((lengths == 0).any()):
+        rows = torch.nonzero(lengths == 0).flatten().tolist()
+        raise DatasetError(f"batch rows {rows} have no non-padding tokens; drop empty texts first")
+    h = torch.where(
+        m[..., None], hidden.to(dtype), torch.zeros((), dtype=dtype, device=hidden.device)
+    )
+    return h.sum(1) / lengths[:, None].to(dtype)
+
+
+@dataclass(frozen=True)
+class LayerMoments:
+    """Moments of one layer, normalised as in the spec (float64).
+
+    ``cxx = sum x x^T / N``, ``cxy = sum x y^T / N``, ``x_mean = sum x / N``, ``y_mean`` = class
+    frequencies, with N = ``n_examples`` (labelled texts); ``s0``/``s1`` are the autoregressive sums
+    divided by the number of texts that fed them (equal to N when every batch had labels).
+    """
+
+    cxx: Tensor  # (d, d)
+    cxy: Tensor  # (d, c)
+    s0: Tensor  # (d, d)
+    s1: Tensor  # (d, d)
+    x_mean: Tensor  # (d,)
+    y_mean: Tensor  # (c,)
+    n_examples: int
+    n_pairs: int
+    layer: int | None = None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.cxx.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.cxy.shape[1])
+
+    @classmethod
+    def from_sums(
+        cls,
+        sums: Mapping[str, Tensor],
+        label_counts: Tensor,
+        n_examples: int,
+        n_pairs: int,
+        n_texts: int,
+        layer: int | None = None,
+    ) -> LayerMoments:
+        """Normalise one layer's raw sums (keys as in :data:`_LAYER_SUMS`)."""
+        where = f"layer {layer}" if layer is not None else "layer"
+        if n_examples <= 0:
+            raise NumericalError(
+                f"{where}: no labelled examples were accumulated, so Cxx/Cxy are undefined"
+            )
+        n = float(n_examples)
+        n_ar = float(n_texts) if n_texts > 0 else 1.0  # no AR texts: sums are zero anyway
+        return cls(
+            cxx=sums["cxx_sum"].to(_F64) / n,
+            cxy=sums["cxy_sum"].to(_F64) / n,
+            s0=sums["s0_sum"].to(_F64) / n_ar,
+            s1=sums["s1_sum"].to(_F64) / n_ar,
+            x_mean=sums["x_sum"].to(_F64) / n,
+            y_mean=label_counts.to(_F64) / n,
+            n_examples=int(n_examples),
+            n_pairs=int(n_pairs),
+            layer=layer,
+        )
+
+    @classmethod
+    def from_tensors(
+        cls, tensors: Any, layer: int, *, device: torch.device | str | None = None
+    ) -> LayerMoments:
+        """Load ONE layer from :meth:`StatisticsAccumulator.to_tensors` output.
+
+        ``tensors`` is a mapping of key -> tensor, or an open safetensors handle (anything with a
+        ``get_tensor(key)`` method), so scoring can read one layer at a time::
+
+            with safetensors.safe_open(path, "pt") as f:
+                m = LayerMoments.from_tensors(f, 3)
+        """
+        get = _getter(tensors)
+        sums = {}
+        for name in _LAYER_SUMS:
+            key = f"layer{layer}.{name}"
+            try:
+                sums[name] = get(key)
+            except KeyError as exc:
+                raise NTPSError(
+                    f"statistics have no key {key!r}: layer {layer} was not stored"
+                ) from exc
+        counts = {}
+        for name in _COUNTS:
+            try:
+                counts[name] = int(get(name).reshape(-1)[0])
+            except KeyError:
+                if name != "n_texts":
+                    raise NTPSError(f"statistics have no key {name!r}") from None
+        counts.setdefault("n_texts", counts["n_examples"])
+        label_counts = get("label_counts")
+        if device is not None:
+            sums = {k: v.to(device) for k, v in sums.items()}
+            label_counts = label_counts.to(device)
+        return cls.from_sums(
+            sums, label_counts, counts["n_examples"], counts["n_pairs"], counts["n_texts"], layer
+        )
+
+
+def _getter(tensors: Any):
+    if hasattr(tensors, "get_tensor"):
+
+        def get(key: str) -> Tensor:
+            if key not in set(tensors.keys()):
+                raise KeyError(key)
+            return tensors.get_tensor(key)
+
+        return get
+    return lambda key: tensors[key]
+
+
+def stored_layers(keys: Any) -> list[int]:
+    """Sorted layer indices present in a ``to_tensors`` key set (e.g. a safetensors handle's keys)."""
+    found = {int(m.group(1)) for k in keys if (m := _KEY_RE.match(k))}
+    return sorted(found)
+
+
+class StatisticsAccumulator:
+    """Float64 sums of the perception and autoregressive moments for all layers.
+
+    ``product_dtype`` is the dtype of the per-batch GEMMs (float32 is about twice as fast on CPU and
+    stays within 1e-6 relative of float64 once accumulated; pass torch.float64 for all-double).
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        hidden_size: int,
+        n_classes: int,
+        *,
+        device: torch.device | str = "cpu",
+        product_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if n_layers < 1 or hidden_size < 1 or n_classes < 1:
+            raise ValueError(
+                f"n_layers, hidden_size, n_classes must be >= 1, got {n_layers}, {hidden_size}, {n_classes}"
+            )
+        if product_dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"product_dtype must be torch.float32 or torch.float64, got {product_dtype}"
+            )
+        self.n_layers = n_layers
+        self.hidden_size = hidden_size
+        self.n_classes = n_classes
+        self.device = torch.device(device)
+        self.product_dtype = product_dtype
+        L, d, c = n_layers, hidden_size, n_classes
+        kw = {"dtype": _F64, "device": self.device}
+        self.x_sum = torch.zeros(L, d, **kw)
+        self.cxx_sum = torch.zeros(L, d, d, **kw)
+        self.cxy_sum = torch.zeros(L, d, c, **kw)
+        self.s0_sum = torch.zeros(L, d, d, **kw)
+        self.s1_sum = torch.zeros(L, d, d, **kw)
+        self.label_counts = torch.zeros(c, dtype=torch.int64, device=self.device)
+        self.n_examples = 0  # labelled texts (perception side)
+        self.n_pairs = 0  # (s_t, h_{t+1}) pairs (autoregressive side)
+        self.n_texts = 0  # texts seen by the autoregressive side
+
+    # ------------------------------------------------------------------ update
+    def _as_layers(self, hidden_states: Tensor | Sequence[Tensor]) -> Sequence[Tensor]:
+        if isinstance(hidden_states, Tensor):
+            if hidden_states.ndim != 4:
+                raise ValueError(
+                    f"hidden_states tensor must be (L, B, T, d), got {tuple(hidden_states.shape)}"
+                )
+            layers: Sequence[Tensor] = hidden_states.unbind(0)
+        else:
+            layers = list(hidden_states)
+        if len(layers) != self.n_layers:
+            raise ValueError(f"expected {self.n_layers} layers of hidden states, got {len(layers)}")
+        for h in layers:
+            if h.ndim != 3 or h.shape[-1] != self.hidden_size:
+                raise ValueError(
+                    f"each layer must be (B, T, {self.hidden_size}), got {tuple(h.shape)}"
+                )
+        return layers
+
+    @torch.no_grad()
+    def update(
+        self,
+        hidden_states: Tensor | Sequence[Tensor],
+        attention_mask: Tensor,
+        labels: Tensor | None,
+    ) -> Tensor:
+        """Add one batch; returns the mean-pooled features (L, B, d) float32 in batch row order.
+
+        ``hidden_states``: (L, B, T, d) or a sequence of L tensors (B, T, d); ``attention_mask``
+        (B, T) of 0/1, left or right padded (any pattern: valid tokens are taken in order);
+        ``labels`` (B,) integers in [0, n_classes), or None to skip the perception side.
+        """
+        layers = self._as_layers(hidden_states)
+        B, T, d = layers[0].shape
+        if tuple(attention_mask.shape) != (B, T):
+            raise ValueError(
+                f"attention_mask must be ({B}, {T}), got {tuple(attention_mask.shape)}"
+            )
+        mask = attention_mask.to(self.device).bool()
+        lengths = mask.sum(1)
+        if bool((lengths == 0).any()):
+            rows = torch.nonzero(lengths == 0).flatten().tolist()
+            raise DatasetError(
+                f"batch rows {rows} have no non-padding tokens; drop empty texts first"
+            )
+        onehot = self._onehot(labels, B) if labels is not None else None
+
+        # Compact each row: its valid tokens first, in order. A stable sort of "is padding" does
+        # this for left padding, right padding and anything in between, without a python loop.
+        t_max = int(lengths.max())
+        cmask = torch.arange(t_max, device=self.device)[None, :] < lengths[:, None]
+        compact = bool(torch.equal(mask[:, :t_max], cmask)) and not bool(mask[:, t_max:].any())
+        order = (
+            None
+            if compact
+            else torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :t_max]
+        )
+        pair_mask = cmask[:, 1:, None]  # pair (s_t, h_{t+1}) exists iff token t+1 is valid
+        inv_len = 1.0 / lengths.to(_F64)[:, None]
+
+        pooled = torch.empty(self.n_layers, B, d, dtype=torch.float32, device=self.device)
+        for li, h in enumerate(layers):
+            h = h.to(self.device)
+            h = (
+                h[:, :t_max]
+                if order is None
+                else torch.gather(h, 1, order[..., None].expand(B, t_max, d))
+            )
+            # Padding may hold garbage (even NaN in fp16 models): zero it before any arithmetic.
+            h = torch.where(
+                cmask[..., None], h.to(_F64), torch.zeros((), dtype=_F64, device=self.device)
+            )
+            if not bool(torch.isfinite(h).all()):
+                raise NumericalError(
+                    f"hidden states of layer {li} contain NaN or inf at non-padding positions; "
+                    "fp16 activations overflow in many LLMs: load the model in bfloat16 or float32"
+                )
+            x = h.sum(1) * inv_len  # (B, d) masked mean pool
+            pooled[li] = x.to(torch.float32)
+            if onehot is not None:
+                self.x_sum[li] += x.sum(0)
+                self.cxx_sum[li].addmm_(x.T, x)
+                self.cxy_sum[li].addmm_(x.T, onehot)
+            if t_max >= 2:
+                s = h.cumsum(1)[:, :-1].mul_(pair_mask)  # prefix sums, zero where no pair
+                self._add_products(li, s.reshape(-1, d), h[:, 1:].reshape(-1, d))
+        if onehot is not None:
+            self.n_examples += B
+            self.label_counts += onehot.sum(0).to(torch.int64)
+        self.n_texts += B
+        self.n_pairs += int((lengths - 1).sum())
+        return pooled
+
+    def _onehot(self, labels: Tensor, batch: int) -> Tensor:
+        labels = torch.as_tensor(labels, device=self.device)
+        if labels.shape != (batch,) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise DatasetError(
+                f"labels must be ({batch},) integers, got {tuple(labels.shape)} {labels.dtype}"
+            )
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.n_classes:
+            raise DatasetError(
+                f"labels must lie in 0..{self.n_classes - 1} (n_classes={self.n_classes}), got range {lo}..{hi}"
+            )
+        return torch.nn.functional.one_hot(labels.long(), self.n_classes).to(_F64)
+
+    def _add_products(self, layer: int, s: Tensor, nxt: Tensor) -> None:
+        """S0 += s^T s, S1 += s^T nxt; rows that are all zero (no pair) contribute nothing."""
+        if self.product_dtype == _F64:
+            self.s0_sum[layer].addmm_(s.T, s)
+            self.s1_sum[layer].addmm_(s.T, nxt)
+            return
+        for start in range(0, s.shape[0], _PRODUCT_CHUNK_ROWS):
+            sc = s[start : start + _PRODUCT_CHUNK_ROWS].to(self.product_dtype)
+            nc = nxt[start : start + _PRODUCT_CHUNK_ROWS].to(self.product_dtype)
+            self.s0_sum[layer] += sc.T @ sc
+            self.s1_sum[layer] += sc.T @ nc
+
+    # ------------------------------------------------------------------ combine / export
+    def _check_compatible(self, other: StatisticsAccumulator) -> None:
+        mine = (self.n_layers, self.hidden_size, self.n_classes)
+        theirs = (other.n_layers, other.hidden_size, other.n_classes)
+        if mine != theirs:
+            raise ValueError(f"cannot merge accumulators of shape (L, d, c)={mine} and {theirs}")
+
+    def merge(self, other: StatisticsAccumulator) -> StatisticsAccumulator:
+        """Return a new accumulator holding the sums of both (exact: sums are additive)."""
+        self._check_compatible(other)
+        out = StatisticsAccumulator(
+            self.n_layers,
+            self.hidden_size,
+            self.n_classes,
+            device=self.device,
+            product_dtype=self.product_dtype,
+        )
+        for name in (*_LAYER_SUMS, "label_counts"):
+            setattr(out, name, getattr(self, name) + getattr(other, name).to(self.device))
+        for name in _COUNTS:
+            setattr(out, name, getattr(self, name) + getattr(other, name))
+        return out
+
+    __add__ = merge
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Safetensors-ready dict with per-layer keys (``layer{l}.cxx_sum`` ...) and global counts."""
+        out: dict[str, Tensor] = {}
+        for li in range(self.n_layers):
+            for name in _LAYER_SUMS:
+                out[f"layer{li}.{name}"] = getattr(self, name)[li].contiguous()
+        out["label_counts"] = self.label_counts.clone()
+        for name in _COUNTS:
+            out[name] = torch.tensor([getattr(self, name)], dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_tensors(
+        cls,
+        tensors: Mapping[str, Tensor],
+        *,
+        device: torch.device | str | None = None,
+        product_dtype: torch.dtype = torch.float32,
+    ) -> StatisticsAccumulator:
+        """Inverse of :meth:`to_tensors` (all layers are loaded)."""
+        layers = stored_layers(tensors.keys())
+        if not layers or layers != list(range(len(layers))):
+            raise NTPSError(
+                f"statistics must hold layers 0..L-1 under 'layer{{l}}.*' keys, found {layers}"
+            )
+        for name in ("label_counts", "n_examples", "n_pairs"):
+            if name not in tensors:
+                raise NTPSError(f"statistics have no key {name!r}")
+        first = tensors["layer0.cxy_sum"]
+        d, c = first.shape
+        dev = torch.device(device) if device is not None else first.device
+        acc = cls(len(layers), d, c, device=dev, product_dtype=product_dtype)
+        for name in _LAYER_SUMS:
+            try:
+                stacked = torch.stack([tensors[f"layer{li}.{name}"].to(dev, _F64) for li in layers])
+            except KeyError as exc:
+                raise NTPSError(f"statistics have no key {exc.args[0]!r}") from None
+            if stacked.shape != getattr(acc, name).shape:
+                raise NTPSError(
+                    f"statistics key '*.{name}' has shape {tuple(stacked.shape[1:])}, "
+                    f"expected {tuple(getattr(acc, name).shape[1:])}"
+                )
+            setattr(acc, name, stacked)
+        acc.label_counts = tensors["label_counts"].to(dev, torch.int64).clone()
+        acc.n_examples = int(tensors["n_examples"].reshape(-1)[0])
+        acc.n_pairs = int(tensors["n_pairs"].reshape(-1)[0])
+        acc.n_texts = (
+            int(tensors["n_texts"].reshape(-1)[0]) if "n_texts" in tensors else acc.n_examples
+        )
+        return acc
+
+    def layer_moments(self, layer: int) -> LayerMoments:
+        """Normalised moments of one layer (see :class:`LayerMoments`)."""
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} out of range 0..{self.n_layers - 1}")
+        sums = {name: getattr(self, name)[layer] for name in _LAYER_SUMS}
+        return LayerMoments.from_sums(
+            sums, self.label_counts, self.n_examples, self.n_pairs, self.n_texts, layer
+        )

@@ -1,0 +1,127 @@
+"""Generalized eigen-solver: ordering, agreement with scipy, singular B, low-rank fast path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from ntps.eigen import (
+    generalized_eigh,
+    generalized_eigh_factored,
+    generalized_eigh_lowrank,
+    generalized_eigh_released_order,
+    generalized_eigh_whitened,
+    whitener,
+)
+
+
+def rand_psd(d, rank, seed, cond=10.0):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    vals = torch.zeros(d, dtype=torch.float64)
+    vals[:rank] = torch.logspace(0, np.log10(cond), rank, dtype=torch.float64)
+    return (q * vals) @ q.T
+
+
+def rand_sym(d, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    return a @ a.T
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_descending_and_agrees_with_scipy(seed):
+    d = 12
+    a, b = rand_sym(d, seed), rand_psd(d, d, seed + 100)
+    lam, x = generalized_eigh(a, b)
+    assert lam.shape == (d,) and x.shape == (d, d)
+    assert bool((lam[:-1] >= lam[1:]).all()), "eigenvalues must be descending"
+    ref_lam, ref_x = scipy.linalg.eigh(a.numpy(), b.numpy())  # ascending, X^T B X = I
+    np.testing.assert_allclose(lam.numpy(), ref_lam[::-1], rtol=1e-9, atol=1e-9 * ref_lam.max())
+    # Distinct eigenvalues: same eigenvectors up to sign, compared in the B inner product.
+    overlap = x.numpy().T @ b.numpy() @ ref_x[:, ::-1]
+    np.testing.assert_allclose(np.abs(np.diag(overlap)), 1.0, atol=1e-7)
+    # Eigenspaces of the top-k: equal B-orthogonal projectors
+    for k in (1, 4, 9):
+        p1 = x[:, :k].numpy() @ x[:, :k].numpy().T
+        p2 = ref_x[:, ::-1][:, :k] @ ref_x[:, ::-1][:, :k].T
+        np.testing.assert_allclose(p1, p2, atol=1e-7 * np.abs(p2).max())
+
+
+def test_b_orthonormal_and_equation():
+    a, b = rand_sym(9, 5), rand_psd(9, 9, 6)
+    lam, x = generalized_eigh(a, b)
+    torch.testing.assert_close(x.T @ b @ x, torch.eye(9, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(a @ x, b @ x * lam, atol=1e-8 * float(a.abs().max()), rtol=0)
+
+
+def test_rank_deficient_b():
+    d, r = 10, 6
+    a, b = rand_sym(d, 7), rand_psd(d, r, 8)
+    lam, x = generalized_eigh(a, b)
+    assert lam.shape == (r,) and x.shape == (d, r)
+    assert bool(torch.isfinite(lam).all()) and bool(torch.isfinite(x).all())
+    assert bool((lam[:-1] >= lam[1:]).all())
+    # On B's range: Q_r Q_r^T A x = lam B x, and x lies in range(B).
+    qr = whitener(b).vectors
+    assert qr.shape == (d, r)
+    proj = qr @ qr.T
+    torch.testing.assert_close(proj @ a @ x, b @ x * lam, atol=1e-8 * float(a.abs().max()), rtol=0)
+    torch.testing.assert_close(proj @ x, x, atol=1e-9, rtol=0)
+    # When A's range lies in B's range the unprojected equation holds as well.
+    a2 = b @ a @ b
+    lam2, x2 = generalized_eigh(a2, b)
+    torch.testing.assert_close(a2 @ x2, b @ x2 * lam2, atol=1e-8 * float(a2.abs().max()), rtol=0)
+    # Zero B: nothing to return, no crash.
+    lam0, x0 = generalized_eigh(a, torch.zeros(d, d, dtype=torch.float64))
+    assert lam0.shape == (0,) and x0.shape == (d, 0)
+
+
+def test_tolerance_drops_tiny_eigenvalues():
+    b = torch.diag(torch.tensor([1.0, 1e-3, 1e-12, 0.0], dtype=torch.float64))
+    assert whitener(b, rtol=1e-10).rank == 2
+    assert whitener(b, rtol=1e-13).rank == 3
+
+
+def test_released_order_is_reversed_and_float32_input():
+    a, b = rand_sym(7, 9), rand_psd(7, 7, 10)
+    lam, x = generalized_eigh(a.float(), b.float())
+    assert lam.dtype == torch.float64 and x.device == a.device
+    lam_r, x_r = generalized_eigh_released_order(a.float(), b.float())
+    assert torch.equal(lam_r, lam.flip(0)) and torch.equal(x_r, x.flip(1))
+    assert float(lam_r[0]) < float(lam_r[-1])
+
+
+@pytest.mark.parametrize("rank_b", [15, 11])
+def test_lowrank_fast_path_matches_dense(rank_b):
+    d, c = 15, 3
+    g = torch.Generator().manual_seed(11)
+    b = rand_psd(d, rank_b, 12)
+    f = b @ torch.randn(d, c, generator=g, dtype=torch.float64)  # like Cxy, in range(Cxx)
+    w = whitener(b)
+    lam_d, x_d = generalized_eigh_whitened(f @ f.T, w)
+    lam_f, x_f, n_nonzero = generalized_eigh_lowrank(f, w)
+    assert n_nonzero == c and lam_f.shape == lam_d.shape == (rank_b,)
+    torch.testing.assert_close(lam_f, lam_d, atol=1e-9 * float(lam_d[0]), rtol=0)
+    overlap = x_f[:, :c].T @ b @ x_d[:, :c]
+    torch.testing.assert_close(
+        overlap.diag().abs(), torch.ones(c, dtype=torch.float64), atol=1e-8, rtol=0
+    )
+    # Degenerate columns: an orthonormal (in B) basis of the same eigenspace (B-orthogonal to the top c).
+    torch.testing.assert_close(
+        x_f.T @ b @ x_f, torch.eye(rank_b, dtype=torch.float64), atol=1e-9, rtol=0
+    )
+    assert float((f.T @ x_f[:, c:]).abs().max()) < 1e-8 * float(f.abs().max())
+
+
+def test_factored_solver_matches_dense():
+    g = torch.Generator().manual_seed(13)
+    f = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    b = rand_psd(8, 8, 14)
+    lam, x = generalized_eigh(f @ f.T, b)
+    lam_f, x_f = generalized_eigh_factored(f, whitener(b))
+    torch.testing.assert_close(lam_f, lam, rtol=1e-9, atol=1e-12)
+    overlap = (x_f.T @ b @ x).diag().abs()
+    torch.testing.assert_close(overlap, torch.ones(8, dtype=torch.float64), atol=1e-7, rtol=0)
