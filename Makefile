@@ -1,0 +1,37 @@
+# Two entry points (see README.md):
+#   make study   set up .venv (pinned, CPU torch 2.13.0) and run the default study offline
+#   make test    set up .venv and run lint + format checks + the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+
+.PHONY: setup study test lint unit clean-results
+.DEFAULT_GOAL := study
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+study: $(STAMP)
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(SNAKEMAKE_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check .
+	$(BIN)/snakemake --lint --cores 1
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+test: lint unit
+
+clean-results:
+	rm -rf results/* .snakemake

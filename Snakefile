@@ -1,0 +1,24 @@
+# ntps-workflow: Next Token Perception Score for (model, dataset) pairs.
+# Stages: acquire -> extract -> score / probe -> LoRA -> post-LoRA extract/score -> tables -> plots. See README.md and docs/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/acquire.smk"
+include: "rules/extract.smk"
+include: "rules/score.smk"
+include: "rules/probe.smk"
+include: "rules/aggregate.smk"
+include: "rules/lora.smk"
+include: "rules/plots.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

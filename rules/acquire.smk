@@ -1,0 +1,34 @@
+# Acquisition: materialise each model and dataset once under resources/ (cached across runs).
+
+
+rule acquire_model:
+    output:
+        record="resources/models/{model}/model.json",
+    log:
+        "results/logs/acquire_model/{model}.log",
+    benchmark:
+        "results/benchmarks/acquire_model/{model}.tsv"
+    conda:
+        conda_env
+    resources:
+        mem_mb=model_mem_mb,
+    params:
+        source=model_source,
+    script:
+        "../scripts/acquire_model.py"
+
+
+rule prepare_dataset:
+    output:
+        table="resources/datasets/{dataset}/data.parquet",
+        record="resources/datasets/{dataset}/dataset.json",
+    log:
+        "results/logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    conda:
+        conda_env
+    params:
+        spec=dataset_preparation_spec,
+    script:
+        "../scripts/prepare_dataset.py"

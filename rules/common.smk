@@ -1,0 +1,165 @@
+# Shared helpers: config validation, name lookups, per-rule params and resources.
+import os
+import re
+import sys
+from pathlib import Path
+
+SRC_DIR = str(Path(workflow.basedir) / "src")
+# Make the `ntps` package importable here and in every job (local, conda or cluster), also when it
+# is not pip-installed into the job's environment.
+sys.path.insert(0, SRC_DIR)
+# (Set, not read: jobs inherit it, so there is nothing for an `envvars:` directive to assert.)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        [SRC_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+)
+
+# Idle OpenMP threads that spin instead of sleeping slow every other job on a shared machine
+# 20-70x (measured on a 2-core box); jobs inherit this.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from ntps.config import validate_config
+from ntps.workflow import (
+    canonical,
+    dataset_names,
+    entry_by_name,
+    fixed_layer_spec,
+    model_names,
+    model_resources,
+)
+
+validate_config(config)
+
+MODELS = model_names(config)
+DATASETS = dataset_names(config)
+WORKFLOW_ONLY_KEYS = ("lora",)
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)),
+    dataset="|".join(map(re.escape, DATASETS)),
+
+
+def conda_env(wildcards):
+    return str(Path(workflow.basedir) / config["software"]["conda_env"])
+
+
+def model_spec(wildcards):
+    return entry_by_name(config, "models", wildcards.model)
+
+
+def dataset_spec(wildcards):
+    return entry_by_name(config, "datasets", wildcards.dataset)
+
+
+def dataset_preparation_spec(wildcards):
+    # Workflow switches (e.g. the LoRA opt-out) are not part of the data: leaving them out keeps a
+    # change of them from re-preparing the dataset and re-running everything downstream.
+    spec = dataset_spec(wildcards)
+    return canonical({k: v for k, v in spec.items() if k not in WORKFLOW_ONLY_KEYS})
+
+
+def model_source(wildcards):
+    # Only the source decides what is acquired; batch size and the like must not re-acquire.
+    return canonical(model_spec(wildcards)["source"])
+
+
+def extraction_params(wildcards):
+    spec = model_spec(wildcards)
+    return {
+        "batch_size": spec["batch_size"],
+        "max_length": spec["max_length"],
+        "dtype": spec["dtype"],
+        "device": config["extraction"]["device"],
+        "progress": config["extraction"]["progress"],
+    }
+
+
+def model_mem_mb(wildcards, attempt):
+    return model_resources(config, wildcards.model, attempt)["mem_mb"]
+
+
+def model_runtime(wildcards, attempt):
+    return model_resources(config, wildcards.model, attempt)["runtime"]
+
+
+def model_gpu(wildcards):
+    return model_resources(config, wildcards.model, 1)["gpu"]
+
+
+def model_threads(wildcards):
+    return model_resources(config, wildcards.model, 1)["threads"]
+
+
+def scoring_params():
+    scoring = config["scoring"]
+    return {key: scoring[key] for key in ("k_grid", "rtol", "ridge", "centered")}
+
+
+def lora_enabled():
+    return config["lora"]["enabled"]
+
+
+def lora_pairs():
+    """(model, dataset) pairs that get LoRA: enabled globally and not opted out by either side."""
+    if not lora_enabled():
+        return []
+    return [
+        (model["name"], dataset["name"])
+        for model in config["models"]
+        if model["lora"]
+        for dataset in config["datasets"]
+        if dataset["lora"]
+    ]
+
+
+def lora_pair_outputs(pattern):
+    return [
+        pattern.format(model=model, dataset=dataset) for model, dataset in lora_pairs()
+    ]
+
+
+def lora_settings(wildcards):
+    return canonical(config["lora"]["settings"])
+
+
+def lora_checkpoint_dir(wildcards):
+    return f"results/lora/{wildcards.model}/{wildcards.dataset}/checkpoints"
+
+
+def pair_outputs(pattern):
+    return [
+        pattern.format(model=model, dataset=dataset)
+        for model in MODELS
+        for dataset in DATASETS
+    ]
+
+
+def per_model_outputs(pattern):
+    return [pattern.format(model=model) for model in MODELS]
+
+
+def final_outputs():
+    outputs = [
+        "results/tables/scores.csv",
+        "results/tables/probes.csv",
+        "results/tables/correlations.csv",
+    ]
+    for kind in ("ntps_vs_accuracy", "correlation_heatmap", "layer_profile"):
+        for ext in ("png", "pdf"):
+            outputs += per_model_outputs(f"results/plots/{{model}}/{kind}.{ext}")
+    outputs += ["results/plots/bounds.png", "results/plots/bounds.pdf"]
+    if lora_pairs():
+        outputs += ["results/tables/lora.csv", "results/tables/lora_correlations.csv"]
+        for kind in ("ntps_vs_gain", "ntps_before_after"):
+            outputs += [f"results/plots/lora/{kind}.{ext}" for ext in ("png", "pdf")]
+    return outputs
+
+
+def fixed_layer_of_model(wildcards):
+    return fixed_layer_spec(config, wildcards.model)
+
+
+def fixed_layers_by_model():
+    return {model: fixed_layer_spec(config, model) for model in MODELS}

@@ -1,0 +1,123 @@
+# LoRA stage: fine-tune adapters + head per pair, re-extract and re-score with the adapted model,
+# then relate pre-LoRA NTPS to the LoRA gain.
+
+
+rule lora:
+    input:
+        model="resources/models/{model}/model.json",
+        table="resources/datasets/{dataset}/data.parquet",
+        dataset="resources/datasets/{dataset}/dataset.json",
+    output:
+        adapter=directory("results/lora/{model}/{dataset}/adapter"),
+        metrics="results/lora/{model}/{dataset}/metrics.json",
+    log:
+        "results/logs/lora/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/lora/{model}/{dataset}.tsv"
+    conda:
+        conda_env
+    threads: model_threads
+    resources:
+        gpu=model_gpu,
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
+    params:
+        settings=lora_settings,
+        device=config["extraction"]["device"],
+        progress=config["extraction"]["progress"],
+        # Not an output: Snakemake must not delete it when a job dies, so a re-run resumes.
+        checkpoints=lora_checkpoint_dir,
+    script:
+        "../scripts/lora.py"
+
+
+rule extract_post_lora:
+    input:
+        model="resources/models/{model}/model.json",
+        adapter="results/lora/{model}/{dataset}/adapter",
+        table="resources/datasets/{dataset}/data.parquet",
+        dataset="resources/datasets/{dataset}/dataset.json",
+    output:
+        stats="results/extract_post_lora/{model}/{dataset}/stats.safetensors",
+        features="results/extract_post_lora/{model}/{dataset}/features.safetensors",
+        record="results/extract_post_lora/{model}/{dataset}/extract.json",
+    log:
+        "results/logs/extract_post_lora/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/extract_post_lora/{model}/{dataset}.tsv"
+    conda:
+        conda_env
+    threads: model_threads
+    resources:
+        gpu=model_gpu,
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
+    params:
+        settings=extraction_params,
+        # Post-LoRA NTPS needs only the train-split statistics; no post-LoRA probes are fit.
+        splits=["train"],
+    script:
+        "../scripts/extract.py"
+
+
+rule score_post_lora:
+    input:
+        stats="results/extract_post_lora/{model}/{dataset}/stats.safetensors",
+    output:
+        scores="results/scores_post_lora/{model}/{dataset}.json",
+    log:
+        "results/logs/score_post_lora/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/score_post_lora/{model}/{dataset}.tsv"
+    conda:
+        conda_env
+    threads: 1
+    params:
+        **scoring_params(),
+    script:
+        "../scripts/score.py"
+
+
+rule lora_tables:
+    input:
+        metrics=lora_pair_outputs("results/lora/{model}/{dataset}/metrics.json"),
+        scores="results/tables/scores.parquet",
+        probes="results/tables/probes.parquet",
+        models=per_model_outputs("resources/models/{model}/model.json"),
+    output:
+        lora="results/tables/lora.csv",
+        correlations="results/tables/lora_correlations.csv",
+        before_after="results/tables/ntps_before_after.csv",
+        paired="results/tables/ntps_before_after_summary.csv",
+        prediction="results/tables/gain_prediction.csv",
+        prediction_summary="results/tables/gain_prediction_summary.csv",
+    log:
+        "results/logs/lora_tables.log",
+    benchmark:
+        "results/benchmarks/lora_tables.tsv"
+    conda:
+        conda_env
+    params:
+        analysis=canonical(config["analysis"]),
+        fixed_layers=fixed_layers_by_model(),
+    script:
+        "../scripts/lora_tables.py"
+
+
+rule plot_lora:
+    input:
+        before_after="results/tables/ntps_before_after.csv",
+    output:
+        multiext("results/plots/lora/ntps_vs_gain", ".png", ".pdf"),
+        multiext("results/plots/lora/ntps_before_after", ".png", ".pdf"),
+    log:
+        "results/logs/plots/lora.log",
+    benchmark:
+        "results/benchmarks/plots/lora.tsv"
+    conda:
+        conda_env
+    params:
+        analysis=canonical(config["analysis"]),
+        plots=canonical(config["plots"]),
+    script:
+        "../scripts/plot_lora.py"

@@ -1,0 +1,20 @@
+# Held-out linear probes per layer on the pooled features.
+
+
+rule probe:
+    input:
+        features="results/extract/{model}/{dataset}/features.safetensors",
+        dataset="resources/datasets/{dataset}/dataset.json",
+    output:
+        probes="results/probes/{model}/{dataset}.json",
+    log:
+        "results/logs/probe/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/probe/{model}/{dataset}.tsv"
+    conda:
+        conda_env
+    threads: 1
+    params:
+        settings=canonical(config["probes"]),
+    script:
+        "../scripts/probe.py"

@@ -1,0 +1,20 @@
+"""Extraction job: statistics and pooled features for one (model, dataset) pair."""
+
+from pathlib import Path
+
+from ntps.stages import extract_pair
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0], threads=snakemake.threads):
+    extract_pair(
+        model_dir=Path(snakemake.input.model).parent,
+        table_path=snakemake.input.table,
+        dataset_record_path=snakemake.input.dataset,
+        settings=snakemake.params.settings,
+        out_stats=snakemake.output.stats,
+        out_features=snakemake.output.features,
+        out_record=snakemake.output.record,
+        model_record_path=snakemake.input.model,
+        adapter_dir=snakemake.input.get("adapter"),
+        splits=snakemake.params.splits,
+    )

@@ -1,0 +1,25 @@
+"""LoRA job: fine-tune adapters + a linear head for one (model, dataset) pair."""
+
+import shutil
+from pathlib import Path
+
+from ntps.stages import train_lora_pair, write_pair_json
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0], threads=snakemake.threads):
+    checkpoints = Path(snakemake.params.checkpoints)
+    metrics = train_lora_pair(
+        model_dir=Path(snakemake.input.model).parent,
+        table_path=snakemake.input.table,
+        dataset_record_path=snakemake.input.dataset,
+        settings=snakemake.params.settings,
+        device_spec=snakemake.params.device,
+        out_adapter_dir=snakemake.output.adapter,
+        checkpoint_dir=checkpoints,
+        progress=snakemake.params.progress,
+    )
+    write_pair_json(
+        snakemake.output.metrics, snakemake.wildcards.model, snakemake.wildcards.dataset, metrics
+    )
+    # The adapter is saved: checkpoints only matter for resuming an interrupted run.
+    shutil.rmtree(checkpoints, ignore_errors=True)

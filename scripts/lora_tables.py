@@ -1,0 +1,23 @@
+"""LoRA gain table, gain correlations (three selection modes), NTPS before/after, gain prediction."""
+
+import pandas as pd
+
+from ntps.io import write_table
+from ntps.stages import lora_analysis, lora_table
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0]) as log:
+    models = {path.split("/")[-2]: path for path in snakemake.input.models}
+    probes = pd.read_parquet(snakemake.input.probes)
+    lora = lora_table(snakemake.input.metrics, probes, models)
+    results = lora_analysis(
+        pd.read_parquet(snakemake.input.scores),
+        lora,
+        snakemake.params.analysis,
+        snakemake.params.fixed_layers,
+    )
+    write_table(snakemake.output.lora, lora)
+    for key in ("correlations", "before_after", "paired", "prediction", "prediction_summary"):
+        write_table(snakemake.output[key], results[key])
+    log.info("\n%s", results["correlations"][["model", "mode", "rho", "p_value"]])
+    log.info("\n%s", results["paired"])

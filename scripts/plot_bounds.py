@@ -1,0 +1,20 @@
+"""Exact excess loss against its theoretical bounds, with the held-out probe MSE alongside."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from ntps.plots import plot_bounds, set_dpi
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0]):
+    set_dpi(snakemake.params.plots["dpi"])
+    scores = pd.read_parquet(snakemake.input.scores)
+    probes = pd.read_parquet(snakemake.input.probes)
+    frame = scores[scores["stage"] == "pre_lora"].merge(
+        probes[["model", "dataset", "layer", "mse"]].rename(columns={"mse": "probe_mse"}),
+        on=["model", "dataset", "layer"],
+        how="left",
+    )
+    out = Path(snakemake.output[0])
+    plot_bounds(frame, out.with_suffix(""))

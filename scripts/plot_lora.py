@@ -1,0 +1,19 @@
+"""LoRA figures: pre-LoRA NTPS vs LoRA gain, and NTPS before vs after LoRA (fixed setting)."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from ntps.plots import plot_ntps_before_after, plot_ntps_vs_gain, set_dpi
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0]):
+    set_dpi(snakemake.params.plots["dpi"])
+    score_col = snakemake.params.analysis["score"]
+    frame = pd.read_csv(snakemake.input.before_after)
+    out_dir = Path(snakemake.output[0]).parent
+    plot_ntps_vs_gain(
+        frame.rename(columns={"pre_lora": score_col}), out_dir / "ntps_vs_gain", score_col=score_col
+    )
+    wide = frame.rename(columns={"pre_lora": "ntps_before", "post_lora": "ntps_after"})
+    plot_ntps_before_after(wide, out_dir / "ntps_before_after", score_col=score_col)

@@ -1,0 +1,14 @@
+"""Acquire, clean, encode, split and cap one dataset; write data.parquet + dataset.json."""
+
+from pathlib import Path
+
+from ntps.datasets import prepare_dataset, write_prepared
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0]) as log:
+    name = snakemake.wildcards.dataset
+    prepared = prepare_dataset(
+        name, snakemake.params.spec, cache_dir=Path("resources/cache/wheels")
+    )
+    write_prepared(prepared, snakemake.output.table, snakemake.output.record)
+    log.info("prepared %s", name)

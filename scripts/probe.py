@@ -1,0 +1,13 @@
+"""Probe job: held-out logistic-regression and ridge probes per layer of one pair."""
+
+from ntps.io import read_json
+from ntps.stages import probe_pair, write_pair_json
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0], threads=snakemake.threads) as log:
+    n_classes = len(read_json(snakemake.input.dataset)["label_names"])
+    result = probe_pair(snakemake.input.features, n_classes, snakemake.params.settings)
+    log.info("probed %d layers in %.1f s", result["n_layers"], result["seconds"])
+    write_pair_json(
+        snakemake.output.probes, snakemake.wildcards.model, snakemake.wildcards.dataset, result
+    )

@@ -1,0 +1,128 @@
+"""Helpers the Snakemake rules and scripts share: config lookups, resources, job logging."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+# Fallback size when neither the config nor an acquired model record gives a parameter count.
+DEFAULT_N_PARAMS = 1_000_000_000
+
+
+def model_names(config: Mapping[str, Any]) -> list[str]:
+    return [entry["name"] for entry in config["models"]]
+
+
+def dataset_names(config: Mapping[str, Any]) -> list[str]:
+    return [entry["name"] for entry in config["datasets"]]
+
+
+def entry_by_name(config: Mapping[str, Any], section: str, name: str) -> dict[str, Any]:
+    for entry in config[section]:
+        if entry["name"] == name:
+            return entry
+    raise KeyError(f"no entry named {name!r} in config section {section!r}")
+
+
+def canonical(value: Any) -> Any:
+    """Mappings with sorted keys, recursively: Snakemake compares params by their repr, so the same
+    settings written in another key order must not look changed (and trigger a re-run)."""
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(item) for item in value]
+    return value
+
+
+def fixed_layer_spec(config: Mapping[str, Any], model: str) -> int | float:
+    """The layer fixed in advance for `model`: its own `fixed_layer`, else analysis.fixed_layer."""
+    entry = entry_by_name(config, "models", model)
+    return entry.get("fixed_layer", config["analysis"]["fixed_layer"])
+
+
+def model_n_params(
+    config: Mapping[str, Any], model: str, records_dir: str = "resources/models"
+) -> int:
+    """Parameter count for sizing: config override, else the acquisition record, else a default."""
+    entry = entry_by_name(config, "models", model)
+    if "n_params" in entry:  # config key
+        return int(entry["n_params"])
+    record = Path(records_dir) / model / "model.json"
+    if record.exists():
+        import json
+
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            return int(json.loads(record.read_text())["n_parameters"])
+    return DEFAULT_N_PARAMS
+
+
+def model_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> dict[str, int]:
+    """Resources of a model-running job, scaled with model size and the retry attempt.
+
+    Memory: fp32 weights (4 bytes/param) x3 for loading copies, activations and LoRA optimizer
+    state, plus 2 GB for the interpreter and statistics, doubled on each retry. Runtime: one hour
+    per billion parameters with a 30-minute floor, doubled on each retry. Per-model `resources:`
+    entries in the config override the computed values (before the retry scaling).
+    """
+    entry = entry_by_name(config, "models", model)
+    override = entry.get("resources", {})
+    n_params = model_n_params(config, model)
+    mem_mb = override.get("mem_mb", 2048 + math.ceil(n_params * 4 * 3 / 1e6))
+    runtime = override.get("runtime", max(30, math.ceil(60 * n_params / 1e9)))
+    return {
+        "mem_mb": int(mem_mb * 2 ** (attempt - 1)),
+        "runtime": int(runtime * 2 ** (attempt - 1)),
+        "gpu": int(override.get("gpu", 1)),
+        "threads": int(override.get("threads", 2)),
+    }
+
+
+@contextlib.contextmanager
+def job_logging(
+    log_path: str | os.PathLike[str] | None, threads: int = 1
+) -> Iterator[logging.Logger]:
+    """Send a job's stdout, stderr (tqdm bars) and logging to its Snakemake log file."""
+    logger = logging.getLogger("ntps")
+    if log_path is None:
+        logging.basicConfig(level=logging.INFO)
+        yield logger
+        return
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8", buffering=1) as handle:
+        handler = logging.StreamHandler(handle)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = handle
+        try:
+            set_threads(threads)
+            yield logger
+        except Exception:
+            logger.exception("job failed")
+            raise
+        finally:
+            sys.stdout, sys.stderr = old_out, old_err
+            logger.removeHandler(handler)
+
+
+def set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - third-party code draws from the legacy global RNG
+    torch.manual_seed(seed)

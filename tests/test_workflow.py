@@ -1,0 +1,157 @@
+"""End-to-end: the real Snakemake workflow on a tiny random Llama and generated datasets."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from workflow_support import SIGNAL, read_json, run_snakemake, write_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    write_study(root)
+    run_snakemake(root)
+    return root
+
+
+def jobs_planned(dry_run_stdout: str) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run."""
+    counts = {}
+    for line in dry_run_stdout.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match and match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def test_outputs_exist_and_are_complete(study: Path) -> None:
+    results = study / "results"
+    for dataset in SIGNAL:
+        for name in ("stats.safetensors", "features.safetensors", "extract.json"):
+            assert (results / "extract" / "tiny-llama" / dataset / name).stat().st_size > 0
+    for stem in ("ntps_vs_accuracy", "correlation_heatmap", "layer_profile"):
+        for ext in ("png", "pdf"):
+            assert (results / "plots" / "tiny-llama" / f"{stem}.{ext}").stat().st_size > 1000
+    # No temporary files left behind by the atomic writers.
+    assert not list(results.rglob("*.tmp"))
+
+
+def test_scores_table_contents(study: Path) -> None:
+    scores = pd.read_csv(study / "results/tables/scores.csv")
+    # 4 datasets x 3 hidden-state layers (embeddings + 2 blocks) x 4 k settings.
+    assert len(scores) == 4 * 3 * 4
+    assert set(scores["dataset"]) == set(SIGNAL)
+    assert set(scores["k_label"]) == {"0.25", "0.5", "0.75", "k=2"}
+    for column in ("ntps_paper", "ntps_reg", "baseline"):
+        assert scores[column].between(0, 1 + 1e-9).all(), column
+    # The theorem: lower bound <= exact excess loss <= upper bound, on real activations.
+    slack = 1e-8 * scores["bound_upper"].abs().max()
+    assert (scores["bound_lower"] <= scores["excess_loss"] + slack).all()
+    assert (scores["excess_loss"] <= scores["bound_upper"] + slack).all()
+    # Nested subspaces: the regression form can only grow with k.
+    fractions = scores[scores["k_label"] != "k=2"].sort_values("k_spec")
+    for _, group in fractions.groupby(["dataset", "layer"]):
+        assert np.all(np.diff(group["ntps_reg"].to_numpy()) >= -1e-9)
+    # 3 classes: perception eigenvalues beyond the 3rd are degenerate, and flagged.
+    assert (scores["n_nonzero_perception"] <= 3).all()
+    assert (
+        scores["paper_degenerate"] == (scores["k_perception"] > scores["n_nonzero_perception"])
+    ).all()
+
+
+def test_probe_table_tracks_signal(study: Path) -> None:
+    probes = pd.read_csv(study / "results/tables/probes.csv")
+    assert len(probes) == 4 * 3
+    assert probes["accuracy"].between(0, 1).all()
+    # Held-out accuracy on the cleanest dataset beats the noisiest one (best layer of each).
+    best = probes.groupby("dataset")["accuracy"].max()
+    assert best["strong"] > best["noisy"]
+    assert best["strong"] > 0.6  # 3 balanced classes: chance is 1/3
+    record = read_json(study / "results/probes/tiny-llama/strong.json")
+    assert record["provenance"]["seed"] == 0
+    assert record["provenance"]["packages"]["torch"].startswith("2.")
+
+
+def test_correlations_three_modes(study: Path) -> None:
+    correlations = pd.read_csv(study / "results/tables/correlations.csv")
+    assert set(correlations["mode"]) == {"fixed", "in_sample", "lodo"}
+    assert set(correlations["target"]) == {"accuracy", "-mse"}
+    assert correlations["rho"].between(-1, 1).all()
+    assert (correlations["n_datasets"] == 4).all()
+    fixed = correlations[correlations["mode"] == "fixed"]
+    # fixed_layer -1 = last hidden-state layer (index 2); fixed_k 0.5.
+    assert set(fixed["layer"].astype(str)) == {"2"}
+    assert set(fixed["k_label"]) == {"0.5"}
+    by_mode = correlations.pivot(index="target", columns="mode", values="rho")
+    # The in-sample best is a maximum over a grid that contains the fixed setting.
+    assert (by_mode["in_sample"] >= by_mode["fixed"] - 1e-12).all()
+
+
+def test_lora_stage(study: Path) -> None:
+    lora = pd.read_csv(study / "results/tables/lora.csv")
+    assert set(lora["dataset"]) == set(SIGNAL)
+    assert (lora["steps"] == 12).all()
+    assert np.allclose(lora["gain"], lora["lora_accuracy"] - lora["probe_accuracy_last_layer"])
+    # Training really happened: the loss fell on the learnable datasets.
+    strong = lora.set_index("dataset").loc["strong"]
+    assert strong["final_loss"] < strong["first_loss"]
+    adapter = study / "results/lora/tiny-llama/strong/adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert not (study / "results/lora/tiny-llama/strong/checkpoints").exists()
+    # Post-LoRA statistics come from the adapted model: the last layer's features moved.
+    scores = pd.read_csv(study / "results/tables/scores.csv")
+    assert set(scores["stage"]) == {"pre_lora", "post_lora"}
+    pre = scores[scores["stage"] == "pre_lora"].set_index(["dataset", "layer", "k_label"])
+    post = scores[scores["stage"] == "post_lora"].set_index(["dataset", "layer", "k_label"])
+    last = pre.index.get_level_values("layer") == 2
+    assert not np.allclose(
+        pre.loc[last, "ntps_reg"], post.loc[last, "ntps_reg"].reindex(pre.index[last])
+    )
+    # Embeddings are not adapted, so layer 0 is unchanged by LoRA.
+    first = pre.index.get_level_values("layer") == 0
+    assert np.allclose(
+        pre.loc[first, "ntps_reg"], post.loc[first, "ntps_reg"].reindex(pre.index[first])
+    )
+    correlations = pd.read_csv(study / "results/tables/lora_correlations.csv")
+    assert set(correlations["mode"]) == {"fixed", "in_sample", "lodo"}
+    assert set(correlations["target"]) == {"-gain"}
+    summary = pd.read_csv(study / "results/tables/ntps_before_after_summary.csv")
+    assert summary.loc[0, "n"] == 4 and 0 <= summary.loc[0, "share_rose"] <= 1
+    prediction = pd.read_csv(study / "results/tables/gain_prediction_summary.csv")
+    assert {"mae", "mae_baseline"} <= set(prediction.columns)
+    for kind in ("ntps_vs_gain", "ntps_before_after"):
+        assert (study / f"results/plots/lora/{kind}.png").stat().st_size > 1000
+
+
+def test_extraction_record(study: Path) -> None:
+    record = read_json(study / "results/extract/tiny-llama/strong/extract.json")
+    assert record["n_layers"] == 3
+    assert record["hidden_size"] == 32
+    assert record["splits"]["train"]["n_texts"] + record["splits"]["test"]["n_texts"] == 90
+    assert record["dataset_fingerprint"]
+
+
+def test_second_run_does_nothing(study: Path) -> None:
+    result = run_snakemake(study, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_k_grid_does_not_rerun_extraction(study: Path) -> None:
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    config["scoring"]["k_grid"] = [0.5, 4]
+    config["plots"] = {"dpi": 100}
+    changed = study / "config-changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = run_snakemake(study, "--dry-run", configfile=changed)
+    planned = jobs_planned(result.stdout)
+    assert planned.get("score") == 4
+    assert "extract" not in planned and "acquire_model" not in planned
+    assert "prepare_dataset" not in planned and "probe" not in planned

@@ -1,0 +1,144 @@
+"""Build a small but real study on disk: a tiny random Llama folder and generated datasets.
+
+Used by the end-to-end workflow tests. Datasets differ in how much class signal their texts carry,
+so probe accuracy and NTPS vary across datasets and correlations are defined.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+
+CLASS_WORDS = {
+    "sport": ["goal", "match", "team", "coach", "league", "score", "season", "striker"],
+    "money": ["bank", "shares", "profit", "market", "rates", "stock", "trade", "fund"],
+    "weather": ["rain", "storm", "wind", "cloud", "sunny", "cold", "snow", "forecast"],
+}
+FILLER = ["the", "a", "of", "and", "today", "said", "very", "after", "new", "big", "old", "it"]
+# Share of class words per dataset: from nearly pure noise to nearly pure signal.
+SIGNAL = {"noisy": 0.08, "weak": 0.2, "medium": 0.4, "strong": 0.75}
+
+
+def vocabulary() -> list[str]:
+    return [w for words in CLASS_WORDS.values() for w in words] + FILLER
+
+
+def make_texts(signal: float, n_per_class: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for label, words in CLASS_WORDS.items():
+        for _ in range(n_per_class):
+            length = rng.randint(3, 14)
+            tokens = [
+                rng.choice(words) if rng.random() < signal else rng.choice(FILLER)
+                for _ in range(length)
+            ]
+            rows.append((" ".join(tokens), label))
+    rng.shuffle(rows)
+    return rows
+
+
+def write_tiny_model(folder: Path, seed: int = 0) -> Path:
+    from conftest import build_tiny_llama, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer([" ".join(vocabulary())])
+    model = build_tiny_llama(len(tokenizer), seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_datasets(folder: Path, n_per_class: int = 30) -> list[dict[str, Any]]:
+    """One dataset per signal level, in different file formats and column layouts."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, (name, signal) in enumerate(SIGNAL.items()):
+        rows = make_texts(signal, n_per_class, seed=index)
+        frame = pd.DataFrame(rows, columns=["sentence", "topic"])
+        entry: dict[str, Any] = {
+            "name": name,
+            "text_columns": ["sentence"],
+            "label_column": "topic",
+            "split": {"test_fraction": 0.3, "seed": 42},
+        }
+        if index % 2 == 0:
+            path = folder / f"{name}.csv"
+            frame.to_csv(path, index=False)
+            entry["source"] = {"type": "files", "path": str(path), "format": "csv"}
+        else:
+            # Two text columns joined back together exercise the column mapping.
+            halves = frame["sentence"].str.split(" ", n=1, expand=True).fillna("")
+            frame = frame.assign(head=halves[0], tail=halves[1]).drop(columns="sentence")
+            path = folder / f"{name}.jsonl"
+            frame.to_json(path, orient="records", lines=True)
+            entry["source"] = {"type": "files", "path": str(path), "format": "jsonl"}
+            entry["text_columns"] = ["head", "tail"]
+        entries.append(entry)
+    return entries
+
+
+def write_study(root: Path, **overrides: Any) -> Path:
+    """Write model, datasets and config.yaml under `root`; return the config path."""
+    model_dir = write_tiny_model(root / "inputs" / "tiny-llama")
+    config: dict[str, Any] = {
+        "study": "tiny end-to-end study",
+        "models": [
+            {"name": "tiny-llama", "source": {"type": "local", "path": str(model_dir)},
+             "batch_size": 8, "max_length": 32},
+        ],
+        "datasets": write_datasets(root / "inputs" / "data"),
+        "scoring": {"k_grid": [0.25, 0.5, 0.75, 2]},
+        "probes": {"c_grid": [0.1, 1.0], "cv_folds": 2},
+        "analysis": {"fixed_layer": -1, "fixed_k": 0.5, "n_bootstrap": 200, "n_permutations": 200},
+        "extraction": {"progress": False},
+        "lora": {
+            "enabled": True,
+            "settings": {
+                "r": 4, "alpha": 8, "optimizer": "adamw", "learning_rate": 0.005,
+                "max_steps": 12, "batch_size": 8, "max_length": 32, "checkpoint_every": 5,
+                "warmup_ratio": 0.1, "seed": 0,
+            },
+        },
+    }  # fmt: skip
+    for key, value in overrides.items():
+        config[key] = value
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    configfile: Path | None = None,
+    check: bool = True,
+    timeout: int = 900,
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
+        "--configfile", str(configfile or workdir / "config.yaml"), "--cores", "2", *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
+    return result
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
