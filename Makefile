@@ -21,6 +21,7 @@ setup: $(STAMP)
 
 study: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --profile profiles/default --report results/report.html $(SNAKEMAKE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,6 +5,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "report/workflow.rst"
+
+
 configfile: "config.yaml"
 
 
@@ -15,6 +18,7 @@ include: "rules/score.smk"
 include: "rules/probe.smk"
 include: "rules/aggregate.smk"
 include: "rules/lora.smk"
+include: "rules/report.smk"
 include: "rules/plots.smk"
 
 

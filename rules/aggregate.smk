@@ -9,9 +9,17 @@ rule tables:
         ),
         probes=pair_outputs("results/probes/{model}/{dataset}.json"),
     output:
-        scores_csv="results/tables/scores.csv",
+        scores_csv=report(
+            "results/tables/scores.csv",
+            caption="../report/tables.rst",
+            category="3. Tables",
+        ),
         scores_parquet="results/tables/scores.parquet",
-        probes_csv="results/tables/probes.csv",
+        probes_csv=report(
+            "results/tables/probes.csv",
+            caption="../report/tables.rst",
+            category="3. Tables",
+        ),
         probes_parquet="results/tables/probes.parquet",
     log:
         "results/logs/tables.log",
@@ -28,7 +36,11 @@ rule correlations:
         scores="results/tables/scores.parquet",
         probes="results/tables/probes.parquet",
     output:
-        correlations="results/tables/correlations.csv",
+        correlations=report(
+            "results/tables/correlations.csv",
+            caption="../report/correlations.rst",
+            category="2. NTPS vs probes",
+        ),
         grid="results/tables/correlation_grid.csv",
     log:
         "results/logs/correlations.log",

@@ -33,7 +33,7 @@ validate_config(config)
 
 MODELS = model_names(config)
 DATASETS = dataset_names(config)
-WORKFLOW_ONLY_KEYS = ("lora",)
+WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description")
 
 
 wildcard_constraints:
@@ -128,6 +128,34 @@ def lora_checkpoint_dir(wildcards):
     return f"results/lora/{wildcards.model}/{wildcards.dataset}/checkpoints"
 
 
+def summary_inputs(wildcards):
+    inputs = {
+        "scores": "results/tables/scores.parquet",
+        "probes": "results/tables/probes.parquet",
+        "correlations": "results/tables/correlations.csv",
+        "reference": str(
+            Path(workflow.basedir) / "data/reference/ntps_paper_released_figures.csv"
+        ),
+    }
+    if lora_pairs():
+        inputs.update(
+            lora="results/tables/lora.csv",
+            lora_correlations="results/tables/lora_correlations.csv",
+            paired="results/tables/ntps_before_after_summary.csv",
+            prediction_summary="results/tables/gain_prediction_summary.csv",
+        )
+    return inputs
+
+
+def reference_names():
+    """Our dataset name -> the paper's dataset name, for datasets both studies use."""
+    return {
+        entry["name"]: entry["reference_name"]
+        for entry in config["datasets"]
+        if "reference_name" in entry
+    }
+
+
 def pair_outputs(pattern):
     return [
         pattern.format(model=model, dataset=dataset)
@@ -142,6 +170,7 @@ def per_model_outputs(pattern):
 
 def final_outputs():
     outputs = [
+        "results/summary.md",
         "results/tables/scores.csv",
         "results/tables/probes.csv",
         "results/tables/correlations.csv",

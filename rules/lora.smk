@@ -85,8 +85,14 @@ rule lora_tables:
         probes="results/tables/probes.parquet",
         models=per_model_outputs("resources/models/{model}/model.json"),
     output:
-        lora="results/tables/lora.csv",
-        correlations="results/tables/lora_correlations.csv",
+        lora=report(
+            "results/tables/lora.csv", caption="../report/lora.rst", category="5. LoRA"
+        ),
+        correlations=report(
+            "results/tables/lora_correlations.csv",
+            caption="../report/correlations.rst",
+            category="5. LoRA",
+        ),
         before_after="results/tables/ntps_before_after.csv",
         paired="results/tables/ntps_before_after_summary.csv",
         prediction="results/tables/gain_prediction.csv",
@@ -108,8 +114,18 @@ rule plot_lora:
     input:
         before_after="results/tables/ntps_before_after.csv",
     output:
-        multiext("results/plots/lora/ntps_vs_gain", ".png", ".pdf"),
-        multiext("results/plots/lora/ntps_before_after", ".png", ".pdf"),
+        gain=report(
+            "results/plots/lora/ntps_vs_gain.png",
+            caption="../report/ntps_vs_gain.rst",
+            category="5. LoRA",
+        ),
+        gain_pdf="results/plots/lora/ntps_vs_gain.pdf",
+        before_after=report(
+            "results/plots/lora/ntps_before_after.png",
+            caption="../report/ntps_before_after.rst",
+            category="5. LoRA",
+        ),
+        before_after_pdf="results/plots/lora/ntps_before_after.pdf",
     log:
         "results/logs/plots/lora.log",
     benchmark:

@@ -8,9 +8,27 @@ rule plot_model:
         correlations="results/tables/correlations.csv",
         grid="results/tables/correlation_grid.csv",
     output:
-        multiext("results/plots/{model}/ntps_vs_accuracy", ".png", ".pdf"),
-        multiext("results/plots/{model}/correlation_heatmap", ".png", ".pdf"),
-        multiext("results/plots/{model}/layer_profile", ".png", ".pdf"),
+        scatter=report(
+            "results/plots/{model}/ntps_vs_accuracy.png",
+            caption="../report/ntps_vs_accuracy.rst",
+            category="2. NTPS vs probes",
+            subcategory="{model}",
+        ),
+        scatter_pdf="results/plots/{model}/ntps_vs_accuracy.pdf",
+        heatmap=report(
+            "results/plots/{model}/correlation_heatmap.png",
+            caption="../report/correlation_heatmap.rst",
+            category="2. NTPS vs probes",
+            subcategory="{model}",
+        ),
+        heatmap_pdf="results/plots/{model}/correlation_heatmap.pdf",
+        profile=report(
+            "results/plots/{model}/layer_profile.png",
+            caption="../report/layer_profile.rst",
+            category="4. Magnitudes and bounds",
+            subcategory="{model}",
+        ),
+        profile_pdf="results/plots/{model}/layer_profile.pdf",
     log:
         "results/logs/plots/{model}.log",
     benchmark:
@@ -30,7 +48,12 @@ rule plot_bounds:
         scores="results/tables/scores.parquet",
         probes="results/tables/probes.parquet",
     output:
-        multiext("results/plots/bounds", ".png", ".pdf"),
+        png=report(
+            "results/plots/bounds.png",
+            caption="../report/bounds.rst",
+            category="4. Magnitudes and bounds",
+        ),
+        pdf="results/plots/bounds.pdf",
     log:
         "results/logs/plots/bounds.log",
     benchmark:

@@ -16,5 +16,4 @@ with job_logging(snakemake.log[0]):
         on=["model", "dataset", "layer"],
         how="left",
     )
-    out = Path(snakemake.output[0])
-    plot_bounds(frame, out.with_suffix(""))
+    plot_bounds(frame, Path(snakemake.output.png).with_suffix(""))

@@ -11,7 +11,7 @@ with job_logging(snakemake.log[0]):
     set_dpi(snakemake.params.plots["dpi"])
     score_col = snakemake.params.analysis["score"]
     frame = pd.read_csv(snakemake.input.before_after)
-    out_dir = Path(snakemake.output[0]).parent
+    out_dir = Path(snakemake.output.gain).parent
     plot_ntps_vs_gain(
         frame.rename(columns={"pre_lora": score_col}), out_dir / "ntps_vs_gain", score_col=score_col
     )

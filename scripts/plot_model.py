@@ -14,7 +14,7 @@ with job_logging(snakemake.log[0]):
     model = snakemake.wildcards.model
     analysis = snakemake.params.analysis
     score_col = analysis["score"]
-    out_dir = Path(snakemake.output[0]).parent
+    out_dir = Path(snakemake.output.scatter).parent
     scores = pd.read_parquet(snakemake.input.scores)
     probes = pd.read_parquet(snakemake.input.probes)
     correlations = pd.read_csv(snakemake.input.correlations)

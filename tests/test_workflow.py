@@ -46,8 +46,9 @@ def test_outputs_exist_and_are_complete(study: Path) -> None:
 
 def test_scores_table_contents(study: Path) -> None:
     scores = pd.read_csv(study / "results/tables/scores.csv")
-    # 4 datasets x 3 hidden-state layers (embeddings + 2 blocks) x 4 k settings.
-    assert len(scores) == 4 * 3 * 4
+    # 4 datasets x 3 hidden-state layers (embeddings + 2 blocks) x 4 k settings, before and after LoRA.
+    assert len(scores) == 2 * 4 * 3 * 4
+    assert scores.groupby("stage").size().to_dict() == {"pre_lora": 48, "post_lora": 48}
     assert set(scores["dataset"]) == set(SIGNAL)
     assert set(scores["k_label"]) == {"0.25", "0.5", "0.75", "k=2"}
     for column in ("ntps_paper", "ntps_reg", "baseline"):
@@ -58,7 +59,7 @@ def test_scores_table_contents(study: Path) -> None:
     assert (scores["excess_loss"] <= scores["bound_upper"] + slack).all()
     # Nested subspaces: the regression form can only grow with k.
     fractions = scores[scores["k_label"] != "k=2"].sort_values("k_spec")
-    for _, group in fractions.groupby(["dataset", "layer"]):
+    for _, group in fractions.groupby(["stage", "dataset", "layer"]):
         assert np.all(np.diff(group["ntps_reg"].to_numpy()) >= -1e-9)
     # 3 classes: perception eigenvalues beyond the 3rd are degenerate, and flagged.
     assert (scores["n_nonzero_perception"] <= 3).all()
@@ -137,6 +138,19 @@ def test_extraction_record(study: Path) -> None:
     assert record["hidden_size"] == 32
     assert record["splits"]["train"]["n_texts"] + record["splits"]["test"]["n_texts"] == 90
     assert record["dataset_fingerprint"]
+
+
+def test_summary_and_report(study: Path) -> None:
+    summary = (study / "results/summary.md").read_text()
+    assert "leave-one-dataset-out" in summary and "in-sample best (optimistic)" in summary
+    assert "Qwen2-0.5B" in summary  # the paper's reference correlations are included
+    magnitudes = pd.read_csv(study / "results/tables/magnitudes.csv")
+    assert len(magnitudes) == 4 and magnitudes["position"].le(1 + 1e-9).all()
+    paper = pd.read_csv(study / "results/tables/paper_correlations.csv")
+    assert len(paper) == 24
+    run_snakemake(study, "--report", "results/report.html")
+    html = (study / "results/report.html").read_text(errors="replace")
+    assert len(html) > 100_000 and "leave-one-dataset-out" in html
 
 
 def test_second_run_does_nothing(study: Path) -> None:

@@ -125,7 +125,7 @@ def run_snakemake(
     *args: str,
     configfile: Path | None = None,
     check: bool = True,
-    timeout: int = 900,
+    timeout: int = 1800,
 ) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [

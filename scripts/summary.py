@@ -1,0 +1,44 @@
+"""Write results/summary.md and the magnitude / paper-comparison tables."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from ntps.io import atomic_path, write_table
+from ntps.reference import load_paper_reference, paper_correlations
+from ntps.summary import magnitude_table, paper_comparison, summary_markdown
+from ntps.workflow import job_logging
+
+
+def optional_csv(name):
+    path = snakemake.input.get(name)
+    return pd.read_csv(path) if path else None
+
+
+with job_logging(snakemake.log[0]):
+    analysis = snakemake.params.analysis
+    fixed_layers = snakemake.params.fixed_layers
+    scores = pd.read_parquet(snakemake.input.scores)
+    probes = pd.read_parquet(snakemake.input.probes)
+    reference = load_paper_reference(snakemake.input.reference)
+    lora = optional_csv("lora")
+    magnitudes = magnitude_table(scores, analysis, fixed_layers)
+    comparison = paper_comparison(
+        scores, probes, reference, snakemake.params.reference_names, analysis, fixed_layers, lora
+    )
+    text = summary_markdown(
+        snakemake.params.study,
+        pd.read_csv(snakemake.input.correlations),
+        scores,
+        magnitudes,
+        reference,
+        comparison,
+        optional_csv("lora_correlations"),
+        optional_csv("paired"),
+        optional_csv("prediction_summary"),
+    )
+    write_table(snakemake.output.magnitudes, magnitudes)
+    write_table(snakemake.output.paper_correlations, paper_correlations(reference))
+    write_table(snakemake.output.paper_comparison, comparison)
+    with atomic_path(snakemake.output.summary) as tmp:
+        Path(tmp).write_text(text + "\n", encoding="utf-8")

@@ -1,0 +1,198 @@
+"""The study's quick-look summary (results/summary.md) and the comparison with the paper's numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ntps.analysis import baseline_position, bound_check, k_label, resolve_layer
+from ntps.reference import paper_correlations, paper_lora_frame, short_model_name
+
+MODE_LABELS = {
+    "fixed": "fixed in config",
+    "in_sample": "in-sample best (optimistic)",
+    "lodo": "leave-one-dataset-out",
+}
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float | np.floating):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def correlation_view(correlations: pd.DataFrame) -> pd.DataFrame:
+    """Selection-mode table: one row per model, target and mode with rho, CI and p."""
+    view = correlations.copy()
+    view["setting"] = [
+        "varies by dataset" if mode == "lodo" and layer == "varies" else f"layer {layer}, k {klab}"
+        for mode, layer, klab in zip(view["mode"], view["layer"], view["k_label"], strict=True)
+    ]
+    view["mode"] = view["mode"].map(MODE_LABELS)
+    view["95% CI"] = [
+        f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+        for lo, hi in zip(view["ci_low"], view["ci_high"], strict=True)
+    ]
+    return view[
+        ["model", "target", "mode", "setting", "n_datasets", "rho", "95% CI", "tau", "p_value"]
+    ]
+
+
+def paper_comparison(
+    scores: pd.DataFrame,
+    probes: pd.DataFrame,
+    reference: pd.DataFrame,
+    reference_names: Mapping[str, str],
+    analysis: Mapping[str, Any],
+    fixed_layers: Mapping[str, int | float],
+    lora: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Ours beside the paper's, for the datasets both studies use.
+
+    The paper's rows give its Fig. 2 NTPS and in-sample probe accuracy and its Fig. 3 LoRA gain;
+    ours give NTPS at the fixed setting, held-out and in-sample probe accuracy at that layer, and
+    the LoRA gain where LoRA ran. Models differ between the studies, so this compares levels and
+    orderings across datasets, not the same numbers.
+    """
+    rows = []
+    fig2 = reference[reference["figure"] == "fig2_accuracy"]
+    fig3 = paper_lora_frame(reference)
+    for ours, theirs in reference_names.items():
+        for _, ref in fig2[fig2["dataset"] == theirs].iterrows():
+            gain = fig3[(fig3["model"] == ref["model"]) & (fig3["dataset"] == theirs)]["gain"]
+            rows.append({
+                "dataset": ours, "study": "paper", "model": short_model_name(ref["model"]),
+                "setting": "paper's per-figure choice", "ntps": ref["ntps"],
+                "probe_accuracy_test": np.nan, "probe_accuracy_train": ref["value"],
+                "lora_gain": float(gain.iloc[0]) if len(gain) else np.nan,
+            })  # fmt: skip
+        for model, layer_spec in fixed_layers.items():
+            sub = scores[(scores["model"] == model) & (scores["dataset"] == ours)]
+            sub = sub[sub["stage"] == "pre_lora"]
+            if sub.empty:
+                continue
+            layer = resolve_layer(layer_spec, int(sub["layer"].max()) + 1)
+            row = sub[(sub["layer"] == layer) & (sub["k_label"] == k_label(analysis["fixed_k"]))]
+            probe = probes[
+                (probes["model"] == model)
+                & (probes["dataset"] == ours)
+                & (probes["layer"] == layer)
+            ]
+            gain = np.nan
+            if lora is not None and not lora.empty:
+                match = lora[(lora["model"] == model) & (lora["dataset"] == ours)]["gain"]
+                gain = float(match.iloc[0]) if len(match) else np.nan
+            rows.append({
+                "dataset": ours, "study": "ours", "model": model,
+                "setting": f"layer {layer}, k {k_label(analysis['fixed_k'])}",
+                "ntps": float(row[analysis["score"]].iloc[0]),
+                "probe_accuracy_test": float(probe["accuracy"].iloc[0]),
+                "probe_accuracy_train": float(probe["train_accuracy"].iloc[0]), "lora_gain": gain,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def magnitude_table(scores: pd.DataFrame, analysis: Mapping[str, Any],
+                    fixed_layers: Mapping[str, int | float]) -> pd.DataFrame:  # fmt: skip
+    """Per model and dataset at the fixed setting: NTPS, baseline, where NTPS sits between them."""
+    rows = []
+    for model, layer_spec in fixed_layers.items():
+        sub = scores[(scores["model"] == model) & (scores["stage"] == "pre_lora")]
+        if sub.empty:
+            continue
+        layer = resolve_layer(layer_spec, int(sub["layer"].max()) + 1)
+        at = sub[(sub["layer"] == layer) & (sub["k_label"] == k_label(analysis["fixed_k"]))]
+        for _, row in at.iterrows():
+            rows.append({
+                "model": model, "dataset": row["dataset"], "layer": layer,
+                "ntps": row[analysis["score"]], "baseline": row["baseline"],
+                "position": float(baseline_position(row[analysis["score"]], row["baseline"])),
+                "excess_loss": row["excess_loss"], "bound_lower": row["bound_lower"],
+                "bound_upper": row["bound_upper"],
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(
+    study: str,
+    correlations: pd.DataFrame,
+    scores: pd.DataFrame,
+    magnitudes: pd.DataFrame,
+    reference: pd.DataFrame,
+    comparison: pd.DataFrame,
+    lora_correlations: pd.DataFrame | None = None,
+    paired: pd.DataFrame | None = None,
+    prediction_summary: pd.DataFrame | None = None,
+) -> str:
+    """Everything a reader needs first, in one Markdown page."""
+    checked = bound_check(scores)
+    lines = [
+        f"# {study}",
+        "",
+        f"{scores['model'].nunique()} model(s) x {scores['dataset'].nunique()} dataset(s); "
+        f"NTPS over {scores['layer'].nunique()} layer indices x {scores['k_label'].nunique()} k settings.",
+        "",
+        "## NTPS vs held-out linear-probe metrics (Spearman across datasets)",
+        "",
+        markdown_table(correlation_view(correlations)),
+        "",
+        "Targets: `accuracy` = held-out probe accuracy; `-mse` = held-out probe MSE with the sign "
+        "flipped, so a positive rho always means NTPS agrees with the task being easy for a linear "
+        "read-out. CIs: percentile bootstrap over datasets; p: permutation test. The in-sample row "
+        "picks the best of the whole layer x k grid on the same datasets and is optimistic.",
+        "",
+        "## Magnitudes at the fixed setting",
+        "",
+        markdown_table(magnitudes),
+        "",
+        "`position` = (NTPS - baseline) / (1 - baseline): 0 = no better than a random subspace of the "
+        f"same size, 1 = perfect. Excess-loss bounds hold in {int(checked['bound_holds'].sum())} of "
+        f"{len(checked)} (model, dataset, stage, layer, k) rows.",
+        "",
+    ]
+    if lora_correlations is not None and not lora_correlations.empty:
+        lines += [
+            "## LoRA gain",
+            "",
+            markdown_table(correlation_view(lora_correlations)),
+            "",
+            "Gain = LoRA test accuracy - held-out probe accuracy on the last layer; target `-gain`, "
+            "so a positive rho means low NTPS goes with a large gain (the paper's claim).",
+            "",
+        ]
+    if paired is not None and not paired.empty:
+        lines += ["NTPS before vs after LoRA (fixed setting):", "", markdown_table(paired), ""]
+    if prediction_summary is not None and not prediction_summary.empty:
+        lines += [
+            "Predicting the gain (leave-one-dataset-out; baseline = mean gain of the other datasets):",
+            "",
+            markdown_table(prediction_summary),
+            "",
+        ]
+    paper = paper_correlations(reference)
+    wide = paper.pivot(index="model", columns="target", values="rho").reset_index()
+    lines += [
+        "## The paper's released numbers",
+        "",
+        "Per-model Spearman correlations recomputed from the paper's released per-pair values "
+        "(in-sample probes, layer and k chosen per figure):",
+        "",
+        markdown_table(wide),
+        "",
+    ]
+    if not comparison.empty:
+        lines += ["Datasets both studies use:", "", markdown_table(comparison), ""]
+    return "\n".join(lines)
