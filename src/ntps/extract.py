@@ -12,6 +12,7 @@ explicit position ids make left padding give the same hidden states as no paddin
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import sys
 import time
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 
 from ntps.errors import NumericalError
 from ntps.stats import StatisticsAccumulator, masked_mean_pool
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +67,12 @@ class ExtractionResult:
             "tokens_per_second": round(self.tokens_per_second, 1),
             **self.extra,
         }
+
+
+def _model_label(model: torch.nn.Module) -> str:
+    """A name for messages: the folder or hub id the model was loaded from, else its class."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or type(model).__name__)
 
 
 def context_length(base_model: torch.nn.Module) -> int | None:
@@ -122,7 +131,7 @@ def extract_features(
     device: str | torch.device = "cpu",
     progress: bool = True,
     product_dtype: torch.dtype = torch.float32,
-    name: str = "model",
+    name: str | None = None,
 ) -> ExtractionResult:
     """Mean-pooled hidden states of every layer (0 = embeddings) for ``texts``.
 
@@ -130,6 +139,7 @@ def extract_features(
     into a StatisticsAccumulator on the way; ``labels`` are then required. Only the pooled
     features are kept, so memory is O(N d L) plus one batch of hidden states.
     """
+    name = name or _model_label(base_model)
     if accumulate_statistics and labels is None:
         raise ValueError(f"{name}: accumulate_statistics=True needs labels")
     if labels is not None and len(labels) != len(texts):
@@ -142,6 +152,12 @@ def extract_features(
     limit = min(max_length, context) if context else max_length
 
     token_ids, n_truncated = tokenize_all(tokenizer, texts, limit)
+    if n_truncated:
+        LOG.warning(
+            "%s: %d of %d texts are longer than %d tokens (min of max_length %d and the model "
+            "context %s) and were truncated to their first %d tokens",
+            name, n_truncated, len(texts), limit, max_length, context, limit,
+        )  # fmt: skip
     lengths = [len(seq) for seq in token_ids]
     if min(lengths, default=1) == 0:
         empty = lengths.index(0)
@@ -187,7 +203,10 @@ def extract_features(
                             product_dtype=product_dtype,
                         )  # fmt: skip
             if accumulator is not None:
-                pooled = accumulator.update(hidden, mask, label_tensor[batch].to(device))
+                try:
+                    pooled = accumulator.update(hidden, mask, label_tensor[batch].to(device))
+                except NumericalError as exc:  # the accumulator does not know the model's name
+                    raise NumericalError(f"{name}: {exc}") from exc
             else:
                 pooled = torch.stack([masked_mean_pool(h, mask) for h in hidden])
             features[:, batch] = pooled.float().cpu()
@@ -204,8 +223,9 @@ def extract_features(
         if not bool(finite.all()):
             layer = int((~finite).nonzero()[0])
             raise NumericalError(
-                f"{name}: non-finite pooled hidden states at layer {layer}; try dtype float32 "
-                f"(half precision overflows in some models) or a shorter max_length"
+                f"{name}: non-finite pooled hidden states at layer {layer}; load the model in "
+                f"bfloat16 or float32 (`dtype:` of the model entry; float16 activations overflow "
+                f"in many LLMs) or use a shorter max_length"
             )
     return ExtractionResult(
         pooled=features,

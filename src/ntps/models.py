@@ -324,7 +324,10 @@ def _link_local(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict[str, 
         )
     for entry in path.resolve().iterdir():
         (out_dir / entry.name).symlink_to(entry)
-    return {"path": str(path.resolve())}
+    # A local folder has no revision: the weights' and config's hashes say which model it was
+    # (one read of the files, once per acquisition).
+    hashed = sorted([*weights, path / "config.json"])
+    return {"path": str(path.resolve()), "sha256": {p.name: _sha256(p) for p in hashed}}
 
 
 def _override_tokenizer(name: str, tokenizer_ref: str, out_dir: Path, cache_dir: Path) -> None:

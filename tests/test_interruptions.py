@@ -1,0 +1,317 @@
+"""Interruptions: a killed job leaves nothing Snakemake or the next rule would accept, and a re-run
+completes with tables byte-identical to an uninterrupted run.
+
+End-to-end cases start from a copy of the shared reference study (tests/test_determinism.py) with
+one job's outputs removed, so only that job and its downstream jobs run again: an extraction job
+stopped with SIGTERM to Snakemake, and a LoRA job killed with SIGKILL to the whole process group
+after its first checkpoint (the re-run must resume from it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_determinism import (
+    LORA_CHECKPOINT_EVERY,
+    LORA_DATASET,
+    LORA_STEPS,
+    MODEL,
+    TARGETS,
+    copy_study,
+    reference_study,
+    run_targets,
+    table_files,
+)
+from workflow_support import SNAKEFILE, run_snakemake
+
+from ntps.io import atomic_path, read_json, write_json
+
+# --- unit level: atomic writes -----------------------------------------------------------------
+
+
+def test_atomic_path_leaves_nothing_when_the_block_raises(tmp_path: Path) -> None:
+    final = tmp_path / "out" / "scores.json"
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_text("{partial")
+        assert tmp.parent == final.parent and tmp.exists()
+        raise RuntimeError("job killed")
+    assert not final.exists()
+    assert list(final.parent.iterdir()) == []  # the temporary file is gone too
+
+
+def test_atomic_path_keeps_the_old_file_when_the_block_raises(tmp_path: Path) -> None:
+    final = tmp_path / "scores.json"
+    write_json(final, {"version": 1})
+    with pytest.raises(KeyboardInterrupt), atomic_path(final) as tmp:
+        tmp.write_text("{partial")
+        raise KeyboardInterrupt
+    assert read_json(final) == {"version": 1}
+
+
+def test_killed_writer_leaves_no_final_file(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup at all: the final name still never holds a partial file."""
+    final = tmp_path / "stats.safetensors"
+    code = (
+        "import sys, time\n"
+        "from ntps.io import atomic_path\n"
+        f"with atomic_path({str(final)!r}) as tmp:\n"
+        "    tmp.write_bytes(b'x' * 1000)\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not final.exists()
+    # Only a hidden temporary file may remain, which no rule declares as an output.
+    assert all(p.name.startswith(".stats.safetensors.") for p in tmp_path.iterdir())
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def start_snakemake(root: Path) -> subprocess.Popen:
+    """Snakemake in its own session (process group), so the whole tree can be signalled."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(root),
+        "--configfile", str(root / "config.yaml"), "--cores", "2", *TARGETS,
+    ]  # fmt: skip
+    log = open(root / "interrupted-run.log", "w")
+    return subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, root: Path) -> None:
+    """Poll until `condition` holds; fail with Snakemake's output if the run ends first."""
+    deadline = time.monotonic() + 600
+    while not condition():
+        if proc.poll() is not None:
+            output = (root / "interrupted-run.log").read_text()[-4000:]
+            pytest.fail(f"snakemake ended ({proc.returncode}) before the job to kill:\n{output}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("the job to interrupt never started")
+        time.sleep(0.02)
+
+
+def session_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until_gone(proc: subprocess.Popen, seconds: float = 120) -> bool:
+    """Wait for Snakemake and every job it started; True if they all ended on their own."""
+    proc.wait(timeout=seconds)
+    deadline = time.monotonic() + seconds
+    while session_alive(proc.pid):
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def planned_outputs(root: Path) -> str:
+    """Dry run as the default profile runs it (rerun-incomplete): outputs of every planned job."""
+    result = run_snakemake(root, "--dry-run", *TARGETS, timeout=300)
+    return "\n".join(line for line in result.stdout.splitlines() if "output:" in line)
+
+
+def assert_complete_or_absent(paths: list[Path]) -> None:
+    """Whatever exists under a final name is whole (atomic writes): it parses."""
+    from safetensors import safe_open
+
+    for path in paths:
+        if not path.exists():
+            continue
+        if path.suffix == ".json":
+            read_json(path)
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                assert list(handle.keys())
+
+
+def interrupted_copy(
+    factory: pytest.TempPathFactory, name: str, remove: list[str]
+) -> tuple[Path, Path]:
+    reference = reference_study(factory)
+    root = copy_study(reference, factory.mktemp(name) / "study")
+    for relative in remove:
+        path = root / relative
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return reference, root
+
+
+def job_started(root: Path, rule: str, pair: str) -> Callable[[], bool]:
+    log = root / f"results/logs/{rule}/{pair}.log"
+    return log.exists
+
+
+@pytest.fixture(scope="module")
+def sigterm_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two stops with SIGTERM, then a run to the end.
+
+    1. SIGTERM to Snakemake alone (Ctrl-C-like, or `kill <pid>`) while an extraction runs;
+    2. SIGTERM to the whole process group (what `scancel`, a SLURM walltime or `timeout` send)
+       while the scoring job of that pair runs.
+    """
+    pair = f"{MODEL}/medium"
+    reference, root = interrupted_copy(
+        tmp_path_factory,
+        "sigterm",
+        [
+            f"results/extract/{pair}",
+            f"results/logs/extract/{pair}.log",
+            f"results/scores/{pair}.json",
+            f"results/logs/score/{pair}.log",
+            f"results/probes/{pair}.json",
+            f"results/logs/probe/{pair}.log",
+            "results/tables",  # so that Snakemake needs the removed files again
+        ],
+    )
+    state: dict = {"reference": reference, "root": root, "pair": pair}
+    extract_outputs = [
+        root / f"results/extract/{pair}/{name}"
+        for name in ("stats.safetensors", "features.safetensors", "extract.json")
+    ]
+    proc = start_snakemake(root)
+    wait_for(job_started(root, "extract", pair), proc, root)
+    proc.send_signal(signal.SIGTERM)
+    state["main_ended_alone"] = wait_until_gone(proc)
+    state["main_returncode"] = proc.returncode
+    state["main_log"] = (root / "interrupted-run.log").read_text()
+    state["extract_outputs_exist"] = [p.exists() for p in extract_outputs]
+    assert_complete_or_absent(extract_outputs)
+    state["score_ran"] = (root / f"results/scores/{pair}.json").exists()
+
+    proc = start_snakemake(root)
+    wait_for(job_started(root, "score", pair), proc, root)
+    os.killpg(proc.pid, signal.SIGTERM)
+    state["group_ended_alone"] = wait_until_gone(proc)
+    state["group_returncode"] = proc.returncode
+    state["planned_after_group"] = planned_outputs(root)
+    assert_complete_or_absent([root / f"results/scores/{pair}.json"])
+
+    run_targets(root)
+    return state
+
+
+@pytest.fixture(scope="module")
+def lora_sigkill(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """SIGKILL to the whole process group once the LoRA job has written a checkpoint."""
+    pair = f"{MODEL}/{LORA_DATASET}"
+    reference, root = interrupted_copy(
+        tmp_path_factory,
+        "sigkill",
+        [
+            f"results/lora/{pair}",
+            f"results/logs/lora/{pair}.log",
+            f"results/extract_post_lora/{pair}",
+            f"results/scores_post_lora/{pair}.json",
+            "results/tables",
+        ],
+    )
+    checkpoints = root / f"results/lora/{pair}/checkpoints"
+    proc = start_snakemake(root)
+    wait_for(lambda: any(checkpoints.glob("*/state.pt")), proc, root)
+    os.killpg(proc.pid, signal.SIGKILL)
+    wait_until_gone(proc)
+    outputs = [root / f"results/lora/{pair}/metrics.json", root / f"results/lora/{pair}/adapter"]
+    state = {
+        "reference": reference,
+        "root": root,
+        "pair": pair,
+        "returncode": proc.returncode,
+        "outputs": outputs,
+        "checkpoints": sorted(p.name for p in checkpoints.iterdir()),
+        "planned": planned_outputs(root),
+    }
+    assert_complete_or_absent(outputs[:1])
+    # A killed Snakemake cannot release its lock on the folder: the next run refuses to start and
+    # says how to release it (`--unlock`), then runs (the default profile sets rerun-incomplete).
+    locked = run_snakemake(root, *TARGETS, check=False, timeout=300)
+    state["locked_returncode"] = locked.returncode
+    state["locked_output"] = locked.stdout + locked.stderr
+    run_snakemake(root, "--unlock", *TARGETS, timeout=300)
+    run_targets(root)
+    state["rerun_log"] = (root / f"results/logs/lora/{pair}.log").read_text()
+    return state
+
+
+@pytest.mark.slow
+def test_sigterm_to_snakemake_finishes_running_job_and_starts_no_other(sigterm_runs: dict) -> None:
+    assert sigterm_runs["main_returncode"] != 0
+    assert sigterm_runs["main_ended_alone"]  # no job process outlives Snakemake
+    # Snakemake lets the running extraction finish (whole, atomic outputs) and starts nothing new.
+    assert "Will exit after finishing currently running jobs" in sigterm_runs["main_log"]
+    assert all(sigterm_runs["extract_outputs_exist"])
+    assert not sigterm_runs["score_ran"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_process_group_leaves_no_accepted_score(sigterm_runs: dict) -> None:
+    pair = sigterm_runs["pair"]
+    assert sigterm_runs["group_returncode"] != 0
+    assert sigterm_runs["group_ended_alone"]
+    # The killed scoring job is planned again, and the extraction before it is not.
+    planned = sigterm_runs["planned_after_group"]
+    assert f"results/scores/{pair}.json" in planned
+    assert f"results/extract/{pair}/stats.safetensors" not in planned
+
+
+@pytest.mark.slow
+def test_sigterm_rerun_matches_uninterrupted_run(sigterm_runs: dict) -> None:
+    expected = table_files(sigterm_runs["reference"])
+    got = table_files(sigterm_runs["root"])
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == expected[name], f"results/tables/{name} differs after the re-run"
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_no_accepted_lora_output(lora_sigkill: dict) -> None:
+    pair = lora_sigkill["pair"]
+    assert lora_sigkill["returncode"] == -signal.SIGKILL
+    assert lora_sigkill["checkpoints"]  # it was killed after a checkpoint, before finishing
+    assert f"results/lora/{pair}/metrics.json" in lora_sigkill["planned"]
+    assert f"results/extract_post_lora/{pair}/stats.safetensors" in lora_sigkill["planned"]
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_a_stale_lock_with_a_clear_message(lora_sigkill: dict) -> None:
+    assert lora_sigkill["locked_returncode"] != 0
+    assert "cannot be locked" in lora_sigkill["locked_output"]
+    assert "--unlock" in lora_sigkill["locked_output"]
+
+
+@pytest.mark.slow
+def test_sigkill_rerun_resumes_lora_and_matches_uninterrupted_run(lora_sigkill: dict) -> None:
+    # The re-run resumed from the newest checkpoint the killed run left.
+    last = max(int(re.sub(r"\D", "", name)) for name in lora_sigkill["checkpoints"])
+    assert last % LORA_CHECKPOINT_EVERY == 0 and 0 < last < LORA_STEPS
+    assert "resumed from" in lora_sigkill["rerun_log"]
+    assert f"at step {last}/{LORA_STEPS}" in lora_sigkill["rerun_log"]
+    assert not (lora_sigkill["root"] / f"results/lora/{lora_sigkill['pair']}/checkpoints").exists()
+    expected = table_files(lora_sigkill["reference"])
+    got = table_files(lora_sigkill["root"])
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == expected[name], f"results/tables/{name} differs after the resumed run"
