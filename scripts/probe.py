@@ -4,10 +4,9 @@ from ntps.io import read_json
 from ntps.stages import probe_pair, write_pair_json
 from ntps.workflow import job_logging
 
-with job_logging(snakemake.log[0], threads=snakemake.threads) as log:
+with job_logging(snakemake.log[0], threads=snakemake.threads):
     n_classes = len(read_json(snakemake.input.dataset)["label_names"])
     result = probe_pair(snakemake.input.features, n_classes, snakemake.params.settings)
-    log.info("probed %d layers in %.1f s", result["n_layers"], result["seconds"])
     write_pair_json(
         snakemake.output.probes, snakemake.wildcards.model, snakemake.wildcards.dataset, result
     )

@@ -3,7 +3,7 @@
 from ntps.stages import score_pair, write_pair_json
 from ntps.workflow import job_logging
 
-with job_logging(snakemake.log[0], threads=snakemake.threads) as log:
+with job_logging(snakemake.log[0], threads=snakemake.threads):
     result = score_pair(
         snakemake.input.stats,
         snakemake.params.k_grid,
@@ -11,7 +11,6 @@ with job_logging(snakemake.log[0], threads=snakemake.threads) as log:
         ridge=snakemake.params.ridge,
         centered=snakemake.params.centered,
     )
-    log.info("scored %d layers in %.2f s", result["n_layers"], result["seconds"])
     write_pair_json(
         snakemake.output.scores, snakemake.wildcards.model, snakemake.wildcards.dataset, result
     )

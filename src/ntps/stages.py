@@ -6,6 +6,7 @@ run (and tested) from Python without Snakemake.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -93,7 +94,17 @@ def extract_pair(
 
     assert accumulator is not None
     n_layers = sum(1 for key in features if key.startswith("train.layer"))
-    meta = {"n_layers": str(n_layers), "n_classes": str(n_classes)}
+    model_record = read_json(model_record_path) if model_record_path else None
+    # Carried in the tensors' metadata, so score and probe outputs name the data and model they
+    # came from without another input file.
+    meta = {
+        "n_layers": str(n_layers),
+        "n_classes": str(n_classes),
+        "dataset_fingerprint": str(dataset_record.get("fingerprint")),
+        "model_provenance": json.dumps(
+            model_record.get("provenance") if model_record else None, sort_keys=True
+        ),
+    }
     save_tensors(out_stats, accumulator.to_tensors(), meta)
     save_tensors(out_features, features, meta)
     record = {
@@ -107,11 +118,21 @@ def extract_pair(
         "load_seconds": load_seconds,
         "splits": split_records,
         "dataset_fingerprint": dataset_record.get("fingerprint"),
-        "model": read_json(model_record_path) if model_record_path else None,
+        "model": model_record,
         "provenance": provenance(),
     }
     write_json(out_record, record)
     return record
+
+
+def input_provenance(meta: Mapping[str, str]) -> dict[str, Any]:
+    """Dataset fingerprint and model provenance recorded by extract_pair in the tensors' metadata."""
+    out: dict[str, Any] = {}
+    if "dataset_fingerprint" in meta:
+        out["dataset_fingerprint"] = meta["dataset_fingerprint"]
+    if "model_provenance" in meta:
+        out["model_provenance"] = json.loads(meta["model_provenance"])
+    return out
 
 
 # --- scoring --------------------------------------------------------------------------------
@@ -134,7 +155,8 @@ def score_pair(
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     with safe_open(str(stats_path), framework="pt") as handle:
-        n_layers = int(handle.metadata()["n_layers"])
+        meta = handle.metadata()
+        n_layers = int(meta["n_layers"])
         keys = list(handle.keys())
         for layer in range(n_layers):
             prefix = f"layer{layer}."
@@ -144,13 +166,14 @@ def score_pair(
             moments = LayerMoments.from_tensors(tensors, layer)
             for record in score_layer(moments, k_grid, rtol=rtol, ridge=ridge, centered=centered):
                 records.append({"layer": layer, **record})
+    # Timings go to the log, not the output: score JSONs are byte-identical across runs.
+    LOG.info("scored %d layers in %.2f s", n_layers, time.perf_counter() - started)
     return {
         "n_layers": n_layers,
         "k_grid": list(k_grid),
         "settings": {"rtol": rtol, "ridge": ridge, "centered": centered},
-        "seconds": time.perf_counter() - started,
         "records": records,
-        "provenance": provenance(),
+        "provenance": provenance(**input_provenance(meta)),
     }
 
 
@@ -168,7 +191,8 @@ def probe_pair(
     records = []
     started = time.perf_counter()
     with safe_open(str(features_path), framework="pt") as handle:
-        n_layers = int(handle.metadata()["n_layers"])
+        meta = handle.metadata()
+        n_layers = int(meta["n_layers"])
         train_y = handle.get_tensor("train.labels").numpy()
         test_y = handle.get_tensor("test.labels").numpy()
         for layer in range(n_layers):
@@ -184,12 +208,12 @@ def probe_pair(
             )
             records.append({"layer": layer, **result.to_dict()})
             LOG.info("layer %d: accuracy %.3f mse %.3f", layer, result.accuracy, result.mse)
+    LOG.info("probed %d layers in %.1f s", n_layers, time.perf_counter() - started)
     return {
         "n_layers": n_layers,
         "settings": dict(settings),
-        "seconds": time.perf_counter() - started,
         "records": records,
-        "provenance": provenance(seed=settings["seed"]),
+        "provenance": provenance(seed=settings["seed"], **input_provenance(meta)),
     }
 
 

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -102,6 +103,10 @@ def job_logging(
         logger.setLevel(logging.INFO)
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = handle
+        # SIGTERM (scancel, walltime, Snakemake stopping a job tree) ends Python without running
+        # `finally` blocks; as SystemExit it unwinds, temporary files are removed and the log
+        # says why the job stopped instead of ending empty.
+        previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
         try:
             set_threads(threads)
             yield logger
@@ -109,8 +114,14 @@ def job_logging(
             logger.exception("job failed")
             raise
         finally:
+            signal.signal(signal.SIGTERM, previous)
             sys.stdout, sys.stderr = old_out, old_err
             logger.removeHandler(handler)
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    logging.getLogger("ntps").error("job stopped by %s", signal.Signals(signum).name)
+    raise SystemExit(128 + signum)
 
 
 def set_threads(threads: int) -> None:
