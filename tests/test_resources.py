@@ -1,0 +1,208 @@
+"""Cluster resources: model jobs scale with model size and retries; CPU-only rules ask for no GPU.
+
+The sizing function is tested directly, then through the real workflow: a dry run of a study with
+two models prints the resources Snakemake will request for every job, which is what an executor
+(local or SLURM) receives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ntps.workflow import DEFAULT_N_PARAMS, model_n_params, model_resources
+
+REPO = Path(__file__).resolve().parents[1]
+# Rules that load a model and therefore get model-sized resources and a GPU request.
+MODEL_RULES = {"extract", "lora", "extract_post_lora"}
+CPU_RULES = {
+    "prepare_dataset", "score", "probe", "tables", "correlations", "plot_model", "plot_bounds",
+    "score_post_lora", "lora_tables", "plot_lora",
+}  # fmt: skip
+
+
+def study_config(**model_keys: Any) -> dict[str, Any]:
+    return {
+        "models": [{"name": "m", "source": {"type": "hub", "id": "org/m"}, **model_keys}],
+        "datasets": [],
+    }
+
+
+# --- model_resources --------------------------------------------------------------------------
+
+
+def test_resources_scale_with_parameter_count() -> None:
+    small = model_resources(study_config(n_params=500_000_000), "m")
+    large = model_resources(study_config(n_params=8_000_000_000), "m")
+    # fp32 weights x3 + 2 GB: 0.5e9 * 12 bytes = 6000 MB; 8e9 * 12 = 96000 MB.
+    assert small["mem_mb"] == 2048 + 6000
+    assert large["mem_mb"] == 2048 + 96000
+    # One hour per billion parameters, at least 30 minutes.
+    assert small["runtime"] == 30
+    assert large["runtime"] == 480
+    assert small["gpu"] == large["gpu"] == 1
+    assert small["threads"] == large["threads"] == 2
+
+
+def test_resources_double_on_each_retry() -> None:
+    config = study_config(n_params=3_000_000_000)
+    first, second, third = (model_resources(config, "m", attempt) for attempt in (1, 2, 3))
+    assert second["mem_mb"] == 2 * first["mem_mb"] and third["mem_mb"] == 4 * first["mem_mb"]
+    assert second["runtime"] == 2 * first["runtime"] and third["runtime"] == 4 * first["runtime"]
+    # A retry does not ask for more GPUs or cores, only more time and memory.
+    assert (second["gpu"], second["threads"]) == (first["gpu"], first["threads"])
+
+
+def test_per_model_overrides_win_and_still_scale_with_attempt() -> None:
+    config = study_config(
+        n_params=8_000_000_000,
+        resources={"mem_mb": 40_000, "runtime": 90, "gpu": 2, "threads": 8},
+    )
+    assert model_resources(config, "m", 1) == {
+        "mem_mb": 40_000, "runtime": 90, "gpu": 2, "threads": 8,
+    }  # fmt: skip
+    assert model_resources(config, "m", 2) == {
+        "mem_mb": 80_000, "runtime": 180, "gpu": 2, "threads": 8,
+    }  # fmt: skip
+    # A partial override keeps the computed values for the other keys.
+    partial = model_resources(study_config(n_params=8_000_000_000, resources={"gpu": 0}), "m")
+    assert partial["gpu"] == 0 and partial["mem_mb"] == 2048 + 96000
+
+
+def test_parameter_count_from_config_then_record_then_default(tmp_path: Path) -> None:
+    records = tmp_path / "resources" / "models"
+    assert model_n_params(study_config(), "m", str(records)) == DEFAULT_N_PARAMS
+    (records / "m").mkdir(parents=True)
+    (records / "m" / "model.json").write_text(json.dumps({"n_parameters": 270_000_000}))
+    assert model_n_params(study_config(), "m", str(records)) == 270_000_000
+    # The config value wins over what acquisition measured.
+    assert model_n_params(study_config(n_params=42), "m", str(records)) == 42
+    # A broken record falls back to the default instead of failing the DAG.
+    (records / "m" / "model.json").write_text("{not json")
+    assert model_n_params(study_config(), "m", str(records)) == DEFAULT_N_PARAMS
+
+
+# --- what the workflow actually requests ------------------------------------------------------
+
+
+def parse_dry_run_jobs(output: str) -> list[dict[str, Any]]:
+    """One dict per job block of `snakemake --dry-run`: rule, wildcards, resources, threads."""
+    jobs = []
+    for block in re.split(r"\n\s*\n", output):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
+        if not rule:
+            continue
+        fields = dict(re.findall(r"^\s{4}(\w+): (.*)$", block, re.MULTILINE))
+        resources = dict(
+            item.split("=", 1) for item in fields.get("resources", "").split(", ") if "=" in item
+        )
+        jobs.append(
+            {
+                "rule": rule.group(1),
+                "wildcards": fields.get("wildcards", ""),
+                "resources": resources,
+                "threads": int(fields.get("threads", 1)),
+            }
+        )
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def planned_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Dry run of a two-model, two-dataset study with LoRA: nothing is loaded or downloaded."""
+    root = tmp_path_factory.mktemp("resources")
+    # A dry run never opens the model; validation only checks the folder has a config.json.
+    model_dir = root / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    datasets = []
+    for name in ("d1", "d2"):
+        path = root / f"{name}.csv"
+        path.write_text("text,label\na b,x\nc d,y\ne f,x\ng h,y\n")
+        datasets.append(
+            {"name": name, "source": {"type": "files", "path": str(path)},
+             "text_columns": ["text"], "label_column": "label"}
+        )  # fmt: skip
+    config = {
+        "models": [
+            # Sized from its parameter count (no record exists at DAG time).
+            {"name": "big", "source": {"type": "local", "path": str(model_dir)},
+             "n_params": 7_000_000_000},
+            # Sized by hand: a CPU-only model with a fixed memory budget.
+            {"name": "pinned", "source": {"type": "local", "path": str(model_dir)},
+             "n_params": 7_000_000_000, "resources": {"gpu": 0, "mem_mb": 3000, "threads": 4}},
+        ],
+        "datasets": datasets,
+        "lora": {"enabled": True},
+    }  # fmt: skip
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+         "--directory", str(root), "--configfile", str(root / "config.yaml"),
+         "--dry-run", "--cores", "8"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = parse_dry_run_jobs(result.stdout + "\n" + result.stderr)
+    assert jobs, result.stdout[-3000:]
+    return jobs
+
+
+def test_model_rules_request_model_sized_gpu_jobs(planned_jobs: list[dict[str, Any]]) -> None:
+    model_jobs = [job for job in planned_jobs if job["rule"] in MODEL_RULES]
+    # 2 models x 2 datasets for each of the three model rules.
+    assert sorted({job["rule"] for job in model_jobs}) == sorted(MODEL_RULES)
+    assert len(model_jobs) == 3 * 4
+    for job in model_jobs:
+        resources = job["resources"]
+        if "model=big" in job["wildcards"]:
+            # 2048 + 7e9 * 12 / 1e6 MB and 7 hours: from the parameter count, first attempt.
+            assert resources["gpu"] == "1", job
+            assert resources["mem_mb"] == str(2048 + 84000), job
+            assert resources["runtime"] == "420", job
+            assert job["threads"] == 2, job
+        else:
+            assert resources["gpu"] == "0", job
+            assert resources["mem_mb"] == "3000", job
+            assert job["threads"] == 4, job
+
+
+def test_cpu_rules_request_no_gpu(planned_jobs: list[dict[str, Any]]) -> None:
+    planned_rules = {job["rule"] for job in planned_jobs}
+    assert CPU_RULES <= planned_rules, CPU_RULES - planned_rules
+    for job in planned_jobs:
+        if job["rule"] not in MODEL_RULES:
+            assert "gpu" not in job["resources"], job
+    # Acquisition is CPU work sized by the model (it holds the weights once in memory).
+    acquire = [job for job in planned_jobs if job["rule"] == "acquire_model"]
+    assert {job["resources"]["mem_mb"] for job in acquire} == {str(2048 + 84000), "3000"}
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    return yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+
+
+def test_profiles_keep_cluster_specifics_out_of_the_rules() -> None:
+    default, slurm = load_profile("default"), load_profile("slurm")
+    assert "executor" not in default  # local executor
+    assert slurm["executor"] == "slurm"
+    resources = slurm["default-resources"]
+    # Retries get more: the defaults scale with the attempt like the model rules do.
+    assert "attempt" in str(resources["runtime"]) and "attempt" in str(resources["mem_mb"])
+    assert slurm["retries"] >= 1
+    # The plugin prefers cpus_per_task over a rule's threads: a default would cap model jobs.
+    assert "cpus_per_task" not in resources
+    # No rule names a partition, account or GPU type: those belong in the profile.
+    rules_text = "\n".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
+    for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "partition"):
+        assert key not in rules_text, key

@@ -1,0 +1,354 @@
+"""The tiny end-to-end study on a real SLURM cluster (`--executor slurm`), interrupted and resumed.
+
+Needs the single-node cluster of .ci/slurm-up.sh (`eval "$(.ci/slurm-up.sh)"`, see docs/slurm.md);
+skipped when `sinfo` shows no idle or mixed node. One module-scoped scenario, shared by the tests:
+
+1. a local reference run of the same study starts in the background (its own folder);
+2. a SLURM run starts and is killed (SIGTERM, then SIGKILL) as soon as its first `extract` job has
+   finished; its leftover jobs are cancelled with scancel;
+3. the same command is run again and must complete without resubmitting finished jobs.
+
+Every job id the plugin prints is looked up with `scontrol show job` at submission time (SLURM
+forgets finished jobs after MinJobAge), so the GPU request of every rule can be checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from workflow_support import SNAKEFILE, read_json, write_study
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_RULES = {"extract", "lora", "extract_post_lora"}
+DEFAULT_CONF = Path("/tmp/ntps-slurm/slurm.conf")  # where .ci/slurm-up.sh writes it
+
+SUBMITTED = re.compile(
+    r"Job (\d+) has been submitted with SLURM jobid (\d+) "
+    r"\(log: \S*?/slurm_logs/rule_([^/\s]+)/(?:([^/\s]+)/)?\d+\.log\)"
+)
+FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
+SBATCH_CALL = re.compile(r"sbatch call: (sbatch .*?) --wrap=")
+
+
+def slurm_env() -> dict[str, str]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        # Jobs inherit this environment (sbatch --export=ALL): keep the venv first on PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    if "SLURM_CONF" not in env and DEFAULT_CONF.is_file():
+        env["SLURM_CONF"] = str(DEFAULT_CONF)
+    return env
+
+
+def cluster_unavailable() -> str | None:
+    """Why the test cannot run, or None when a node is idle or mixed."""
+    for tool in ("sbatch", "sinfo", "squeue", "scontrol", "scancel"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found (no SLURM client)"
+    try:
+        states = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], env=slurm_env(), capture_output=True, text=True,
+            timeout=15,
+        ).stdout.split()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed: {exc}"
+    if not {"idle", "mixed"} & set(states):
+        return f'no idle/mixed SLURM node (sinfo: {states}); run: eval "$(.ci/slurm-up.sh)"'
+    return None
+
+
+SKIP_REASON = cluster_unavailable()
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON)),
+]
+
+
+def scontrol_record(job_id: str) -> str:
+    return subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], env=slurm_env(), capture_output=True,
+        text=True, timeout=30,
+    ).stdout  # fmt: skip
+
+
+def scancel(job_ids: list[str]) -> None:
+    if job_ids:
+        # Already finished jobs make scancel complain; that is fine.
+        subprocess.run(["scancel", *job_ids], env=slurm_env(), capture_output=True, timeout=60)
+
+
+@dataclass
+class Submission:
+    rule: str
+    wildcards: str  # the log folder: wildcard values joined by "_", "" for rules without any
+    snakemake_job: str
+    slurm_job: str
+    record: str  # `scontrol show job -o` right after submission
+
+
+@dataclass
+class ClusterRun:
+    """One `snakemake --executor slurm` process; its output is parsed while it runs."""
+
+    workdir: Path
+    command: list[str]
+    stop_after_rule: str | None = None
+    lines: list[str] = field(default_factory=list)
+    submissions: list[Submission] = field(default_factory=list)
+    finished: list[tuple[str, str]] = field(default_factory=list)  # (snakemake job, rule)
+    stop_now: threading.Event = field(default_factory=threading.Event)
+    killed_with: str | None = None
+    returncode: int | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.command, cwd=self.workdir, env=slurm_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )  # fmt: skip
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if match := SUBMITTED.search(line):
+                job, slurm_job, rule, wildcards = match.groups()
+                self.submissions.append(
+                    Submission(rule, wildcards or "", job, slurm_job, scontrol_record(slurm_job))
+                )
+            elif match := FINISHED.search(line):
+                self.finished.append((match[1], match[2]))
+                if match[2] == self.stop_after_rule:
+                    self.stop_now.set()
+        self.stop_now.set()  # process ended
+
+    def wait(self, timeout: float) -> int:
+        self.returncode = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=30)
+        (self.workdir / f"snakemake-{int(time.time())}.out").write_text(self.output)
+        return self.returncode
+
+    def interrupt(self, timeout: float) -> None:
+        """Wait for the stop condition, then SIGTERM the main process, SIGKILL if it lingers.
+
+        On SIGTERM Snakemake stops submitting but waits for its running jobs ("Will exit after
+        finishing currently running jobs"); the SIGKILL after a grace period is a crash.
+        """
+        assert self.stop_now.wait(timeout), f"no {self.stop_after_rule} job finished in {timeout}s"
+        if self.proc.poll() is None:
+            self.killed_with = "SIGTERM"
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.killed_with = "SIGKILL"
+                self.proc.kill()
+        self.wait(timeout=60)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def finished_jobs(self) -> set[tuple[str, str]]:
+        """(rule, wildcards) of every job this run saw finish."""
+        done = {job for job, _ in self.finished}
+        return {(s.rule, s.wildcards) for s in self.submissions if s.snakemake_job in done}
+
+    def sbatch_calls(self) -> dict[str, list[str]]:
+        """Rule -> the sbatch command lines it was submitted with (printed with --verbose)."""
+        calls: dict[str, list[str]] = {}
+        for call in SBATCH_CALL.findall(self.output):
+            comment = re.search(r"--comment (\S+)", call)
+            assert comment, call
+            rule = comment[1].strip("'\"").removeprefix("rule_").split("_wildcards_")[0]
+            calls.setdefault(rule, []).append(call)
+        return calls
+
+
+CLUSTER_DATASETS = ("noisy", "medium", "strong")
+
+
+def cluster_command(workdir: Path, config: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory",
+        str(workdir), "--configfile", str(config), "--profile", str(REPO / "profiles" / "slurm"),
+        "--jobs", "4",
+        # The CI cluster has no accounting database, so sacct cannot report job states.
+        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+        "--slurm-no-account",
+        # Replaces the profile's whole block, so every key is given (8 GB would not fit twice).
+        # CPUs per job come from each rule's threads.
+        "--default-resources", "mem_mb=2000", "runtime=30",
+        # Same machine, no shared-filesystem delay; a failing test job should fail at once.
+        "--latency-wait", "5", "--retries", "0",
+        "--verbose",  # prints each sbatch call
+    ]  # fmt: skip
+
+
+@dataclass
+class Scenario:
+    local: Path
+    cluster: Path
+    interrupted: ClusterRun
+    resumed: ClusterRun
+    seconds: dict[str, float]
+
+    @property
+    def submissions(self) -> list[Submission]:
+        return self.interrupted.submissions + self.resumed.submissions
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    root = tmp_path_factory.mktemp("slurm-study")
+    config_path = write_study(root)
+    config = yaml.safe_load(config_path.read_text())
+    # Small jobs for a 2-CPU node: a known size (2 GB, 30 min) instead of the 1e9-parameter
+    # fallback, and one thread so a GPU job and a CPU job run side by side.
+    config["models"][0]["n_params"] = 1_000_000
+    config["models"][0]["resources"] = {"threads": 1}
+    # Three datasets (correlations need three points) and LoRA on one keep the job count, and so
+    # the time spent starting Python and Snakemake inside each SLURM job, small.
+    config["datasets"] = [d for d in config["datasets"] if d["name"] in CLUSTER_DATASETS]
+    for dataset in config["datasets"]:
+        dataset["lora"] = dataset["name"] == "strong"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    local, cluster = root / "local", root / "cluster"
+    local.mkdir()
+    cluster.mkdir()
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+
+    # The reference: same study, local executor, only the tables compared below.
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory",
+         str(local), "--configfile", str(config_path), "--cores", "1",
+         "results/tables/scores.csv", "results/tables/probes.csv"],
+        env=slurm_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    runs: list[ClusterRun] = []
+    try:
+        first = ClusterRun(
+            cluster, cluster_command(cluster, config_path), stop_after_rule="extract"
+        )
+        runs.append(first)
+        first.start()
+        first.interrupt(timeout=900)
+        seconds["interrupted"] = time.monotonic() - started
+        # A killed Snakemake may leave jobs queued or running: cancel ours (never anyone else's).
+        scancel([s.slurm_job for s in first.submissions])
+        if first.killed_with == "SIGKILL":
+            # A killed Snakemake cannot release its lock; this is what a user would run.
+            subprocess.run(
+                [*cluster_command(cluster, config_path), "--unlock"], env=slurm_env(),
+                capture_output=True, timeout=300, check=True,
+            )  # fmt: skip
+
+        second = ClusterRun(cluster, cluster_command(cluster, config_path))
+        runs.append(second)
+        second.start()
+        second.wait(timeout=1500)
+        seconds["resumed"] = time.monotonic() - started
+
+        reference_output = reference.communicate(timeout=1500)[0]
+        seconds["local"] = time.monotonic() - started
+        assert reference.returncode == 0, reference_output[-4000:]
+        # For whoever tunes this test: how long each phase took and how the first run ended.
+        summary = {"seconds": seconds, "interrupted_with": first.killed_with}
+        (root / "summary.json").write_text(json.dumps(summary, indent=1))
+        yield Scenario(local, cluster, first, second, seconds)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+        for run in runs:
+            if run.proc.poll() is None:
+                run.proc.kill()
+            scancel([s.slurm_job for s in run.submissions])
+
+
+def test_interrupted_run_was_stopped_midway(scenario: Scenario) -> None:
+    first = scenario.interrupted
+    assert first.killed_with is not None, "the first run ended before it could be interrupted"
+    assert first.returncode != 0
+    finished_rules = {rule for _, rule in first.finished}
+    assert "extract" in finished_rules
+    # Stopped before the end: the aggregate jobs had not run yet.
+    assert "tables" not in finished_rules
+
+
+def test_resumed_run_completes(scenario: Scenario) -> None:
+    second = scenario.resumed
+    assert second.returncode == 0, second.output[-6000:]
+    results = scenario.cluster / "results"
+    for path in ("tables/scores.csv", "tables/probes.csv", "tables/correlations.csv",
+                 "tables/lora.csv", "plots/bounds.png", "plots/tiny-llama/layer_profile.pdf"):  # fmt: skip
+        assert (results / path).stat().st_size > 0, path
+    assert not list(results.rglob("*.tmp"))
+    # The model jobs ran inside GPU allocations but fell back to the CPU: no GPU here.
+    for record in (results / "extract").glob("*/*/extract.json"):
+        assert read_json(record)["device"] == "cpu"
+
+
+def test_resumed_run_does_not_redo_finished_jobs(scenario: Scenario) -> None:
+    done_before = scenario.interrupted.finished_jobs()
+    assert ("acquire_model", "tiny-llama") in done_before
+    assert any(rule == "extract" for rule, _ in done_before)
+    resubmitted = {(s.rule, s.wildcards) for s in scenario.resumed.submissions}
+    assert not done_before & resubmitted, done_before & resubmitted
+    # ... and everything else was submitted by one of the two runs.
+    all_submitted = {(s.rule, s.wildcards) for s in scenario.submissions}
+    assert {("extract", f"tiny-llama_{d}") for d in CLUSTER_DATASETS} <= (all_submitted)
+
+
+def test_cluster_results_equal_local_results(scenario: Scenario) -> None:
+    for table in ("scores", "probes"):
+        local = pd.read_csv(scenario.local / "results" / "tables" / f"{table}.csv")
+        cluster = pd.read_csv(scenario.cluster / "results" / "tables" / f"{table}.csv")
+        assert len(local) > 0
+        pd.testing.assert_frame_equal(cluster, local, check_exact=False, rtol=1e-6, atol=1e-6)
+
+
+def test_only_model_rules_request_a_gpu(scenario: Scenario) -> None:
+    submitted_rules = {s.rule for s in scenario.submissions}
+    assert MODEL_RULES | {"acquire_model", "prepare_dataset", "score", "probe", "tables"} <= (
+        submitted_rules
+    )
+    for submission in scenario.submissions:
+        record = submission.record
+        # The record belongs to this rule's job (the plugin puts the rule into the comment).
+        assert re.search(rf"\bComment=rule_{submission.rule}(_wildcards_\S+)?\s", record), record
+        if submission.rule in MODEL_RULES:
+            assert re.search(r"\bTresPerJob=gres:gpu:1\b", record), (submission.rule, record)
+        else:
+            assert "gres:gpu" not in record, (submission.rule, record)
+    # The same from the sbatch command lines (--verbose).
+    calls: dict[str, list[str]] = {}
+    for run in (scenario.interrupted, scenario.resumed):
+        for rule, lines in run.sbatch_calls().items():
+            calls.setdefault(rule, []).extend(lines)
+    assert calls.keys() >= MODEL_RULES
+    for rule, lines in calls.items():
+        for line in lines:
+            assert ("--gpus=1" in line) is (rule in MODEL_RULES), line
+            # CPUs follow the rule's threads (1 everywhere in this study), memory its mem_mb.
+            assert "--cpus-per-task=1 " in line, line
+            assert ("--mem 2060 " in line) is (rule in MODEL_RULES | {"acquire_model"}), line
