@@ -21,7 +21,11 @@ setup: $(STAMP)
 
 study: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) $(SNAKEMAKE_ARGS)
-	$(BIN)/snakemake --profile profiles/default --report results/report.html $(SNAKEMAKE_ARGS)
+	$(MAKE) --no-print-directory results/report.html
+
+# Rebuilt only when the study's results changed (summary.md is rewritten by every analysis run).
+results/report.html: results/summary.md
+	$(BIN)/snakemake --profile profiles/default --report $@ $(SNAKEMAKE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

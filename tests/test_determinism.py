@@ -158,16 +158,16 @@ def test_outputs_byte_identical_across_core_counts(reference: Path, serial_run: 
 
 @pytest.mark.slow
 def test_pair_outputs_agree_except_timings(reference: Path, serial_run: Path) -> None:
+    """--cores 1 and --cores 2: same structure and discrete values, floats equal to rounding."""
     from ntps.io import load_tensors
 
-    """--cores 1 and --cores 2: same structure and discrete values, floats equal to rounding."""
     expected, got = pair_jsons(reference), pair_jsons(serial_run)
     assert len(got) >= 5 and set(got) <= set(expected)
     for path, data in got.items():
         assert_close_json(strip_volatile(expected[path]), strip_volatile(data), path)
     for kind in ("extract", "extract_post_lora"):
         for path in sorted((serial_run / "results" / kind).rglob("*.safetensors")):
-            relative = path.relative_to(reference)
+            relative = path.relative_to(serial_run)
             theirs, mine = load_tensors(path), load_tensors(reference / relative)
             assert mine.keys() == theirs.keys(), relative
             for key, tensor in mine.items():
