@@ -231,7 +231,8 @@ def lora_sigkill(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     checkpoints = root / f"results/lora/{pair}/checkpoints"
     proc = start_snakemake(root)
-    wait_for(lambda: any(checkpoints.glob("*/state.pt")), proc, root)
+    # A finished checkpoint (not the temporary folder it is written in first).
+    wait_for(lambda: any(checkpoints.glob("step-*/state.pt")), proc, root)
     os.killpg(proc.pid, signal.SIGKILL)
     wait_until_gone(proc)
     outputs = [root / f"results/lora/{pair}/metrics.json", root / f"results/lora/{pair}/adapter"]
