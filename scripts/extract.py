@@ -3,9 +3,11 @@
 from pathlib import Path
 
 from ntps.stages import extract_pair
-from ntps.workflow import job_logging
+from ntps.workflow import job_logging, model_torch_threads
 
-with job_logging(snakemake.log[0], threads=snakemake.threads):
+with job_logging(
+    snakemake.log[0], threads=model_torch_threads(snakemake.config, snakemake.wildcards.model)
+):
     extract_pair(
         model_dir=Path(snakemake.input.model).parent,
         table_path=snakemake.input.table,

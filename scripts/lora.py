@@ -4,9 +4,11 @@ import shutil
 from pathlib import Path
 
 from ntps.stages import train_lora_pair, write_pair_json
-from ntps.workflow import job_logging
+from ntps.workflow import job_logging, model_torch_threads
 
-with job_logging(snakemake.log[0], threads=snakemake.threads):
+with job_logging(
+    snakemake.log[0], threads=model_torch_threads(snakemake.config, snakemake.wildcards.model)
+):
     checkpoints = Path(snakemake.params.checkpoints)
     metrics = train_lora_pair(
         model_dir=Path(snakemake.input.model).parent,

@@ -101,6 +101,26 @@ def save_tensors(
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=dict(metadata_) if metadata_ else None)
+        _sort_safetensors_header(tmp)
+
+
+def _sort_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys, in place.
+
+    safetensors serialises the metadata from a hash map, so identical tensors and metadata come
+    out in a different byte order from run to run; sorting makes the file byte-stable. The JSON
+    has the same length whatever its key order, so only the header bytes change.
+    """
+    with open(path, "r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > length:  # cannot happen for a header safetensors wrote; keep it as is
+            return
+        handle.seek(8)
+        handle.write(text.ljust(length, b" "))
 
 
 def load_tensors(path: str | os.PathLike[str], keys: list[str] | None = None) -> dict[str, Any]:

@@ -85,6 +85,16 @@ def model_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> 
     }
 
 
+def model_torch_threads(config: Mapping[str, Any], model: str) -> int:
+    """Intra-op threads for a model job, from the config rather than from Snakemake's grant.
+
+    torch's CPU kernels round differently with different thread counts, and Snakemake lowers a
+    job's threads to fit `--cores`; taking the count from the config keeps `--cores 1` and
+    `--cores 2` byte-identical (at worst one job briefly oversubscribes a single core).
+    """
+    return model_resources(config, model)["threads"]
+
+
 @contextlib.contextmanager
 def job_logging(
     log_path: str | os.PathLike[str] | None, threads: int = 1
