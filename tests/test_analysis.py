@@ -397,3 +397,23 @@ def test_bound_check() -> None:
     assert out["bound_holds"].tolist() == [True, False, True, False]
     assert np.allclose(out["slack_lower"], [0.4, -0.05, 0.0, 0.6])
     assert np.allclose(out["slack_upper"], [0.4, 0.85, 0.0, -0.1])
+
+
+def test_rows_at_setting_resolves_the_layer_per_model_depth() -> None:
+    from ntps.analysis import rows_at_setting
+
+    rows = [
+        {"model": model, "stage": "pre_lora", "dataset": dataset, "layer": layer, "k_label": k}
+        for model, depth in (("shallow", 3), ("deep", 9))
+        for dataset in ("a", "b")
+        for layer in range(depth)
+        for k in ("0.25", "k=8")
+    ]
+    scores = pd.DataFrame(rows)
+    shallow, layer = rows_at_setting(scores, "shallow", 0.5, 0.25)
+    assert layer == 1 and set(shallow["layer"]) == {1} and set(shallow["k_label"]) == {"0.25"}
+    deep, layer = rows_at_setting(scores, "deep", 0.5, 8)
+    assert layer == 4 and len(deep) == 2 and set(deep["k_label"]) == {"k=8"}
+    assert rows_at_setting(scores, "deep", -1, 8)[1] == 8
+    missing, layer = rows_at_setting(scores, "deep", 0.5, 8, stage="post_lora")
+    assert missing.empty and layer is None

@@ -269,6 +269,25 @@ def k_label(k_spec: int | float) -> str:
     return f"{value:g}"
 
 
+def rows_at_setting(
+    scores: pd.DataFrame,
+    model: str,
+    layer_spec: int | float,
+    k_spec: int | float,
+    stage: str = "pre_lora",
+) -> tuple[pd.DataFrame, int | None]:
+    """One model's score rows at a (layer, k) given as config specs, and the resolved layer.
+
+    The layer spec resolves against the model's own depth; (empty frame, None) when the model has
+    no rows for ``stage``.
+    """
+    sub = scores[(scores["model"] == model) & (scores["stage"] == stage)]
+    if sub.empty:
+        return sub, None
+    layer = resolve_layer(layer_spec, int(sub["layer"].max()) + 1)
+    return sub[(sub["layer"] == layer) & (sub["k_label"] == k_label(k_spec))], layer
+
+
 def _require_columns(frame: pd.DataFrame, columns: list[str], table: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ntps.analysis import correlation_grid, k_label, resolve_layer, select_layer_k
+from ntps.analysis import correlation_grid, k_label, rows_at_setting, select_layer_k
 from ntps.io import load_tensors, provenance, read_json, save_tensors, write_json
 
 LOG = logging.getLogger("ntps")
@@ -313,11 +313,9 @@ def lora_analysis(
     at_fixed = []
     for model, layer_spec in fixed_layers.items():
         for stage in ("pre_lora", "post_lora"):
-            sub = scores[(scores["model"] == model) & (scores["stage"] == stage)]
-            if sub.empty:
+            chosen, _ = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"], stage)
+            if chosen.empty:
                 continue
-            layer = resolve_layer(layer_spec, int(sub["layer"].max()) + 1)
-            chosen = sub[(sub["layer"] == layer) & (sub["k_label"] == k_label(analysis["fixed_k"]))]
             at_fixed.append(chosen[["model", "dataset", "stage", "layer", "k_label", score_col]])
     fixed_frame = pd.concat(at_fixed, ignore_index=True)
     wide = fixed_frame.pivot_table(
@@ -446,9 +444,9 @@ def fixed_setting_frame(
     score_col: str,
 ) -> tuple[pd.DataFrame, int]:
     """Per-dataset NTPS at the model's fixed (layer, k) beside the probe metrics of that layer."""
-    sub = scores[(scores["model"] == model) & (scores["stage"] == "pre_lora")]
-    layer = resolve_layer(layer_spec, int(sub["layer"].max()) + 1)
-    chosen = sub[(sub["layer"] == layer) & (sub["k_label"] == k_label(k_spec))]
+    chosen, layer = rows_at_setting(scores, model, layer_spec, k_spec)
+    if layer is None:
+        raise ValueError(f"no pre-LoRA scores for model '{model}'")
     merged = chosen.merge(probes, on=["model", "dataset", "layer"], how="inner")
     return merged.sort_values("dataset").reset_index(drop=True), layer
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ntps.analysis import baseline_position, bound_check, k_label, resolve_layer
+from ntps.analysis import baseline_position, bound_check, k_label, rows_at_setting
 from ntps.reference import paper_correlations, paper_lora_frame, short_model_name
 
 MODE_LABELS = {
@@ -80,12 +80,10 @@ def paper_comparison(
                 "lora_gain": float(gain.iloc[0]) if len(gain) else np.nan,
             })  # fmt: skip
         for model, layer_spec in fixed_layers.items():
-            sub = scores[(scores["model"] == model) & (scores["dataset"] == ours)]
-            sub = sub[sub["stage"] == "pre_lora"]
-            if sub.empty:
+            at, layer = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"])
+            row = at[at["dataset"] == ours]
+            if row.empty:
                 continue
-            layer = resolve_layer(layer_spec, int(sub["layer"].max()) + 1)
-            row = sub[(sub["layer"] == layer) & (sub["k_label"] == k_label(analysis["fixed_k"]))]
             probe = probes[
                 (probes["model"] == model)
                 & (probes["dataset"] == ours)
@@ -110,11 +108,7 @@ def magnitude_table(scores: pd.DataFrame, analysis: Mapping[str, Any],
     """Per model and dataset at the fixed setting: NTPS, baseline, where NTPS sits between them."""
     rows = []
     for model, layer_spec in fixed_layers.items():
-        sub = scores[(scores["model"] == model) & (scores["stage"] == "pre_lora")]
-        if sub.empty:
-            continue
-        layer = resolve_layer(layer_spec, int(sub["layer"].max()) + 1)
-        at = sub[(sub["layer"] == layer) & (sub["k_label"] == k_label(analysis["fixed_k"]))]
+        at, layer = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"])
         for _, row in at.iterrows():
             rows.append({
                 "model": model, "dataset": row["dataset"], "layer": layer,
