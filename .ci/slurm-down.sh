@@ -11,22 +11,8 @@ export SLURM_CONF="$SLURM_DIR/slurm.conf"
 
 log() { echo "[slurm-down] $*" >&2; }
 
-stop_pidfile() { # stop_pidfile <pidfile>: TERM then KILL the process the file names
-    local pid
-    [[ -s "$1" ]] || return 0
-    pid=$(cat "$1")
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    # The name check keeps a recycled pid of some unrelated process from being killed.
-    if kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == slurm* ]]; then
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -9 "$pid" 2>/dev/null || true
-    fi
-    rm -f "$1"
-}
+# shellcheck source=.ci/slurm-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm-lib.sh"
 
 if [[ -f "$SLURM_CONF" ]] && [[ -s "$SLURM_DIR/run/slurmctld.pid" ]]; then
     # Cancel every queued or running job (any user: CI runs as root).

@@ -49,30 +49,8 @@ if ((${#need_pkgs[@]})); then
 fi
 
 # ---------------------------------------------------------------- helpers
-pid_alive() { # pid_alive <pidfile>: true if the file names a running process
-    local pid
-    [[ -s "$1" ]] || return 1
-    pid=$(cat "$1")
-    # The name check keeps a recycled pid of some unrelated process from being taken for ours.
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
-        [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == slurm* ]]
-}
-
-stop_pidfile() { # stop_pidfile <pidfile>: TERM then KILL the process the file names
-    local pid
-    pid_alive "$1" || {
-        rm -f "$1"
-        return 0
-    }
-    pid=$(cat "$1")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$1"
-}
+# shellcheck source=.ci/slurm-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/slurm-lib.sh"
 
 node_state() { sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | head -n1; }
 
