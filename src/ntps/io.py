@@ -7,6 +7,7 @@ killed job never leaves a partial file under the final name (rename is atomic on
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -121,6 +122,15 @@ def _sort_safetensors_header(path: Path) -> None:
             return
         handle.seek(8)
         handle.write(text.ljust(length, b" "))
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_tensors(path: str | os.PathLike[str], keys: list[str] | None = None) -> dict[str, Any]:

