@@ -261,8 +261,13 @@ class StatisticsAccumulator:
             if compact
             else torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :t_max]
         )
-        pair_mask = cmask[:, 1:, None]  # pair (s_t, h_{t+1}) exists iff token t+1 is valid
         inv_len = 1.0 / lengths.to(_F64)[:, None]
+        last_valid = lengths - 1  # compact layout: each row's last valid token
+        rows = torch.arange(B, device=self.device)
+        # Flat row indices (into (B * t_max, d)) of the pairs (s_t, h_{t+1}): t + 1 must be valid.
+        # Gathering only those rows keeps padding out of the GEMMs instead of multiplying it by 0.
+        pair_b, pair_t = cmask[:, 1:].nonzero(as_tuple=True)
+        prefix_rows = pair_b * t_max + pair_t
 
         pooled = torch.empty(self.n_layers, B, d, dtype=torch.float32, device=self.device)
         for li, h in enumerate(layers):
@@ -276,7 +281,10 @@ class StatisticsAccumulator:
             # Elementwise work stays in the input dtype (exact); float64 is used only where values
             # are summed: ~10% less CPU time per update than all-float64 (docs/performance.md).
             h = torch.where(cmask[..., None], h, torch.zeros((), dtype=h.dtype, device=self.device))
-            x = h.sum(1, dtype=_F64)
+            # float64 prefix sums (they grow with t); a row's pooled sum is its last prefix sum, so
+            # one pass over h serves both the perception and the autoregressive side.
+            prefix = h.cumsum(1, dtype=_F64)
+            x = prefix[rows, last_valid]
             # A NaN/inf at a valid position makes its row's float64 sum non-finite (finite
             # float32/16 values cannot overflow float64), so checking the (B, d) sums is as strict
             # as checking all B*T*d elements, and much cheaper.
@@ -291,10 +299,12 @@ class StatisticsAccumulator:
                 self.x_sum[li] += x.sum(0)
                 self.cxx_sum[li].addmm_(x.T, x)
                 self.cxy_sum[li].addmm_(x.T, onehot)
-            if t_max >= 2:
-                # float64 prefix sums (they grow with t), zero where no pair
-                s = h.cumsum(1, dtype=_F64)[:, :-1].mul_(pair_mask)
-                self._add_products(li, s.reshape(-1, d), h[:, 1:].reshape(-1, d))
+            if prefix_rows.numel():
+                self._add_products(
+                    li,
+                    prefix.reshape(-1, d).index_select(0, prefix_rows),
+                    h.reshape(-1, d).index_select(0, prefix_rows + 1),
+                )
         if onehot is not None:
             self.n_examples += B
             self.label_counts += onehot.sum(0).to(torch.int64)
