@@ -27,6 +27,7 @@ from ntps.workflow import (
     fixed_layer_spec,
     model_names,
     model_resources,
+    model_torch_threads,
 )
 
 validate_config(config)
@@ -89,7 +90,7 @@ def model_gpu(wildcards):
 
 
 def model_threads(wildcards):
-    return model_resources(config, wildcards.model, 1)["threads"]
+    return model_torch_threads(config, wildcards.model)
 
 
 def scoring_params():

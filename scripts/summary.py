@@ -22,6 +22,7 @@ with job_logging(snakemake.log[0]):
     probes = pd.read_parquet(snakemake.input.probes)
     reference = load_paper_reference(snakemake.input.reference)
     lora = optional_csv("lora")
+    paper = paper_correlations(reference)
     magnitudes = magnitude_table(scores, analysis, fixed_layers)
     comparison = paper_comparison(
         scores, probes, reference, snakemake.params.reference_names, analysis, fixed_layers, lora
@@ -31,14 +32,14 @@ with job_logging(snakemake.log[0]):
         pd.read_csv(snakemake.input.correlations),
         scores,
         magnitudes,
-        reference,
+        paper,
         comparison,
         optional_csv("lora_correlations"),
         optional_csv("paired"),
         optional_csv("prediction_summary"),
     )
     write_table(snakemake.output.magnitudes, magnitudes)
-    write_table(snakemake.output.paper_correlations, paper_correlations(reference))
+    write_table(snakemake.output.paper_correlations, paper)
     write_table(snakemake.output.paper_comparison, comparison)
     with atomic_path(snakemake.output.summary) as tmp:
         Path(tmp).write_text(text + "\n", encoding="utf-8")

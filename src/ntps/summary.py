@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ntps.analysis import baseline_position, bound_check, k_label, rows_at_setting
-from ntps.reference import paper_correlations, paper_lora_frame, short_model_name
+from ntps.reference import paper_lora_frame, short_model_name
 
 MODE_LABELS = {
     "fixed": "fixed in config",
@@ -125,13 +125,17 @@ def summary_markdown(
     correlations: pd.DataFrame,
     scores: pd.DataFrame,
     magnitudes: pd.DataFrame,
-    reference: pd.DataFrame,
+    paper: pd.DataFrame,
     comparison: pd.DataFrame,
     lora_correlations: pd.DataFrame | None = None,
     paired: pd.DataFrame | None = None,
     prediction_summary: pd.DataFrame | None = None,
 ) -> str:
-    """Everything a reader needs first, in one Markdown page."""
+    """Everything a reader needs first, in one Markdown page.
+
+    ``paper`` is :func:`ntps.reference.paper_correlations` of the released figures (the summary
+    rule also writes it as a table, so it is computed once there).
+    """
     checked = bound_check(scores)
     lines = [
         f"# {study}",
@@ -176,7 +180,6 @@ def summary_markdown(
             markdown_table(prediction_summary),
             "",
         ]
-    paper = paper_correlations(reference)
     wide = paper.pivot(index="model", columns="target", values="rho").reset_index()
     lines += [
         "## The paper's released numbers",

@@ -64,6 +64,9 @@ def model_n_params(
     return DEFAULT_N_PARAMS
 
 
+DEFAULT_MODEL_THREADS = 2
+
+
 def model_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> dict[str, int]:
     """Resources of a model-running job, scaled with model size and the retry attempt.
 
@@ -81,7 +84,7 @@ def model_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> 
         "mem_mb": int(mem_mb * 2 ** (attempt - 1)),
         "runtime": int(runtime * 2 ** (attempt - 1)),
         "gpu": int(override.get("gpu", 1)),
-        "threads": int(override.get("threads", 2)),
+        "threads": model_torch_threads(config, model),
     }
 
 
@@ -90,9 +93,11 @@ def model_torch_threads(config: Mapping[str, Any], model: str) -> int:
 
     torch's CPU kernels round differently with different thread counts, and Snakemake lowers a
     job's threads to fit `--cores`; taking the count from the config keeps `--cores 1` and
-    `--cores 2` byte-identical (at worst one job briefly oversubscribes a single core).
+    `--cores 2` byte-identical (at worst one job briefly oversubscribes a single core). Read from
+    the model's `resources:` only, so no acquisition record is opened for it.
     """
-    return model_resources(config, model)["threads"]
+    override = entry_by_name(config, "models", model).get("resources", {})
+    return int(override.get("threads", DEFAULT_MODEL_THREADS))
 
 
 @contextlib.contextmanager
