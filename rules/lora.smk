@@ -1,5 +1,5 @@
-# LoRA stage: fine-tune adapters + head per pair, re-extract and re-score with the adapted model,
-# then relate pre-LoRA NTPS to the LoRA gain.
+# LoRA stage: fine-tune adapters + head per pair (head started from the last-layer probe), write
+# the adapted model's statistics, re-score them, then relate pre-LoRA NTPS to the LoRA gain.
 
 
 rule lora:
@@ -7,9 +7,14 @@ rule lora:
         model="resources/models/{model}/model.json",
         table="resources/datasets/{dataset}/data.parquet",
         dataset="resources/datasets/{dataset}/dataset.json",
+        probe_head="results/probes/{model}/{dataset}.head.safetensors",
+        stats="results/extract/{model}/{dataset}/stats.safetensors",
     output:
         adapter=directory("results/lora/{model}/{dataset}/adapter"),
         metrics="results/lora/{model}/{dataset}/metrics.json",
+        # Train-split statistics of the adapted model (post-LoRA NTPS): hidden states below the
+        # first adapted block are copied from the pre-LoRA statistics, the rest recomputed.
+        stats="results/lora/{model}/{dataset}/stats_post_lora.safetensors",
     log:
         "results/logs/lora/{model}/{dataset}.log",
     benchmark:
@@ -23,6 +28,7 @@ rule lora:
         runtime=model_runtime,
     params:
         settings=lora_settings,
+        max_length=lambda wildcards: model_spec(wildcards)["max_length"],
         device=config["extraction"]["device"],
         progress=config["extraction"]["progress"],
         # Not an output: Snakemake must not delete it when a job dies, so a re-run resumes.
@@ -31,38 +37,9 @@ rule lora:
         "../scripts/lora.py"
 
 
-rule extract_post_lora:
-    input:
-        model="resources/models/{model}/model.json",
-        adapter="results/lora/{model}/{dataset}/adapter",
-        table="resources/datasets/{dataset}/data.parquet",
-        dataset="resources/datasets/{dataset}/dataset.json",
-    output:
-        stats="results/extract_post_lora/{model}/{dataset}/stats.safetensors",
-        features="results/extract_post_lora/{model}/{dataset}/features.safetensors",
-        record="results/extract_post_lora/{model}/{dataset}/extract.json",
-    log:
-        "results/logs/extract_post_lora/{model}/{dataset}.log",
-    benchmark:
-        "results/benchmarks/extract_post_lora/{model}/{dataset}.tsv"
-    conda:
-        conda_env
-    threads: model_threads
-    resources:
-        gpu=model_gpu,
-        mem_mb=model_mem_mb,
-        runtime=model_runtime,
-    params:
-        settings=extraction_params,
-        # Post-LoRA NTPS needs only the train-split statistics; no post-LoRA probes are fit.
-        splits=["train"],
-    script:
-        "../scripts/extract.py"
-
-
 rule score_post_lora:
     input:
-        stats="results/extract_post_lora/{model}/{dataset}/stats.safetensors",
+        stats="results/lora/{model}/{dataset}/stats_post_lora.safetensors",
     output:
         scores="results/scores_post_lora/{model}/{dataset}.json",
     log:

@@ -7,6 +7,8 @@ rule probe:
         dataset="resources/datasets/{dataset}/dataset.json",
     output:
         probes="results/probes/{model}/{dataset}.json",
+        # The last layer's logistic probe on the raw features: where the LoRA head starts.
+        head="results/probes/{model}/{dataset}.head.safetensors",
     log:
         "results/logs/probe/{model}/{dataset}.log",
     benchmark:

@@ -17,6 +17,5 @@ with job_logging(
         out_features=snakemake.output.features,
         out_record=snakemake.output.record,
         model_record_path=snakemake.input.model,
-        adapter_dir=snakemake.input.get("adapter"),
         splits=snakemake.params.splits,
     )

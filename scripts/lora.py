@@ -16,8 +16,12 @@ with job_logging(
         dataset_record_path=snakemake.input.dataset,
         settings=snakemake.params.settings,
         device_spec=snakemake.params.device,
+        max_length=snakemake.params.max_length,
         out_adapter_dir=snakemake.output.adapter,
         checkpoint_dir=checkpoints,
+        stats_path=snakemake.input.stats,
+        out_stats=snakemake.output.stats,
+        probe_head_path=snakemake.input.probe_head,
         progress=snakemake.params.progress,
     )
     write_pair_json(

@@ -1,4 +1,5 @@
-"""LoRA figures: pre-LoRA NTPS vs LoRA gain, and NTPS before vs after LoRA (fixed setting)."""
+"""LoRA figures: pre-LoRA NTPS (fixed setting) vs LoRA gain, and NTPS before vs after LoRA (last
+layer, fixed k)."""
 
 from pathlib import Path
 
@@ -13,7 +14,9 @@ with job_logging(snakemake.log[0]):
     frame = pd.read_csv(snakemake.input.before_after)
     out_dir = Path(snakemake.output.gain).parent
     plot_ntps_vs_gain(
-        frame.rename(columns={"pre_lora": score_col}), out_dir / "ntps_vs_gain", score_col=score_col
+        frame.drop(columns="pre_lora").rename(columns={"ntps_fixed_setting": score_col}),
+        out_dir / "ntps_vs_gain",
+        score_col=score_col,
     )
     wide = frame.rename(columns={"pre_lora": "ntps_before", "post_lora": "ntps_after"})
     plot_ntps_before_after(wide, out_dir / "ntps_before_after", score_col=score_col)

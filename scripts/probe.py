@@ -6,7 +6,12 @@ from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.threads):
     n_classes = len(read_json(snakemake.input.dataset)["label_names"])
-    result = probe_pair(snakemake.input.features, n_classes, snakemake.params.settings)
+    result = probe_pair(
+        snakemake.input.features,
+        n_classes,
+        snakemake.params.settings,
+        out_head=snakemake.output.head,
+    )
     write_pair_json(
         snakemake.output.probes, snakemake.wildcards.model, snakemake.wildcards.dataset, result
     )

@@ -37,6 +37,7 @@ with job_logging(snakemake.log[0]):
         optional_csv("lora_correlations"),
         optional_csv("paired"),
         optional_csv("prediction_summary"),
+        lora,
     )
     write_table(snakemake.output.magnitudes, magnitudes)
     write_table(snakemake.output.paper_correlations, paper)

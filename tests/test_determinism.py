@@ -94,7 +94,7 @@ def strip_volatile(data: Any) -> Any:
 def pair_jsons(root: Path) -> dict[str, Any]:
     """Every per-pair JSON output (scores, probes, LoRA metrics, extraction records)."""
     out = {}
-    for kind in ("scores", "probes", "scores_post_lora", "lora", "extract", "extract_post_lora"):
+    for kind in ("scores", "probes", "scores_post_lora", "lora", "extract"):
         for path in sorted((root / "results" / kind).rglob("*.json")):
             # peft writes adapter_config.json's target_modules from a set: its order follows
             # Python's per-process string hashing, so it is not compared.
@@ -108,15 +108,16 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return reference_study(tmp_path_factory)
 
 
-# The serial run covers one dataset through every model rule (extraction, scoring, probes, LoRA,
-# post-LoRA extraction and scoring): enough to compare core counts at a third of the cost.
+# The serial run covers one dataset through every model rule (extraction, scoring, probes, LoRA
+# with its post-LoRA statistics, post-LoRA scoring): enough to compare core counts at a third of
+# the cost.
 SERIAL_TARGETS = (
     f"results/scores/{MODEL}/{LORA_DATASET}.json",
     f"results/probes/{MODEL}/{LORA_DATASET}.json",
     f"results/scores_post_lora/{MODEL}/{LORA_DATASET}.json",
     f"results/extract/{MODEL}/{LORA_DATASET}/stats.safetensors",
     f"results/extract/{MODEL}/{LORA_DATASET}/features.safetensors",
-    f"results/extract_post_lora/{MODEL}/{LORA_DATASET}/stats.safetensors",
+    f"results/lora/{MODEL}/{LORA_DATASET}/stats_post_lora.safetensors",
 )
 # Made on the way to the targets (the adapter folder is a directory output).
 BYTE_COMPARED = (
@@ -168,8 +169,8 @@ def test_pair_outputs_agree_except_timings(reference: Path, serial_run: Path) ->
     assert len(got) >= 5 and set(got) <= set(expected)
     for path, data in got.items():
         assert_close_json(strip_volatile(expected[path]), strip_volatile(data), path)
-    for kind in ("extract", "extract_post_lora"):
-        for path in sorted((serial_run / "results" / kind).rglob("*.safetensors")):
+    for kind, pattern in (("extract", "*.safetensors"), ("lora", "stats_post_lora.safetensors")):
+        for path in sorted((serial_run / "results" / kind).rglob(pattern)):
             relative = path.relative_to(serial_run)
             theirs, mine = load_tensors(path), load_tensors(reference / relative)
             assert mine.keys() == theirs.keys(), relative

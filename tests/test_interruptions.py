@@ -224,7 +224,6 @@ def lora_sigkill(tmp_path_factory: pytest.TempPathFactory) -> dict:
         [
             f"results/lora/{pair}",
             f"results/logs/lora/{pair}.log",
-            f"results/extract_post_lora/{pair}",
             f"results/scores_post_lora/{pair}.json",
             "results/tables",
         ],
@@ -296,7 +295,7 @@ def test_sigkill_leaves_no_accepted_lora_output(lora_sigkill: dict) -> None:
     assert lora_sigkill["returncode"] == -signal.SIGKILL
     assert lora_sigkill["checkpoints"]  # it was killed after a checkpoint, before finishing
     assert f"results/lora/{pair}/metrics.json" in lora_sigkill["planned"]
-    assert f"results/extract_post_lora/{pair}/stats.safetensors" in lora_sigkill["planned"]
+    assert f"results/lora/{pair}/stats_post_lora.safetensors" in lora_sigkill["planned"]
 
 
 @pytest.mark.slow

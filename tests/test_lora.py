@@ -21,14 +21,15 @@ from ntps.lora import (
     LoRASettings,
     build_classifier,
     load_lora_classifier,
-    masked_mean,
     merged_base_model,
+    post_lora_statistics,
     predict,
     resolve_target_modules,
     sample_order,
     save_lora,
     train_lora_classifier,
 )
+from ntps.text import masked_mean_pool, pad_batch
 
 SET_A = [f"alpha{i}" for i in range(6)]
 SET_B = [f"beta{i}" for i in range(6)]
@@ -152,12 +153,15 @@ def test_pooling_uses_last_hidden_state_after_final_norm(task, trained):
         # so the head sees the same "last layer" as the extraction's hidden_states[-1].
         assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
         assert torch.equal(out.hidden_states[-1], captured[-1])
-        expected = masked_mean(out.hidden_states[-1], enc["attention_mask"])
-        assert torch.equal(clf.pooled(enc["input_ids"], enc["attention_mask"]), expected)
-    # padding must not leak into the pooled vector of the short text
-    alone = tokenizer(["w3"], return_tensors="pt")
-    with torch.no_grad():
-        single = clf.pooled(alone["input_ids"], alone["attention_mask"])
+        expected = masked_mean_pool(out.hidden_states[-1], enc["attention_mask"])
+        token_ids = tokenizer(["w1 alpha0 w2", "w3"])["input_ids"]
+        ids, mask, positions = pad_batch(token_ids, tokenizer.pad_token_id)
+        assert torch.equal(ids, enc["input_ids"])
+        pooled = masked_mean_pool(clf.last_hidden(ids, mask, positions), mask)
+        assert torch.allclose(pooled, expected, atol=1e-6)
+        # padding must not leak into the pooled vector of the short text
+        single_ids, single_mask, single_pos = pad_batch(token_ids[1:], tokenizer.pad_token_id)
+        single = masked_mean_pool(clf.last_hidden(single_ids, single_mask, single_pos), single_mask)
     assert torch.allclose(single[0], expected[1], atol=1e-5)
 
 
@@ -241,6 +245,11 @@ def test_settings_defaults_and_validation():
     )
     assert (s.lr_schedule, s.warmup_ratio, s.max_steps, s.batch_size) == ("cosine", 0.05, 5000, 1)
     assert s.target_modules is None and s.num_warmup_steps() == 250
+    assert (s.head_init, s.top_blocks, s.max_length) == ("probe", None, None)
+    with pytest.raises(ConfigError, match="top_blocks or layers_to_transform"):
+        LoRASettings.from_dict({"top_blocks": 1, "layers_to_transform": [0]})
+    with pytest.raises(ConfigError, match="head_init"):
+        LoRASettings.from_dict({"head_init": "zeros"})
     with pytest.raises(ConfigError, match=r"\['lr'\].*learning_rate"):
         LoRASettings.from_dict({"lr": 1e-3})
     with pytest.raises(ConfigError, match="optimizer"):
@@ -366,3 +375,68 @@ def test_works_on_model_loaded_by_models_module(tiny_llama_dir, tiny_texts, tmp_
 def test_load_rejects_incomplete_folder(tmp_path):
     with pytest.raises(ModelSourceError, match=r"adapter_config\.json"):
         load_lora_classifier(make_base(50), tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# adapters on upper blocks only, the head started from a probe, post-LoRA statistics
+
+
+def test_top_blocks_run_in_two_parts_and_match_the_whole_model(task, tmp_path):
+    tokenizer, _, (test_x, _) = task
+    result = run(task, quick_settings(max_steps=20, top_blocks=1))
+    assert result.first_adapted_block == 1 and result.inputs_cached
+    adapted = {n for n, _ in result.classifier.named_parameters() if ".lora_A." in n}
+    assert adapted and all(".layers.1." in n for n in adapted)
+    # The saved classifier reloads as a whole model; both paths give the same logits.
+    save_lora(result, tmp_path / "adapter")
+    whole = load_lora_classifier(make_base(len(tokenizer)), tmp_path / "adapter")
+    assert whole.start is None
+    logits = predict(whole, tokenizer, test_x, 16, 32, "cpu")
+    assert torch.allclose(logits, result.test_logits, atol=1e-5)
+    assert result.test_accuracy >= 0.7
+
+
+def test_head_from_probe_reproduces_the_probe_before_training(task):
+    """LoRA's first evaluation equals the probe fitted on the extraction's pooled features."""
+    import numpy as np
+
+    from ntps.extract import extract_features
+    from ntps.probes import fit_probe
+
+    tokenizer, (train_x, train_y), (test_x, test_y) = task
+    base = make_base(len(tokenizer))
+    features = {
+        name: extract_features(base, tokenizer, texts, None, 2, batch_size=8, max_length=32,
+                               accumulate_statistics=False, progress=False).pooled[-1].numpy()
+        for name, texts in (("train", train_x), ("test", test_x))
+    }  # fmt: skip
+    probe = fit_probe(features["train"], np.array(train_y), features["test"], np.array(test_y), 2,
+                      c_grid=[1.0], keep_head=True)  # fmt: skip
+    head = (torch.from_numpy(probe.head_weight).float(), torch.from_numpy(probe.head_bias).float())
+    # The folded head on raw features gives the probe's predictions.
+    raw_logits = torch.from_numpy(features["test"]) @ head[0].T + head[1]
+    assert raw_logits.argmax(-1).tolist() == probe.test_predictions.tolist()
+    for settings in (quick_settings(max_steps=8, top_blocks=1), quick_settings(max_steps=8)):
+        result = run(task, settings, initial_head=head, max_length=32)
+        assert result.head_init == "probe"
+        assert result.initial_test_predictions == probe.test_predictions.tolist()
+        assert result.initial_test_accuracy == pytest.approx(probe.accuracy)
+
+
+def test_post_lora_statistics_match_a_full_extraction_of_the_merged_model(task):
+    from ntps.extract import extract_features
+
+    tokenizer, (train_x, train_y), _ = task
+    for settings in (quick_settings(max_steps=10, top_blocks=1), quick_settings(max_steps=10)):
+        result = run(task, settings)
+        first, upper = post_lora_statistics(result.classifier, result.train_inputs, train_y, 16)
+        assert first == (2 if settings.top_blocks else 0)
+        merged = merged_base_model(result.classifier)
+        full = extract_features(merged, tokenizer, train_x, train_y, 2, batch_size=16,
+                                max_length=32, accumulate_statistics=True, progress=False)  # fmt: skip
+        reference = full.statistics
+        assert upper.n_layers == reference.n_layers - first
+        assert (upper.n_examples, upper.n_pairs) == (reference.n_examples, reference.n_pairs)
+        for name in ("cxx_sum", "cxy_sum", "s0_sum", "s1_sum"):
+            ours, theirs = getattr(upper, name), getattr(reference, name)[first:]
+            assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))

@@ -21,7 +21,7 @@ from ntps.workflow import DEFAULT_N_PARAMS, model_n_params, model_resources
 
 REPO = Path(__file__).resolve().parents[1]
 # Rules that load a model and therefore get model-sized resources and a GPU request.
-MODEL_RULES = {"extract", "lora", "extract_post_lora"}
+MODEL_RULES = {"extract", "lora"}
 CPU_RULES = {
     "prepare_dataset", "score", "probe", "tables", "correlations", "plot_model", "plot_bounds",
     "score_post_lora", "lora_tables", "plot_lora",
@@ -159,7 +159,7 @@ def test_model_rules_request_model_sized_gpu_jobs(planned_jobs: list[dict[str, A
     model_jobs = [job for job in planned_jobs if job["rule"] in MODEL_RULES]
     # 2 models x 2 datasets for each of the three model rules.
     assert sorted({job["rule"] for job in model_jobs}) == sorted(MODEL_RULES)
-    assert len(model_jobs) == 3 * 4
+    assert len(model_jobs) == 2 * 4
     for job in model_jobs:
         resources = job["resources"]
         if "model=big" in job["wildcards"]:

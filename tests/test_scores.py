@@ -22,6 +22,9 @@ from ntps.stats import LayerMoments, StatisticsAccumulator
 
 F64 = torch.float64
 ARCH_FIELDS = {
+    "n_train",
+    "hidden_size",
+    "regime",
     "k_spec",
     "k_perception",
     "k_ar",
@@ -348,8 +351,23 @@ def test_score_layers_adds_layer_and_records_are_plain_json():
     assert [r["layer"] for r in recs] == [4, 4, 7, 7]
     assert set(recs[0]) == ARCH_FIELDS | {"layer"}
     json.dumps(recs)  # python scalars only
-    assert all(type(v) in (int, float, bool) for r in recs for v in r.values())
+    assert all(type(v) in (int, float, bool, str) for r in recs for v in r.values())
+    # n = 50 texts for d = 6: more than 2d, so the regime is fine.
+    assert {(r["n_train"], r["hidden_size"], r["regime"]) for r in recs} == {(50, 6, "ok")}
     recs2 = score_layers([(11, ms[0])], DEFAULT_K_GRID, ridge=0.1)
     assert len(recs2) == 19 and recs2[0]["layer"] == 11
     with pytest.raises(ConfigError):
         score_layer(ms[0], [1], perception_solver="magic")
+
+
+def test_regime_thresholds_and_warning():
+    from ntps.scores import regime, regime_warning
+
+    assert [regime(n, 576) for n in (180, 575, 576, 1151, 1152, 5000)] == [
+        "n_train<d", "n_train<d", "n_train<2d", "n_train<2d", "ok", "ok",
+    ]  # fmt: skip
+    assert regime_warning(1152, 576) is None
+    text = regime_warning(180, 576)
+    assert (
+        "180 for d = 576" in text and "at least 1152" in text and "lower bound is exactly 0" in text
+    )

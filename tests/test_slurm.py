@@ -33,7 +33,7 @@ import yaml
 from workflow_support import SNAKEFILE, read_json, write_study
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_RULES = {"extract", "lora", "extract_post_lora"}
+MODEL_RULES = {"extract", "lora"}
 DEFAULT_CONF = Path("/tmp/ntps-slurm/slurm.conf")  # where .ci/slurm-up.sh writes it
 
 SUBMITTED = re.compile(

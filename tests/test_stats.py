@@ -260,3 +260,29 @@ def test_tensors_round_trip_and_lazy_layer_loading(tmp_path):
     torch.testing.assert_close(m.y_mean, torch.tensor([2, 2, 4], dtype=torch.float64) / 8)
     with pytest.raises(Exception, match="layer7"):
         LayerMoments.from_tensors(tensors, 7)
+
+
+def test_splice_statistics_takes_lower_states_from_base_and_the_rest_from_upper():
+    from ntps.errors import NTPSError
+    from ntps.stats import splice_statistics
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = [torch.randn(3, 5, 4, generator=gen) for _ in range(4)]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    labels = torch.tensor([0, 1, 1])
+    base = StatisticsAccumulator(4, 4, 2)
+    base.update(hidden, mask, labels)
+    changed = [h + 1.0 for h in hidden[2:]]
+    upper = StatisticsAccumulator(2, 4, 2)
+    upper.update(changed, mask, labels)
+    spliced = splice_statistics(base.to_tensors(), upper, 2)
+    reference = StatisticsAccumulator(4, 4, 2)
+    reference.update([*hidden[:2], *changed], mask, labels)
+    for key, value in reference.to_tensors().items():
+        assert torch.allclose(spliced[key], value), key
+    other = StatisticsAccumulator(2, 4, 2)
+    other.update(changed, mask, torch.tensor([0, 0, 1]))
+    with pytest.raises(NTPSError, match="label counts"):
+        splice_statistics(base.to_tensors(), other, 2)
+    with pytest.raises(NTPSError, match="cannot splice"):
+        splice_statistics(base.to_tensors(), upper, 1)

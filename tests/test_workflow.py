@@ -11,6 +11,8 @@ import pytest
 import yaml
 from workflow_support import SIGNAL, read_json, run_snakemake, write_study
 
+from ntps.io import load_tensors
+
 pytestmark = pytest.mark.slow
 
 
@@ -68,6 +70,25 @@ def test_scores_table_contents(study: Path) -> None:
     ).all()
 
 
+def test_regime_is_flagged_where_n_train_is_below_2d(study: Path) -> None:
+    scores = pd.read_csv(study / "results/tables/scores.csv")
+    regime = scores[scores["stage"] == "pre_lora"].groupby("dataset")["regime"].unique()
+    assert {name: list(values) for name, values in regime.items()} == {
+        "noisy": ["n_train<2d"], "weak": ["n_train<2d"], "medium": ["n_train<2d"], "strong": ["ok"],
+    }  # fmt: skip
+    assert (scores["hidden_size"] == 32).all()
+    record = read_json(study / "results/extract/tiny-llama/noisy/extract.json")
+    assert (record["n_train"], record["regime"]) == (63, "n_train<2d")
+    assert len(record["cxx_rank"]) == 3 and max(record["cxx_rank"]) <= 32
+    assert "fewer than 2 training texts per hidden dimension" in record["warning"]
+    assert read_json(study / "results/extract/tiny-llama/strong/extract.json")["warning"] is None
+    log = (study / "results/logs/score/tiny-llama/noisy.log").read_text()
+    assert "REGIME" in log and "63 for d = 32" in log
+    assert "REGIME" not in (study / "results/logs/score/tiny-llama/strong.log").read_text()
+    summary = (study / "results/summary.md").read_text()
+    assert "WARNING: too few training texts" in summary and "3 of 4" in summary
+
+
 def test_probe_table_tracks_signal(study: Path) -> None:
     probes = pd.read_csv(study / "results/tables/probes.csv")
     assert len(probes) == 4 * 3
@@ -101,9 +122,17 @@ def test_lora_stage(study: Path) -> None:
     assert set(lora["dataset"]) == set(SIGNAL)
     assert (lora["steps"] == 12).all()
     assert np.allclose(lora["gain"], lora["lora_accuracy"] - lora["probe_accuracy_last_layer"])
-    # Training really happened: the loss fell on the learnable datasets.
+    # The head started from the last-layer probe: LoRA's first evaluation is the probe's.
+    assert (lora["head_init"] == "probe").all() and (lora["first_adapted_block"] == 1).all()
+    assert np.allclose(lora["lora_accuracy_at_start"], lora["probe_accuracy_last_layer"])
+    for dataset in SIGNAL:
+        metrics = read_json(study / f"results/lora/tiny-llama/{dataset}/metrics.json")
+        head = load_tensors(study / f"results/probes/tiny-llama/{dataset}.head.safetensors")
+        assert metrics["initial_test_predictions"] == head["test_predictions"].tolist()
+        assert metrics["initial_agreement_with_probe"] == 1.0
+    # Training really happened: the loss fell on the learnable dataset.
     strong = lora.set_index("dataset").loc["strong"]
-    assert strong["final_loss"] < strong["first_loss"]
+    assert strong["loss_last_quarter"] < strong["loss_first_quarter"] and strong["learned"]
     adapter = study / "results/lora/tiny-llama/strong/adapter"
     assert (adapter / "adapter_model.safetensors").exists()
     assert not (study / "results/lora/tiny-llama/strong/checkpoints").exists()
@@ -116,10 +145,10 @@ def test_lora_stage(study: Path) -> None:
     assert not np.allclose(
         pre.loc[last, "ntps_reg"], post.loc[last, "ntps_reg"].reindex(pre.index[last])
     )
-    # Embeddings are not adapted, so layer 0 is unchanged by LoRA.
-    first = pre.index.get_level_values("layer") == 0
-    assert np.allclose(
-        pre.loc[first, "ntps_reg"], post.loc[first, "ntps_reg"].reindex(pre.index[first])
+    # Only block 1 has adapters: hidden states 0 and 1 are unchanged by LoRA, exactly.
+    below = pre.index.get_level_values("layer") <= 1
+    assert np.array_equal(
+        pre.loc[below, "ntps_reg"], post.loc[below, "ntps_reg"].reindex(pre.index[below])
     )
     correlations = pd.read_csv(study / "results/tables/lora_correlations.csv")
     assert set(correlations["mode"]) == {"fixed", "in_sample", "lodo"}
@@ -136,7 +165,7 @@ def test_extraction_record(study: Path) -> None:
     record = read_json(study / "results/extract/tiny-llama/strong/extract.json")
     assert record["n_layers"] == 3
     assert record["hidden_size"] == 32
-    assert record["splits"]["train"]["n_texts"] + record["splits"]["test"]["n_texts"] == 90
+    assert record["splits"]["train"]["n_texts"] + record["splits"]["test"]["n_texts"] == 120
     assert record["dataset_fingerprint"]
 
 

@@ -27,6 +27,9 @@ CLASS_WORDS = {
 FILLER = ["the", "a", "of", "and", "today", "said", "very", "after", "new", "big", "old", "it"]
 # Share of class words per dataset: from nearly pure noise to nearly pure signal.
 SIGNAL = {"noisy": 0.08, "weak": 0.2, "medium": 0.4, "strong": 0.75}
+# Texts per class: the tiny model has d = 32, so "strong" (40 x 3 x 0.7 = 84 training texts)
+# has N_train >= 2d and the others (63) do not: the regime flag must tell them apart.
+TEXTS_PER_CLASS = {"noisy": 30, "weak": 30, "medium": 30, "strong": 40}
 
 
 def vocabulary() -> list[str]:
@@ -59,14 +62,14 @@ def write_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def write_datasets(folder: Path, n_per_class: int = 30) -> list[dict[str, Any]]:
+def write_datasets(folder: Path) -> list[dict[str, Any]]:
     """One dataset per signal level, in different file formats and column layouts."""
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for index, (name, signal) in enumerate(SIGNAL.items()):
-        rows = make_texts(signal, n_per_class, seed=index)
+        rows = make_texts(signal, TEXTS_PER_CLASS[name], seed=index)
         frame = pd.DataFrame(rows, columns=["sentence", "topic"])
         entry: dict[str, Any] = {
             "name": name,
@@ -108,7 +111,7 @@ def write_study(root: Path, **overrides: Any) -> Path:
             "enabled": True,
             "settings": {
                 "r": 4, "alpha": 8, "optimizer": "adamw", "learning_rate": 0.005,
-                "max_steps": 12, "batch_size": 8, "max_length": 32, "checkpoint_every": 5,
+                "max_steps": 12, "batch_size": 8, "checkpoint_every": 5, "top_blocks": 1,
                 "warmup_ratio": 0.1, "seed": 0,
             },
         },

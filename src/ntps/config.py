@@ -92,6 +92,10 @@ def _best_message(error: Any) -> str:
         if expected:
             return f"{instance!r} is not valid: expected {expected}"
         return f"{instance!r} matches none of the allowed forms"
+    if error.validator == "not" and isinstance(error.validator_value, dict):
+        keys = error.validator_value.get("required")
+        if keys:
+            return f"set only one of {', '.join(keys)}, not all of them"
     if error.validator == "additionalProperties":
         return f"{error.message} (check the spelling against schemas/config.schema.yaml)"
     if error.validator == "pattern":

@@ -1,12 +1,8 @@
 """One batched, length-bucketed forward pass giving pooled features (and train statistics).
 
-Texts are tokenised once up front with the tokenizer's default special tokens
-(``add_special_tokens=True``: Llama/Gemma prepend BOS, Qwen/SmolLM2 add nothing), because that is the
-input distribution the model was trained on and what the paper's code fed. Texts longer than
-``min(max_length, model context)`` tokens keep their first tokens and are counted as truncated.
-Texts are sorted by length and batched so each batch is padded only to its own longest text; the
-padding side is the tokenizer's (the accumulator and the pooling handle left and right padding, and
-explicit position ids make left padding give the same hidden states as no padding).
+Texts become token ids, padded batches and pooled features through :mod:`ntps.text`, the path the
+LoRA stage shares. Texts are sorted by length and batched so each batch is padded only to its own
+longest text.
 """
 
 from __future__ import annotations
@@ -24,7 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ntps.errors import NumericalError
-from ntps.stats import StatisticsAccumulator, masked_mean_pool
+from ntps.stats import StatisticsAccumulator
+from ntps.text import (
+    context_length,
+    length_batches,
+    masked_mean_pool,
+    pad_batch,
+    pad_token_id,
+    tokenize_all,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -73,36 +77,6 @@ def _model_label(model: torch.nn.Module) -> str:
     """A name for messages: the folder or hub id the model was loaded from, else its class."""
     config = getattr(model, "config", None)
     return str(getattr(config, "_name_or_path", "") or type(model).__name__)
-
-
-def context_length(base_model: torch.nn.Module) -> int | None:
-    """The model's maximum number of positions, if its config declares one."""
-    config = getattr(base_model, "config", None)
-    for attr in ("max_position_embeddings", "n_positions", "max_context_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def tokenize_all(
-    tokenizer: Any, texts: Sequence[str], max_length: int
-) -> tuple[list[list[int]], int]:
-    """Token ids of every text (special tokens included), cut to ``max_length``; number cut.
-
-    Tokenising without truncation and cutting the id lists ourselves is one tokenizer call that
-    also tells which texts were too long.
-    """
-    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
-    ids = [list(seq) for seq in encoded["input_ids"]]
-    n_truncated = sum(len(seq) > max_length for seq in ids)
-    return [seq[:max_length] for seq in ids], n_truncated
-
-
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first (memory peaks early)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _strip_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -169,6 +143,7 @@ def extract_features(
     accumulator: StatisticsAccumulator | None = None
     label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
     pass_positions = _accepts_position_ids(base_model)
+    pad_id = pad_token_id(tokenizer)
 
     start = time.perf_counter()
     bar = tqdm(
@@ -177,15 +152,8 @@ def extract_features(
     )  # fmt: skip
     with torch.inference_mode():
         for batch in batches:
-            padded = tokenizer.pad(
-                {"input_ids": [token_ids[i] for i in batch]}, padding=True, return_tensors="pt"
-            )
-            input_ids = padded["input_ids"].to(device)
-            mask = padded["attention_mask"].to(device)
-            kwargs: dict[str, Any] = {}
-            if pass_positions:
-                # Positions count real tokens only, so left padding does not shift them.
-                kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            input_ids, mask, positions = pad_batch([token_ids[i] for i in batch], pad_id, device)
+            kwargs: dict[str, Any] = {"position_ids": positions} if pass_positions else {}
             out = base_model(
                 input_ids=input_ids, attention_mask=mask, output_hidden_states=True,
                 use_cache=False, **kwargs,

@@ -144,6 +144,14 @@ def load_tensors(path: str | os.PathLike[str], keys: list[str] | None = None) ->
     return out
 
 
+def load_tensor_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def write_table(path: str | os.PathLike[str], frame: Any) -> None:
     """Write a pandas DataFrame as CSV or Parquet (by suffix), atomically and deterministically."""
     suffix = Path(path).suffix

@@ -39,8 +39,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntps.blocks import (
+    block_inputs,
+    decoder_blocks,
+    forward_kwargs,
+    split_forward_matches,
+    upper_forward,
+)
 from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
 from ntps.io import load_tensors, read_json, save_tensors, write_json
+from ntps.stats import StatisticsAccumulator
+from ntps.text import (
+    length_batches,
+    length_limit,
+    masked_mean_pool,
+    pad_batch,
+    pad_token_id,
+    tokenize_all,
+)
 
 # Auto-detected LoRA targets, tried in order: the first group whose modules all exist wins.
 # q/k/v: Llama, Qwen2, Gemma/Gemma3, Mistral, Phi-3 (split). qkv_proj: OpenELM (and fused Phi-3).
@@ -53,6 +69,10 @@ AUTO_TARGET_GROUPS: tuple[tuple[str, ...], ...] = (
 )
 OPTIMIZERS = ("adamw", "adafactor")
 SCHEDULES = ("cosine", "linear", "constant")
+HEAD_INITS = ("probe", "random")
+# Above this size (float32) the inputs of the first adapted block are recomputed for every batch
+# instead of being kept in memory for the whole run.
+STATE_CACHE_MAX_BYTES = 4 * 2**30
 # Settings that do not change the training trajectory, so a checkpoint stays valid if they change.
 _NON_TRAJECTORY_KEYS = ("eval_batch_size", "checkpoint_every")
 _CHECKPOINT_PREFIX = "step-"
@@ -70,6 +90,8 @@ class LoRASettings:
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None: auto-detect per architecture
     layers_to_transform: list[int] | None = None  # None: all layers
+    top_blocks: int | None = None  # adapters on the last N blocks only (exclusive with the above)
+    head_init: str = "probe"  # "probe": start from the fitted last-layer probe; "random"
     optimizer: str = "adafactor"
     learning_rate: float = 1e-4
     head_lr: float | None = None  # None: same as learning_rate
@@ -79,7 +101,7 @@ class LoRASettings:
     max_steps: int = 5000  # optimizer steps
     batch_size: int = 1  # texts per micro-batch
     grad_accum_steps: int = 1  # micro-batches per optimizer step
-    max_length: int = 512  # tokens per text after truncation
+    max_length: int | None = None  # tokens per text; None = the model's extraction max_length
     max_grad_norm: float = 1.0
     seed: int = 42
     eval_batch_size: int = 16
@@ -106,9 +128,17 @@ class LoRASettings:
             "max_steps",
             "batch_size",
             "grad_accum_steps",
-            "max_length",
             "eval_batch_size",
         )
+        if self.top_blocks is not None and self.layers_to_transform is not None:
+            raise ConfigError("lora: set top_blocks or layers_to_transform, not both")
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError(f"lora.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        for key in ("top_blocks", "max_length"):
+            if getattr(self, key) is not None and int(getattr(self, key)) < 1:
+                raise ConfigError(
+                    f"lora.{key} must be a positive integer or null, got {getattr(self, key)!r}"
+                )
         for key in positive_ints:
             if int(getattr(self, key)) < 1:
                 raise ConfigError(
@@ -227,14 +257,13 @@ def _num_layers(model: nn.Module) -> int | None:
 # the classifier
 
 
-def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``hidden`` (B, T, d) over positions where ``attention_mask`` (B, T) is 1, in fp32."""
-    mask = attention_mask.to(torch.float32).unsqueeze(-1)
-    return (hidden.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
 class LoRAClassifier(nn.Module):
-    """peft-wrapped base model + linear head on the masked mean-pooled last layer."""
+    """peft-wrapped base model + linear head on the masked mean-pooled last layer.
+
+    ``start`` is the first block that has adapters when the model is run in two parts
+    (:mod:`ntps.blocks`): the classifier's inputs are then the hidden states entering that block,
+    computed once by the frozen lower blocks. ``start=None`` runs the whole model from token ids.
+    """
 
     def __init__(self, peft_model: nn.Module, n_classes: int) -> None:
         super().__init__()
@@ -243,25 +272,34 @@ class LoRAClassifier(nn.Module):
         self.n_classes = int(n_classes)
         self.target_modules: list[str] = sorted(peft_model.peft_config["default"].target_modules)
         self.head = nn.Linear(hidden_size, self.n_classes, dtype=torch.float32)
+        self.start: int | None = None
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean of ``hidden_states[-1]`` (the extraction's last layer), (B, d) fp32."""
-        out = self.peft_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        return masked_mean(out.hidden_states[-1], attention_mask)
+    def last_hidden(
+        self, inputs: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Last hidden state (B, T, d), after the final norm: the extraction's last layer.
+
+        ``inputs``: token ids (B, T) when ``start`` is None, else block-``start`` inputs (B, T, d).
+        """
+        if self.start is None:
+            out = self.peft_model(
+                input_ids=inputs, **forward_kwargs(self.peft_model, attention_mask, position_ids)
+            )
+            return out.last_hidden_state
+        last, _ = upper_forward(self.peft_model, inputs, attention_mask, position_ids, self.start)
+        return last
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        inputs: torch.Tensor,
         attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (logits (B, c) fp32, mean cross-entropy or None)."""
-        pooled = self.pooled(input_ids, attention_mask)
+        pooled = masked_mean_pool(
+            self.last_hidden(inputs, attention_mask, position_ids), attention_mask
+        )
         # The head runs in fp32 even under bf16 autocast: it is tiny and bf16 logits lose accuracy.
         with torch.autocast(device_type=pooled.device.type, enabled=False):
             logits = self.head(pooled)
@@ -272,6 +310,13 @@ class LoRAClassifier(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
 
+def adapted_blocks(settings: LoRASettings, n_blocks: int) -> list[int] | None:
+    """Block indices that get adapters (None = all), from ``top_blocks`` or ``layers_to_transform``."""
+    if settings.top_blocks is not None:
+        return list(range(max(0, n_blocks - settings.top_blocks), n_blocks))
+    return settings.layers_to_transform
+
+
 def build_classifier(
     base_model: nn.Module, n_classes: int, settings: LoRASettings
 ) -> LoRAClassifier:
@@ -280,76 +325,145 @@ def build_classifier(
 
     targets = resolve_target_modules(base_model, settings.target_modules)
     n_layers = _num_layers(base_model)
-    if settings.layers_to_transform is not None and n_layers is not None:
-        bad = [i for i in settings.layers_to_transform if i >= n_layers]
+    if n_layers is None:
+        n_layers = len(decoder_blocks(base_model))
+    layers = adapted_blocks(settings, n_layers)
+    if layers is not None:
+        bad = [i for i in layers if i >= n_layers]
         if bad:
             raise ConfigError(
                 f"lora.layers_to_transform {bad} out of range for model {_model_name(base_model)} "
                 f"with {n_layers} layers (valid: 0..{n_layers - 1})"
             )
-    layers_pattern = None
-    if settings.layers_to_transform is not None:
-        layers_pattern = _layers_pattern(base_model, targets)
+    layers_pattern = _layers_pattern(base_model, targets) if layers is not None else None
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
-        layers_to_transform=settings.layers_to_transform,
+        layers_to_transform=layers,
         layers_pattern=layers_pattern,
         bias="none",
     )
     peft_model = get_peft_model(base_model, config)
     if not any("lora_" in n for n, p in peft_model.named_parameters() if p.requires_grad):
         raise ConfigError(
-            f"LoRA with target_modules={targets} and layers_to_transform="
-            f"{settings.layers_to_transform} adapted no module of model {_model_name(base_model)}"
+            f"LoRA with target_modules={targets} and blocks {layers} adapted no module of model "
+            f"{_model_name(base_model)}"
         )
     classifier = LoRAClassifier(peft_model, n_classes)
     classifier.target_modules = targets
     return classifier
 
 
+def set_head(classifier: LoRAClassifier, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """Start the head from given weights (c, d) and bias (c,), e.g. a fitted probe's."""
+    expected = tuple(classifier.head.weight.shape)
+    if tuple(weight.shape) != expected or tuple(bias.shape) != (expected[0],):
+        raise ConfigError(
+            f"initial head has shape {tuple(weight.shape)} / {tuple(bias.shape)}, the classifier "
+            f"needs {expected} / ({expected[0]},)"
+        )
+    with torch.no_grad():
+        classifier.head.weight.copy_(weight.to(torch.float32))
+        classifier.head.bias.copy_(bias.to(torch.float32))
+
+
 # --------------------------------------------------------------------------------------------
 # data
 
 
-def _tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids per text (special tokens as the tokenizer adds them), truncated; and #truncated."""
-    # Same tokenisation as ntps.extract: special tokens as the tokenizer adds them, keep the head.
-    full = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)[
-        "input_ids"
-    ]
-    n_truncated = sum(len(ids) > max_length for ids in full)
-    return [list(ids[:max_length]) for ids in full], n_truncated
+class TextInputs:
+    """Texts of one split as the classifier consumes them, batch by batch.
+
+    Token ids come from :mod:`ntps.text` (the extraction's tokenisation and length limit). When the
+    classifier runs in two parts, each batch is the hidden states entering block ``start``: kept in
+    memory for the whole run (computed once per text) when they fit in
+    :data:`STATE_CACHE_MAX_BYTES`, else recomputed by the frozen lower blocks for every batch.
+    """
+
+    def __init__(
+        self,
+        classifier: LoRAClassifier,
+        tokenizer: Any,
+        texts: Sequence[str],
+        max_length: int,
+        device: torch.device,
+        batch_size: int,
+    ) -> None:
+        self.classifier = classifier
+        self.limit = length_limit(classifier.peft_model.get_base_model(), max_length)
+        self.ids, self.n_truncated = tokenize_all(tokenizer, texts, self.limit)
+        if self.ids and min(len(seq) for seq in self.ids) == 0:
+            raise DatasetError("a text tokenises to no tokens; drop empty texts first")
+        self.pad_id = pad_token_id(tokenizer)
+        self.device = device
+        self.cached: list[torch.Tensor] | None = None
+        start = classifier.start
+        if start is None or start == 0:
+            return  # nothing below the adapters worth keeping (at most an embedding lookup)
+        hidden = classifier.peft_model.get_base_model().config.hidden_size
+        n_tokens = sum(len(seq) for seq in self.ids)
+        if n_tokens * hidden * 4 > STATE_CACHE_MAX_BYTES:
+            return
+        self.cached = [torch.empty(0)] * len(self.ids)
+        for batch in length_batches([len(seq) for seq in self.ids], batch_size):
+            input_ids, mask, positions = pad_batch(
+                [self.ids[i] for i in batch], self.pad_id, device
+            )
+            states = block_inputs(classifier.peft_model, input_ids, mask, positions, start)
+            for row, index in enumerate(batch):
+                self.cached[index] = states[row, : len(self.ids[index])].detach().cpu()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, attention_mask, position_ids) for the texts ``indices``, right-padded."""
+        input_ids, mask, positions = pad_batch(
+            [self.ids[i] for i in indices], self.pad_id, self.device
+        )
+        start = self.classifier.start
+        if start is None:
+            return input_ids, mask, positions
+        if self.cached is None:
+            return (
+                block_inputs(self.classifier.peft_model, input_ids, mask, positions, start),
+                mask,
+                positions,
+            )
+        states = torch.zeros(
+            (len(indices), input_ids.shape[1], self.cached[indices[0]].shape[-1]),
+            dtype=self.cached[indices[0]].dtype,
+        )
+        for row, index in enumerate(indices):
+            states[row, : len(self.ids[index])] = self.cached[index]
+        return states.to(self.device), mask, positions
 
 
-def _length_limit(model: nn.Module, max_length: int) -> int:
-    """``max_length`` capped at the model's context (as the extraction does)."""
-    config = getattr(model, "config", None)
-    context = getattr(config, "max_position_embeddings", None)
-    return min(max_length, context) if isinstance(context, int) and context > 0 else max_length
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None:
-            return int(value)
-    return 0  # masked out anyway
-
-
-def _collate(
-    ids: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence: positions 0..n-1 stay those of the unpadded text."""
-    width = max(1, max(len(x) for x in ids))
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return input_ids.to(device), mask.to(device)
+def configure_split(
+    classifier: LoRAClassifier,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    device: torch.device,
+) -> int | None:
+    """Set and return ``classifier.start``: the first adapted block when only upper blocks have
+    adapters and running the model in two parts reproduces its full forward on a few of ``texts``;
+    otherwise None (the whole model runs from token ids at every step)."""
+    classifier.start = None
+    layers = classifier.peft_model.peft_config["default"].layers_to_transform
+    if layers is None or not texts:
+        return None
+    start = min([layers] if isinstance(layers, int) else layers)
+    if start == 0:
+        return None
+    base = classifier.peft_model.get_base_model()
+    ids, _ = tokenize_all(tokenizer, list(texts[:4]), length_limit(base, max_length))
+    input_ids, mask, positions = pad_batch(ids, pad_token_id(tokenizer), device)
+    if split_forward_matches(classifier.peft_model, input_ids, mask, positions, start):
+        classifier.start = start
+    return classifier.start
 
 
 def sample_order(n: int, seed: int, start: int, count: int) -> list[int]:
@@ -558,18 +672,32 @@ class LoRAResult:
     trainable_params: int
     n_train: int
     n_train_truncated: int
+    max_length: int
+    head_init: str
+    first_adapted_block: int | None  # where the two-part run splits the model; None = whole
+    inputs_cached: bool
+    train_inputs: TextInputs | None = field(default=None, repr=False)
     test_accuracy: float | None = None
     test_macro_f1: float | None = None
     test_predictions: list[int] = field(default_factory=list)
     test_logits: torch.Tensor | None = None
+    initial_test_accuracy: float | None = None
+    initial_test_predictions: list[int] = field(default_factory=list)
     n_test: int = 0
     n_test_truncated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        first, last = quarter_means(self.loss_curve)
         return {
             "settings": self.settings.to_dict(),
             "target_modules": self.target_modules,
+            "head_init": self.head_init,
+            "max_length": self.max_length,
+            "first_adapted_block": self.first_adapted_block,
+            "inputs_cached": self.inputs_cached,
             "loss_curve": self.loss_curve,
+            "loss_first_quarter": first,
+            "loss_last_quarter": last,
             "steps_done": self.steps_done,
             "resumed_from_step": self.resumed_from_step,
             "wall_time_s": self.wall_time_s,
@@ -582,10 +710,20 @@ class LoRAResult:
             "n_train_truncated": self.n_train_truncated,
             "n_test": self.n_test,
             "n_test_truncated": self.n_test_truncated,
+            "initial_test_accuracy": self.initial_test_accuracy,
+            "initial_test_predictions": self.initial_test_predictions,
             "test_accuracy": self.test_accuracy,
             "test_macro_f1": self.test_macro_f1,
             "test_predictions": self.test_predictions,
         }
+
+
+def quarter_means(curve: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean training loss over the first and the last quarter of the steps (None if < 4 steps)."""
+    quarter = len(curve) // 4
+    if quarter == 0:
+        return None, None
+    return float(np.mean(curve[:quarter])), float(np.mean(curve[-quarter:]))
 
 
 def train_lora_classifier(
@@ -596,6 +734,8 @@ def train_lora_classifier(
     n_classes: int,
     settings: LoRASettings,
     *,
+    max_length: int | None = None,
+    initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: torch.device | str | None = None,
     test_texts: Sequence[str] | None = None,
     test_labels: Sequence[int] | None = None,
@@ -605,6 +745,12 @@ def train_lora_classifier(
     on_step: Callable[[int, float], Any] | None = None,
 ) -> LoRAResult:
     """Fine-tune LoRA adapters + head with cross-entropy; evaluate on the test split if given.
+
+    Texts are cut to ``settings.max_length`` tokens, else ``max_length`` (the extraction's), else
+    512. ``initial_head`` (weight (c, d), bias (c,)) starts the head from a fitted probe; the test
+    split is then also evaluated before the first step (``initial_test_*``), which reproduces the
+    probe's predictions when the texts are cut as in the extraction. When adapters sit on upper
+    blocks only, the frozen lower blocks run once per text (:class:`TextInputs`).
 
     Each optimizer step averages ``grad_accum_steps`` micro-batches of ``batch_size`` texts taken
     from a seeded per-epoch permutation; gradients are clipped to ``max_grad_norm``. With
@@ -619,24 +765,50 @@ def train_lora_classifier(
     train_y = _check_labels(train_texts, train_labels, n_classes, "train")
     if not train_y:
         raise DatasetError("LoRA train split is empty")
+    test_y = None
+    if test_texts is not None:
+        if test_labels is None:
+            raise DatasetError("LoRA: test_texts given without test_labels")
+        test_y = _check_labels(test_texts, test_labels, n_classes, "test")
     device = torch.device(device) if device is not None else next(base_model.parameters()).device
     start_time = time.perf_counter()
+    limit = settings.max_length or max_length or 512
 
     seed_everything(settings.seed)
     base_model.to(device)
     classifier = build_classifier(base_model, n_classes, settings).to(device)
+    if initial_head is not None:
+        set_head(classifier, *initial_head)
     targets = classifier.target_modules
     optimizer = _make_optimizer(classifier, settings)
     scheduler = _make_scheduler(optimizer, settings)
     trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
     log(f"LoRA: targets {targets}, {trainable:,} trainable parameters, {settings.max_steps} steps")
 
-    limit = _length_limit(base_model, settings.max_length)
-    train_ids, n_trunc = _tokenize(tokenizer, train_texts, limit)
-    pad_id = _pad_id(tokenizer)
+    classifier.eval()
+    start = configure_split(classifier, tokenizer, train_texts, limit, device)
+    train_inputs = TextInputs(
+        classifier, tokenizer, train_texts, limit, device, settings.eval_batch_size
+    )
+    test_inputs = (
+        TextInputs(classifier, tokenizer, test_texts, limit, device, settings.eval_batch_size)
+        if test_texts is not None
+        else None
+    )
+    log(
+        f"LoRA: {'blocks ' + str(start) + '.. run on inputs of block ' + str(start) if start else 'whole model runs'}"
+        f" at every step; lower-block outputs {'kept in memory' if train_inputs.cached is not None else 'not kept'}"
+        f" ({time.perf_counter() - start_time:.1f} s so far)"
+    )
+    initial_logits = None
+    if test_inputs is not None and initial_head is not None:
+        initial_logits = predict_inputs(classifier, test_inputs, settings.eval_batch_size)
+
     trajectory = {k: v for k, v in settings.to_dict().items() if k not in _NON_TRAJECTORY_KEYS}
     run_key = {
         "settings": trajectory,
+        "max_length": limit,
+        "head": _tensor_digest(classifier.head.weight, classifier.head.bias),
         "n_classes": n_classes,
         "data": _fingerprint(train_texts, train_y),
     }
@@ -671,15 +843,15 @@ def train_lora_classifier(
     )
     running = None
     while step < settings.max_steps:
-        order = sample_order(len(train_ids), settings.seed, step * micro_per_step, micro_per_step)
+        order = sample_order(len(train_y), settings.seed, step * micro_per_step, micro_per_step)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for m in range(settings.grad_accum_steps):
             idx = order[m * settings.batch_size : (m + 1) * settings.batch_size]
-            input_ids, mask = _collate([train_ids[i] for i in idx], pad_id, device)
+            inputs, mask, positions = train_inputs.batch(idx)
             labels = torch.tensor([train_y[i] for i in idx], dtype=torch.long, device=device)
             with _autocast(device):
-                _, loss = classifier(input_ids, mask, labels)
+                _, loss = classifier(inputs, mask, positions, labels)
             (loss / settings.grad_accum_steps).backward()
             step_loss += float(loss.detach()) / settings.grad_accum_steps
         if not math.isfinite(step_loss):
@@ -728,25 +900,37 @@ def train_lora_classifier(
         train_time_s_total=time_before + train_time,
         trainable_params=trainable,
         n_train=len(train_y),
-        n_train_truncated=n_trunc,
+        n_train_truncated=train_inputs.n_truncated,
+        max_length=limit,
+        head_init="probe" if initial_head is not None else "random",
+        first_adapted_block=start,
+        inputs_cached=train_inputs.cached is not None,
+        train_inputs=train_inputs,
     )
-    if test_texts is not None:
-        if test_labels is None:
-            raise DatasetError("LoRA: test_texts given without test_labels")
-        test_y = _check_labels(test_texts, test_labels, n_classes, "test")
-        logits = predict(
-            classifier, tokenizer, test_texts, settings.eval_batch_size, settings.max_length, device
-        )
+    if test_inputs is not None and test_y is not None:
+        logits = predict_inputs(classifier, test_inputs, settings.eval_batch_size)
         result.test_logits = logits
         result.test_predictions = logits.argmax(-1).tolist()
         result.test_accuracy, result.test_macro_f1 = classification_metrics(
             test_y, result.test_predictions, n_classes
         )
+        if initial_logits is not None:
+            result.initial_test_predictions = initial_logits.argmax(-1).tolist()
+            result.initial_test_accuracy = classification_metrics(
+                test_y, result.initial_test_predictions, n_classes
+            )[0]
         result.n_test = len(test_y)
-        result.n_test_truncated = _tokenize(tokenizer, test_texts, limit)[1]
+        result.n_test_truncated = test_inputs.n_truncated
         log(f"LoRA: test accuracy {result.test_accuracy:.4f}, macro-F1 {result.test_macro_f1:.4f}")
     result.wall_time_s = time.perf_counter() - start_time
     return result
+
+
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def classification_metrics(
@@ -765,6 +949,22 @@ def classification_metrics(
 
 
 @torch.no_grad()
+def predict_inputs(
+    classifier: LoRAClassifier, inputs: TextInputs, batch_size: int
+) -> torch.Tensor:
+    """Logits (N, c) fp32 on CPU, in input order; batches sorted by length to limit padding."""
+    was_training = classifier.training
+    classifier.eval()
+    out = torch.empty((len(inputs), classifier.n_classes), dtype=torch.float32)
+    for chunk in length_batches([len(seq) for seq in inputs.ids], batch_size):
+        batch = inputs.batch(chunk)
+        with _autocast(inputs.device):
+            logits, _ = classifier(*batch)
+        out[torch.tensor(chunk)] = logits.float().cpu()
+    classifier.train(was_training)
+    return out
+
+
 def predict(
     classifier: LoRAClassifier,
     tokenizer: Any,
@@ -773,22 +973,49 @@ def predict(
     max_length: int,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Logits (N, c) fp32 on CPU, in input order; batches sorted by length to limit padding."""
+    """Logits (N, c) fp32 on CPU of raw texts (cut to ``max_length`` tokens), in input order."""
     device = torch.device(device) if device is not None else next(classifier.parameters()).device
+    inputs = TextInputs(classifier, tokenizer, texts, max_length, device, batch_size)
+    return predict_inputs(classifier, inputs, batch_size)
+
+
+@torch.no_grad()
+def post_lora_statistics(
+    classifier: LoRAClassifier,
+    inputs: TextInputs,
+    labels: Sequence[int],
+    batch_size: int,
+) -> tuple[int, StatisticsAccumulator]:
+    """NTPS statistics of the adapted model on ``inputs`` (the train split), for the hidden states
+    adapters can change: ``(first_state, accumulator)`` with the accumulator's layer ``i`` being
+    hidden state ``first_state + i``. States below ``first_state`` are those of the base model."""
     was_training = classifier.training
     classifier.eval()
-    ids, _ = _tokenize(tokenizer, texts, _length_limit(classifier.peft_model, max_length))
-    pad_id = _pad_id(tokenizer)
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-    out = torch.empty((len(ids), classifier.n_classes), dtype=torch.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        input_ids, mask = _collate([ids[i] for i in chunk], pad_id, device)
-        with _autocast(device):
-            logits, _ = classifier(input_ids, mask)
-        out[torch.tensor(chunk)] = logits.float().cpu()
+    start = classifier.start
+    first_state = 0 if start is None else start + 1
+    label_tensor = torch.as_tensor(list(labels), dtype=torch.long)
+    accumulator: StatisticsAccumulator | None = None
+    for chunk in length_batches([len(seq) for seq in inputs.ids], batch_size):
+        batch, mask, positions = inputs.batch(chunk)
+        if start is None:
+            out = classifier.peft_model(
+                input_ids=batch, output_hidden_states=True,
+                **forward_kwargs(classifier.peft_model, mask, positions),
+            )  # fmt: skip
+            states = list(out.hidden_states)
+        else:
+            _, states = upper_forward(
+                classifier.peft_model, batch, mask, positions, start, keep_states=True
+            )
+        if accumulator is None:
+            accumulator = StatisticsAccumulator(
+                len(states), states[0].shape[-1], classifier.n_classes, device=mask.device
+            )
+        accumulator.update(states, mask, label_tensor[chunk].to(mask.device))
     classifier.train(was_training)
-    return out
+    if accumulator is None:
+        raise DatasetError("post-LoRA statistics: no training texts")
+    return first_state, accumulator
 
 
 # --------------------------------------------------------------------------------------------

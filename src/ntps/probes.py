@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -43,9 +43,45 @@ class ProbeResult:
     n_test: int
     n_classes: int
     chance_accuracy: float
+    # The fitted logistic probe as a linear map of the RAW features (scaler folded in) and its test
+    # predictions: what a LoRA head starts from. Not part of the JSON record.
+    head_weight: np.ndarray | None = field(default=None, repr=False, compare=False)
+    head_bias: np.ndarray | None = field(default=None, repr=False, compare=False)
+    test_predictions: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        skip = {"head_weight", "head_bias", "test_predictions"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+
+def folded_head(
+    coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A logistic probe fitted on standardised features, as logits of the raw features.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_classes, d), or (1, d) for a binary probe
+    intercept : ndarray of shape (n_classes,), or (1,)
+    mean, scale : ndarray of shape (d,)
+        The standardisation ``z = (x - mean) / scale`` the probe was fitted on.
+    n_classes : int
+
+    Returns
+    -------
+    weight : ndarray of shape (n_classes, d)
+    bias : ndarray of shape (n_classes,)
+        ``x @ weight.T + bias`` gives logits whose softmax equals the probe's class probabilities
+        (a binary probe's single logit ``z`` becomes the pair ``(0, z)``).
+    """
+    weight = coef / scale[None, :]
+    bias = intercept - weight @ mean
+    if coef.shape[0] == 1 and n_classes == 2:
+        weight = np.vstack([np.zeros_like(weight), weight])
+        bias = np.concatenate([np.zeros_like(bias), bias])
+    if weight.shape[0] != n_classes:
+        raise ValueError(f"probe has {weight.shape[0]} logits for {n_classes} classes")
+    return weight, bias
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -92,8 +128,13 @@ def fit_probe(
     ridge_alphas: Sequence[float] = DEFAULT_RIDGE_ALPHAS,
     cv_folds: int = 3,
     seed: int = 0,
+    keep_head: bool = False,
 ) -> ProbeResult:
-    """Fit both probes on train, score on held-out test (and in-sample on train)."""
+    """Fit both probes on train, score on held-out test (and in-sample on train).
+
+    With ``keep_head`` the result also carries the logistic probe folded onto the raw features
+    (:func:`folded_head`) and its test predictions.
+    """
     train_y = np.asarray(train_y, dtype=np.int64)
     test_y = np.asarray(test_y, dtype=np.int64)
     scaler = StandardScaler().fit(train_x.astype(np.float64))
@@ -122,4 +163,14 @@ def fit_probe(
         n_test=int(test_y.shape[0]),
         n_classes=int(n_classes),
         chance_accuracy=float(counts.max() / counts.sum()),
+        **(_head_fields(clf, scaler, test_pred, n_classes) if keep_head else {}),
     )
+
+
+def _head_fields(clf, scaler, test_pred, n_classes: int) -> dict[str, np.ndarray]:
+    classes = np.asarray(clf.classes_)
+    if not np.array_equal(classes, np.arange(n_classes)):
+        # A class absent from the train split has no logit; a head needs one per class.
+        raise ValueError(f"probe saw classes {classes.tolist()}, expected 0..{n_classes - 1}")
+    weight, bias = folded_head(clf.coef_, clf.intercept_, scaler.mean_, scaler.scale_, n_classes)
+    return {"head_weight": weight, "head_bias": bias, "test_predictions": np.asarray(test_pred)}

@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 
 from ntps.analysis import correlation_grid, k_label, rows_at_setting, select_layer_k
-from ntps.io import load_tensors, provenance, read_json, save_tensors, write_json
+from ntps.io import (
+    load_tensor_metadata,
+    load_tensors,
+    provenance,
+    read_json,
+    save_tensors,
+    write_json,
+)
 
 LOG = logging.getLogger("ntps")
 
@@ -38,14 +45,9 @@ def extract_pair(
     out_features: str | Path,
     out_record: str | Path,
     model_record_path: str | Path | None = None,
-    adapter_dir: str | Path | None = None,
     splits: Sequence[str] = ("train", "test"),
 ) -> dict[str, Any]:
-    """Forward pass over train (statistics + pooled features) and test (pooled features).
-
-    With ``adapter_dir`` (post-LoRA), the saved adapters are merged into the base model first, so
-    pre- and post-LoRA statistics come from the same extraction code path.
-    """
+    """Forward pass over train (statistics + pooled features) and test (pooled features)."""
     import torch
 
     from ntps.extract import extract_features
@@ -58,11 +60,6 @@ def extract_pair(
     dtype = resolve_dtype(settings.get("dtype", "auto"), device)
     started = time.perf_counter()
     base_model, tokenizer = load_for_inference(model_dir, dtype=dtype, device=device)
-    if adapter_dir is not None:
-        from ntps.lora import load_lora_classifier, merged_base_model
-
-        base_model = merged_base_model(load_lora_classifier(base_model, adapter_dir))
-        LOG.info("merged LoRA adapters from %s", adapter_dir)
     load_seconds = time.perf_counter() - started
     LOG.info("loaded model from %s on %s (%s) in %.1f s", model_dir, device, dtype, load_seconds)
 
@@ -94,6 +91,10 @@ def extract_pair(
 
     assert accumulator is not None
     n_layers = sum(1 for key in features if key.startswith("train.layer"))
+    hidden_size = int(features[feature_key("train", 0)].shape[1])
+    diagnostics = regime_diagnostics(accumulator, hidden_size)
+    if diagnostics["warning"]:
+        LOG.warning("REGIME: %s", diagnostics["warning"])
     model_record = read_json(model_record_path) if model_record_path else None
     # Carried in the tensors' metadata, so score and probe outputs name the data and model they
     # came from without another input file.
@@ -109,12 +110,12 @@ def extract_pair(
     save_tensors(out_features, features, meta)
     record = {
         "n_layers": n_layers,
-        "hidden_size": int(features[feature_key("train", 0)].shape[1]),
+        "hidden_size": hidden_size,
         "n_classes": n_classes,
+        **diagnostics,
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
-        "settings": dict(settings),
-        "adapter_dir": str(adapter_dir) if adapter_dir is not None else None,
+        "settings": {k: v for k, v in settings.items() if k != "progress"},
         "load_seconds": load_seconds,
         "splits": split_records,
         "dataset_fingerprint": dataset_record.get("fingerprint"),
@@ -123,6 +124,25 @@ def extract_pair(
     }
     write_json(out_record, record)
     return record
+
+
+def regime_diagnostics(accumulator: Any, hidden_size: int) -> dict[str, Any]:
+    """N_train, d, the numerical rank of Cxx per hidden state, the regime and its warning."""
+    import torch
+
+    from ntps.scores import regime, regime_warning
+
+    n_train = int(accumulator.n_examples)
+    ranks = [
+        int(torch.linalg.matrix_rank(accumulator.cxx_sum[layer], hermitian=True))
+        for layer in range(accumulator.n_layers)
+    ]
+    return {
+        "n_train": n_train,
+        "cxx_rank": ranks,
+        "regime": regime(n_train, hidden_size),
+        "warning": regime_warning(n_train, hidden_size),
+    }
 
 
 def input_provenance(meta: Mapping[str, str]) -> dict[str, Any]:
@@ -166,6 +186,10 @@ def score_pair(
             moments = LayerMoments.from_tensors(tensors, layer)
             for record in score_layer(moments, k_grid, rtol=rtol, ridge=ridge, centered=centered):
                 records.append({"layer": layer, **record})
+    if records and records[0]["regime"] != "ok":
+        from ntps.scores import regime_warning
+
+        LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
     # Timings go to the log, not the output: score JSONs are byte-identical across runs.
     LOG.info("scored %d layers in %.2f s", n_layers, time.perf_counter() - started)
     return {
@@ -181,9 +205,16 @@ def score_pair(
 
 
 def probe_pair(
-    features_path: str | Path, n_classes: int, settings: Mapping[str, Any]
+    features_path: str | Path,
+    n_classes: int,
+    settings: Mapping[str, Any],
+    out_head: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Held-out linear probes for every layer."""
+    """Held-out linear probes for every layer.
+
+    With ``out_head`` the last layer's logistic probe, folded onto the raw pooled features, is saved
+    there (``weight`` (c, d), ``bias`` (c,), ``test_predictions``): the LoRA head starts from it.
+    """
     from safetensors import safe_open
 
     from ntps.probes import fit_probe
@@ -196,6 +227,7 @@ def probe_pair(
         train_y = handle.get_tensor("train.labels").numpy()
         test_y = handle.get_tensor("test.labels").numpy()
         for layer in range(n_layers):
+            last = layer == n_layers - 1
             result = fit_probe(
                 handle.get_tensor(feature_key("train", layer)).numpy(),
                 train_y,
@@ -205,7 +237,22 @@ def probe_pair(
                 c_grid=settings["c_grid"],
                 cv_folds=settings["cv_folds"],
                 seed=settings["seed"],
+                keep_head=last and out_head is not None,
             )
+            if last and out_head is not None:
+                import torch
+
+                save_tensors(
+                    out_head,
+                    {
+                        "weight": torch.from_numpy(result.head_weight).float(),
+                        "bias": torch.from_numpy(result.head_bias).float(),
+                        "test_predictions": torch.from_numpy(
+                            result.test_predictions.astype("int64")
+                        ),
+                    },
+                    {"layer": str(layer), "logistic_c": str(result.logistic_c), **meta},
+                )
             records.append({"layer": layer, **result.to_dict()})
             LOG.info("layer %d: accuracy %.3f mse %.3f", layer, result.accuracy, result.mse)
     LOG.info("probed %d layers in %.1f s", n_layers, time.perf_counter() - started)
@@ -226,29 +273,53 @@ def train_lora_pair(
     dataset_record_path: str | Path,
     settings: Mapping[str, Any],
     device_spec: str,
+    max_length: int,
     out_adapter_dir: str | Path,
     checkpoint_dir: str | Path | None,
+    stats_path: str | Path,
+    out_stats: str | Path,
+    probe_head_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune LoRA adapters + a linear head on one dataset; save them; return the metrics."""
-    from ntps.lora import LoRASettings, save_lora, train_lora_classifier
+    """Fine-tune LoRA adapters + a linear head on one dataset, save them, and write the adapted
+    model's train-split statistics (post-LoRA NTPS); return the metrics.
+
+    ``stats_path`` holds the pre-LoRA statistics: hidden states below the first adapted block are
+    unchanged by LoRA and are copied from there; the others are accumulated from the adapted model.
+    ``probe_head_path`` (the probe stage's last-layer head) starts the head when
+    ``settings.head_init`` is "probe". ``max_length`` is the extraction's, used unless the LoRA
+    settings give their own.
+    """
+    from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
     from ntps.models import load_for_inference, resolve_device
+    from ntps.stats import splice_statistics
 
     lora_settings = LoRASettings.from_dict(dict(settings))
     table = pd.read_parquet(table_path)
-    n_classes = len(read_json(dataset_record_path)["label_names"])
+    dataset_record = read_json(dataset_record_path)
+    n_classes = len(dataset_record["label_names"])
+    initial_head = None
+    if lora_settings.head_init == "probe":
+        if probe_head_path is None:
+            raise ValueError("lora.head_init is 'probe' but no probe head was given")
+        head = load_tensors(probe_head_path)
+        initial_head = (head["weight"], head["bias"])
+    pre_stats = load_tensors(stats_path)
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
     base_model, tokenizer = load_for_inference(model_dir, dtype="float32", device=device)
     train = table[table["split"] == "train"]
     test = table[table["split"] == "test"]
+    train_labels = train["label"].astype(int).tolist()
     result = train_lora_classifier(
         base_model,
         tokenizer,
         train["text"].tolist(),
-        train["label"].astype(int).tolist(),
+        train_labels,
         n_classes,
         lora_settings,
+        max_length=max_length,
+        initial_head=initial_head,
         device=device,
         test_texts=test["text"].tolist(),
         test_labels=test["label"].astype(int).tolist(),
@@ -256,25 +327,58 @@ def train_lora_pair(
         checkpoint_dir=checkpoint_dir,
         log=LOG.info,
     )
+    started = time.perf_counter()
+    first_state, upper = post_lora_statistics(
+        result.classifier, result.train_inputs, train_labels, lora_settings.eval_batch_size
+    )
+    stats = splice_statistics(pre_stats, upper, first_state)
+    save_tensors(
+        out_stats,
+        stats,
+        {**load_tensor_metadata(stats_path), "first_recomputed_state": str(first_state)},
+    )
+    LOG.info(
+        "post-LoRA statistics: hidden states %d.. recomputed, 0..%d copied from %s (%.1f s)",
+        first_state, first_state - 1, stats_path, time.perf_counter() - started,
+    )  # fmt: skip
     save_lora(result, out_adapter_dir)
     summary = result.to_dict()
+    if initial_head is not None:
+        probe_predictions = load_tensors(probe_head_path)["test_predictions"].tolist()
+        agree = [
+            a == b
+            for a, b in zip(summary["initial_test_predictions"], probe_predictions, strict=True)
+        ]
+        summary["initial_agreement_with_probe"] = sum(agree) / len(agree) if agree else None
     LOG.info(
-        "LoRA: %d steps, test accuracy %.4f, %.1f s",
-        summary["steps_done"], summary["test_accuracy"], summary["wall_time_s"],
+        "LoRA: %d steps, test accuracy %.4f (start %s), loss first/last quarter %s / %s, %.1f s",
+        summary["steps_done"], summary["test_accuracy"], summary["initial_test_accuracy"],
+        summary["loss_first_quarter"], summary["loss_last_quarter"], summary["wall_time_s"],
     )  # fmt: skip
-    return {**summary, "device": str(device), "provenance": provenance(seed=lora_settings.seed)}
+    return {
+        **summary,
+        "first_recomputed_state": first_state,
+        "device": str(device),
+        "provenance": provenance(seed=lora_settings.seed),
+    }
 
 
 def lora_table(metrics_paths: Iterable[str | Path], probes: pd.DataFrame,
                model_records: Mapping[str, str | Path]) -> pd.DataFrame:  # fmt: skip
-    """One row per (model, dataset): LoRA test accuracy, last-layer probe accuracy, and the gain."""
+    """One row per (model, dataset): LoRA test accuracy, last-layer probe accuracy, and the gain.
+
+    Also whether LoRA learned (mean training loss of the last quarter of steps below the first
+    quarter) and the test majority-class rate LoRA accuracy must not fall below.
+    """
     last_layer = probes.loc[probes.groupby(["model", "dataset"])["layer"].idxmax()]
-    probe_acc = last_layer.set_index(["model", "dataset"])["accuracy"]
+    last_layer = last_layer.set_index(["model", "dataset"])
     rows = []
     for path in metrics_paths:
-        model, dataset = Path(path).parent.parent.name, Path(path).parent.name
         metrics = read_json(path)
-        probe = float(probe_acc.loc[(model, dataset)])
+        model, dataset = metrics["model"], metrics["dataset"]
+        probe = float(last_layer.loc[(model, dataset), "accuracy"])
+        majority = float(last_layer.loc[(model, dataset), "chance_accuracy"])
+        first, last = metrics.get("loss_first_quarter"), metrics.get("loss_last_quarter")
         rows.append(
             {
                 "model": model,
@@ -283,10 +387,17 @@ def lora_table(metrics_paths: Iterable[str | Path], probes: pd.DataFrame,
                 "lora_macro_f1": metrics["test_macro_f1"],
                 "probe_accuracy_last_layer": probe,
                 "gain": metrics["test_accuracy"] - probe,
+                "lora_accuracy_at_start": metrics.get("initial_test_accuracy", np.nan),
+                "majority_rate": majority,
+                "above_majority": metrics["test_accuracy"] >= majority,
+                "loss_first_quarter": first if first is not None else np.nan,
+                "loss_last_quarter": last if last is not None else np.nan,
+                "learned": first is not None and last is not None and last < first,
+                "head_init": metrics.get("head_init", "random"),
+                "first_adapted_block": metrics.get("first_adapted_block"),
                 "n_params": read_json(model_records[model])["n_parameters"],
                 "steps": metrics["steps_done"],
-                "final_loss": metrics["loss_curve"][-1] if metrics["loss_curve"] else np.nan,
-                "first_loss": metrics["loss_curve"][0] if metrics["loss_curve"] else np.nan,
+                "seconds": metrics.get("wall_time_s", np.nan),
             }
         )
     return pd.DataFrame(rows).sort_values(["model", "dataset"]).reset_index(drop=True)
@@ -299,7 +410,12 @@ def lora_analysis(
     fixed_layers: Mapping[str, int | float],
 ) -> dict[str, pd.DataFrame]:
     """Gain correlations (three modes), NTPS before/after LoRA, and leave-one-dataset-out gain
-    prediction from pre-LoRA NTPS at the fixed setting."""
+    prediction from pre-LoRA NTPS at the fixed setting.
+
+    Before/after compares NTPS at the fixed k on the LAST layer: the one the LoRA head reads and
+    one the adapters change whichever blocks they sit on (with adapters on the top blocks only,
+    the fixed middle layer is unchanged by construction).
+    """
     from ntps.analysis import paired_change, predict_gain_lodo
 
     score_col = analysis["score"]
@@ -311,9 +427,9 @@ def lora_analysis(
         n_perm=analysis["n_permutations"], seed=analysis["seed"],
     )  # fmt: skip
     at_fixed = []
-    for model, layer_spec in fixed_layers.items():
+    for model in fixed_layers:
         for stage in ("pre_lora", "post_lora"):
-            chosen, _ = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"], stage)
+            chosen, _ = rows_at_setting(scores, model, LAST_LAYER, analysis["fixed_k"], stage)
             if chosen.empty:
                 continue
             at_fixed.append(chosen[["model", "dataset", "stage", "layer", "k_label", score_col]])
@@ -321,7 +437,17 @@ def lora_analysis(
     wide = fixed_frame.pivot_table(
         index=["model", "dataset", "layer", "k_label"], columns="stage", values=score_col
     ).reset_index()
-    before_after = wide.merge(lora, on=["model", "dataset"], how="inner")
+    # The gain is predicted from NTPS at the fixed (layer, k), as in the correlations' fixed mode.
+    fixed_pre = pd.concat(
+        [
+            rows_at_setting(scores, model, layer_spec, analysis["fixed_k"], "pre_lora")[0]
+            for model, layer_spec in fixed_layers.items()
+        ],
+        ignore_index=True,
+    )[["model", "dataset", score_col]]
+    before_after = wide.merge(
+        fixed_pre.rename(columns={score_col: "ntps_fixed_setting"}), on=["model", "dataset"]
+    ).merge(lora, on=["model", "dataset"], how="inner")
     paired_rows = []
     for model, group in before_after.groupby("model"):
         if "post_lora" in group:
@@ -329,7 +455,7 @@ def lora_analysis(
                 {"model": model, **paired_change(group["pre_lora"], group["post_lora"])}
             )
     prediction = predict_gain_lodo(
-        before_after.rename(columns={"pre_lora": score_col}), ntps_col=score_col
+        fixed_pre.merge(lora, on=["model", "dataset"], how="inner"), ntps_col=score_col
     )
     return {
         "correlations": correlations,
@@ -338,6 +464,10 @@ def lora_analysis(
         "prediction": prediction.predictions,
         "prediction_summary": prediction.summary,
     }
+
+
+#: Layer spec of the last hidden state (the one the LoRA head reads).
+LAST_LAYER = -1
 
 
 # --- tables ---------------------------------------------------------------------------------

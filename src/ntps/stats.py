@@ -423,3 +423,40 @@ class StatisticsAccumulator:
         return LayerMoments.from_sums(
             sums, self.label_counts, self.n_examples, self.n_pairs, self.n_texts, layer
         )
+
+
+def splice_statistics(
+    base: Mapping[str, Tensor], upper: StatisticsAccumulator, first_state: int
+) -> dict[str, Tensor]:
+    """Statistics whose hidden states ``first_state..`` come from ``upper`` and the rest from ``base``.
+
+    ``base`` is a :meth:`StatisticsAccumulator.to_tensors` dict over states ``0..L``; ``upper``
+    holds states ``first_state..L`` (its layer ``i`` is state ``first_state + i``) of the same
+    texts. Used after LoRA on upper blocks: states below the first adapted block are unchanged, so
+    their statistics are the base model's, exactly. Raises NTPSError if the two were not
+    accumulated over the same texts, tokens and labels.
+    """
+    layers = stored_layers(base.keys())
+    n_states = len(layers)
+    if first_state < 0 or first_state + upper.n_layers != n_states:
+        raise NTPSError(
+            f"cannot splice {upper.n_layers} states from state {first_state} into statistics "
+            f"of {n_states} states"
+        )
+    for name in _COUNTS:
+        mine = int(base[name].reshape(-1)[0]) if name in base else None
+        if mine is not None and mine != getattr(upper, name):
+            raise NTPSError(
+                f"{name} differs: {mine} in the base statistics, {getattr(upper, name)}"
+            )
+    if not torch.equal(base["label_counts"].to(torch.int64).cpu(), upper.label_counts.cpu()):
+        raise NTPSError("label counts differ between the base and the upper statistics")
+    out = {key: value for key, value in base.items() if not _KEY_RE.match(key)}
+    for layer in layers:
+        for name in _LAYER_SUMS:
+            key = f"layer{layer}.{name}"
+            if layer < first_state:
+                out[key] = base[key]
+            else:
+                out[key] = getattr(upper, name)[layer - first_state].cpu().contiguous()
+    return out

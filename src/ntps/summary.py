@@ -120,6 +120,53 @@ def magnitude_table(scores: pd.DataFrame, analysis: Mapping[str, Any],
     return pd.DataFrame(rows)
 
 
+def regime_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, dataset) of the pre-LoRA scores: N_train, d, N_train / d and the regime."""
+    pre = scores[scores["stage"] == "pre_lora"]
+    table = (
+        pre.groupby(["model", "dataset"], sort=True)[["n_train", "hidden_size", "regime"]]
+        .first()
+        .reset_index()
+    )
+    table["texts_per_dimension"] = table["n_train"] / table["hidden_size"]
+    return table
+
+
+def regime_lines(scores: pd.DataFrame) -> list[str]:
+    """The summary's statement on the N_train vs d regime, in plain words."""
+    from ntps.scores import MIN_TEXTS_PER_DIMENSION, REGIME_OK, regime_warning
+
+    table = regime_table(scores)
+    bad = table[table["regime"] != REGIME_OK]
+    if bad.empty:
+        low = table.loc[table["texts_per_dimension"].idxmin()]
+        return [
+            f"Every pair has at least {MIN_TEXTS_PER_DIMENSION} training texts per hidden dimension "
+            f"(fewest: {int(low['n_train'])} texts for d = {int(low['hidden_size'])}, "
+            f"{low['model']} x {low['dataset']}), the regime in which Cxx is estimated well "
+            "enough for NTPS to describe the model rather than the sample size.",
+            "",
+        ]
+    first = bad.iloc[0]
+    return [
+        "## WARNING: too few training texts for NTPS",
+        "",
+        f"{len(bad)} of {len(table)} (model, dataset) pairs have fewer than "
+        f"{MIN_TEXTS_PER_DIMENSION} training texts per hidden dimension (column `regime` of "
+        "scores.csv). In plain words: "
+        + str(regime_warning(int(first["n_train"]), int(first["hidden_size"]))),
+        "",
+        markdown_table(bad[["model", "dataset", "n_train", "hidden_size", "regime"]]),
+        "",
+    ]
+
+
+LORA_SUMMARY_COLUMNS = [
+    "model", "dataset", "loss_first_quarter", "loss_last_quarter", "learned",
+    "lora_accuracy_at_start", "lora_accuracy", "majority_rate", "probe_accuracy_last_layer", "gain",
+]  # fmt: skip
+
+
 def summary_markdown(
     study: str,
     correlations: pd.DataFrame,
@@ -130,6 +177,7 @@ def summary_markdown(
     lora_correlations: pd.DataFrame | None = None,
     paired: pd.DataFrame | None = None,
     prediction_summary: pd.DataFrame | None = None,
+    lora: pd.DataFrame | None = None,
 ) -> str:
     """Everything a reader needs first, in one Markdown page.
 
@@ -143,6 +191,7 @@ def summary_markdown(
         f"{scores['model'].nunique()} model(s) x {scores['dataset'].nunique()} dataset(s); "
         f"NTPS over {scores['layer'].nunique()} layer indices x {scores['k_label'].nunique()} k settings.",
         "",
+        *regime_lines(scores),
         "## NTPS vs held-out linear-probe metrics (Spearman across datasets)",
         "",
         markdown_table(correlation_view(correlations)),
@@ -161,6 +210,21 @@ def summary_markdown(
         f"{len(checked)} (model, dataset, stage, layer, k) rows.",
         "",
     ]
+    if lora is not None and not lora.empty:
+        learned = int(lora["learned"].sum())
+        above = int(lora["above_majority"].sum())
+        lines += [
+            "## LoRA",
+            "",
+            f"LoRA learned (mean training loss of the last quarter of steps below the first "
+            f"quarter) on {learned} of {len(lora)} pairs; its test accuracy is at or above the "
+            f"majority-class rate on {above} of {len(lora)}. `lora_accuracy_at_start` is the "
+            "classifier before the first step (with the head started from the last-layer probe it "
+            "reproduces the probe's predictions).",
+            "",
+            markdown_table(lora[[c for c in LORA_SUMMARY_COLUMNS if c in lora.columns]]),
+            "",
+        ]
     if lora_correlations is not None and not lora_correlations.empty:
         lines += [
             "## LoRA gain",
@@ -172,7 +236,12 @@ def summary_markdown(
             "",
         ]
     if paired is not None and not paired.empty:
-        lines += ["NTPS before vs after LoRA (fixed setting):", "", markdown_table(paired), ""]
+        lines += [
+            "NTPS before vs after LoRA (last layer, fixed k; the layer the LoRA head reads):",
+            "",
+            markdown_table(paired),
+            "",
+        ]
     if prediction_summary is not None and not prediction_summary.empty:
         lines += [
             "Predicting the gain (leave-one-dataset-out; baseline = mean gain of the other datasets):",

@@ -140,9 +140,19 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 
 
 def set_threads(threads: int) -> None:
-    import torch
+    """torch's intra-op threads and the BLAS/OpenMP pools of numpy, scipy and scikit-learn.
 
-    torch.set_num_threads(max(1, int(threads)))
+    The BLAS pools default to every core. Left there, a one-thread probe job fitting logistic
+    regressions on 1280 x 576 features took 157 s instead of 17 s on a 2-core machine
+    (docs/performance.md): small BLAS calls spend their time waking and synchronising threads.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = max(1, int(threads))
+    torch.set_num_threads(threads)
+    # Process-wide and for the rest of the job: the object returned need not be kept.
+    threadpool_limits(limits=threads)
 
 
 def seed_everything(seed: int) -> None:
