@@ -149,7 +149,7 @@ def test_dry_run_on_slurm_without_hub_or_cluster(tmp_path: Path) -> None:
         for job in jobs
         if job["rule"] in MODEL_RULES and re.search(r"\bmodel=llama3-8b\b", job["wildcards"])
     ]
-    assert len(llama) == 3 * 12
+    assert len(llama) == len(MODEL_RULES) * 12
     for job in llama:
         assert job["resources"]["gpu"] == "1"
         assert job["resources"]["mem_mb"] == str(2048 + 96360)
