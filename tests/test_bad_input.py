@@ -60,6 +60,15 @@ def test_config_unknown_key(config: dict[str, Any]) -> None:
     assert "schemas/config.schema.yaml" in message
 
 
+def test_config_lora_blocks_chosen_twice(config: dict[str, Any]) -> None:
+    config["lora"] = {"settings": {"top_blocks": 2, "layers_to_transform": [0, 1]}}
+    message = config_error(config)
+    assert "lora.settings" in message
+    assert "set only one of top_blocks, layers_to_transform" in message
+    config["lora"] = {"settings": {"top_blocks": 2, "layers_to_transform": None}}
+    validate_config(copy.deepcopy(config))  # null means "not set"
+
+
 def test_config_wrong_type(config: dict[str, Any]) -> None:
     config["models"][0]["batch_size"] = "big"
     message = config_error(config)

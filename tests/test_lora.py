@@ -440,3 +440,27 @@ def test_post_lora_statistics_match_a_full_extraction_of_the_merged_model(task):
         for name in ("cxx_sum", "cxy_sum", "s0_sum", "s1_sum"):
             ours, theirs = getattr(upper, name), getattr(reference, name)[first:]
             assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
+
+
+@pytest.mark.parametrize("top_blocks", [None, 1])
+def test_lora_pools_the_features_the_extraction_pools(task, top_blocks):
+    """One text path: before training, LoRA's pooled last layer equals the extraction's."""
+    from ntps.extract import extract_features
+    from ntps.lora import TextInputs, configure_split
+
+    tokenizer, _, (test_x, _) = task
+    clf = build_classifier(make_base(len(tokenizer)), 2, quick_settings(top_blocks=top_blocks))
+    clf.eval()
+    configure_split(clf, tokenizer, test_x, 32, torch.device("cpu"))
+    assert clf.start == (1 if top_blocks else None)
+    inputs = TextInputs(clf, tokenizer, test_x, 32, torch.device("cpu"), 7)
+    pooled = torch.empty(len(test_x), 32)
+    with torch.no_grad():
+        for start in range(0, len(test_x), 7):
+            rows = list(range(start, min(start + 7, len(test_x))))
+            batch, mask, positions = inputs.batch(rows)
+            pooled[rows] = masked_mean_pool(clf.last_hidden(batch, mask, positions), mask)
+    extracted = extract_features(make_base(len(tokenizer)), tokenizer, test_x, None, 2,
+                                 batch_size=16, max_length=32, accumulate_statistics=False,
+                                 progress=False).pooled[-1]  # fmt: skip
+    assert torch.allclose(pooled, extracted, atol=1e-5)

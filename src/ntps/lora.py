@@ -949,9 +949,7 @@ def classification_metrics(
 
 
 @torch.no_grad()
-def predict_inputs(
-    classifier: LoRAClassifier, inputs: TextInputs, batch_size: int
-) -> torch.Tensor:
+def predict_inputs(classifier: LoRAClassifier, inputs: TextInputs, batch_size: int) -> torch.Tensor:
     """Logits (N, c) fp32 on CPU, in input order; batches sorted by length to limit padding."""
     was_training = classifier.training
     classifier.eval()

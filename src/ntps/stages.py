@@ -397,7 +397,6 @@ def lora_table(metrics_paths: Iterable[str | Path], probes: pd.DataFrame,
                 "first_adapted_block": metrics.get("first_adapted_block"),
                 "n_params": read_json(model_records[model])["n_parameters"],
                 "steps": metrics["steps_done"],
-                "seconds": metrics.get("wall_time_s", np.nan),
             }
         )
     return pd.DataFrame(rows).sort_values(["model", "dataset"]).reset_index(drop=True)
