@@ -1,10 +1,18 @@
 """LoRA fine-tuning of a causal LM's base model with a linear classification head (method spec §4).
 
 The classifier is the base model (no LM head) wrapped with peft LoRA adapters, plus a linear head on
-the masked mean-pooled LAST layer: ``hidden_states[-1]`` of a forward pass with
-``output_hidden_states=True``, the same tensor the extraction uses for the last layer. For Llama-like
-models in transformers 5 this equals ``last_hidden_state``, i.e. it is taken AFTER the final norm
-(checked in tests/test_lora.py).
+the masked mean-pooled LAST layer: ``last_hidden_state``, i.e. after the final norm, the tensor the
+extraction stores as its last hidden state (``hidden_states[-1]``; checked in tests/test_lora.py).
+Texts reach it through :mod:`ntps.text`, the extraction's own tokenisation, length limit and pooling.
+
+Two options make a small CPU budget meaningful (both in the default laptop config, neither in the
+paper's recipe):
+
+- ``head_init="probe"``: the head starts from the fitted last-layer logistic probe (passed as
+  ``initial_head``), so training starts where the probe ends and the gain measures what the adapters
+  add; the test split is also evaluated before the first step.
+- ``top_blocks=N``: adapters on the last N blocks only. The frozen blocks below then run once per
+  text (:class:`TextInputs`, :mod:`ntps.blocks`) and every step runs N blocks.
 
 Usage::
 
@@ -795,11 +803,12 @@ def train_lora_classifier(
         if test_texts is not None
         else None
     )
-    log(
-        f"LoRA: {'blocks ' + str(start) + '.. run on inputs of block ' + str(start) if start else 'whole model runs'}"
-        f" at every step; lower-block outputs {'kept in memory' if train_inputs.cached is not None else 'not kept'}"
-        f" ({time.perf_counter() - start_time:.1f} s so far)"
-    )
+    if start is None:
+        how = "the whole model runs at every step"
+    else:
+        kept = "kept in memory" if train_inputs.cached is not None else "recomputed per batch"
+        how = f"blocks {start}.. run at every step on the inputs of block {start} ({kept})"
+    log(f"LoRA: {how}; ready after {time.perf_counter() - start_time:.1f} s")
     initial_logits = None
     if test_inputs is not None and initial_head is not None:
         initial_logits = predict_inputs(classifier, test_inputs, settings.eval_batch_size)

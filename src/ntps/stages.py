@@ -298,12 +298,13 @@ def train_lora_pair(
     table = pd.read_parquet(table_path)
     dataset_record = read_json(dataset_record_path)
     n_classes = len(dataset_record["label_names"])
-    initial_head = None
+    initial_head, probe_predictions = None, None
     if lora_settings.head_init == "probe":
         if probe_head_path is None:
             raise ValueError("lora.head_init is 'probe' but no probe head was given")
         head = load_tensors(probe_head_path)
         initial_head = (head["weight"], head["bias"])
+        probe_predictions = head["test_predictions"].tolist()
     pre_stats = load_tensors(stats_path)
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
@@ -343,8 +344,7 @@ def train_lora_pair(
     )  # fmt: skip
     save_lora(result, out_adapter_dir)
     summary = result.to_dict()
-    if initial_head is not None:
-        probe_predictions = load_tensors(probe_head_path)["test_predictions"].tolist()
+    if probe_predictions is not None:
         agree = [
             a == b
             for a, b in zip(summary["initial_test_predictions"], probe_predictions, strict=True)
@@ -400,6 +400,10 @@ def lora_table(metrics_paths: Iterable[str | Path], probes: pd.DataFrame,
             }
         )
     return pd.DataFrame(rows).sort_values(["model", "dataset"]).reset_index(drop=True)
+
+
+#: Layer spec of the last hidden state (the one the LoRA head reads).
+LAST_LAYER = -1
 
 
 def lora_analysis(
@@ -463,10 +467,6 @@ def lora_analysis(
         "prediction": prediction.predictions,
         "prediction_summary": prediction.summary,
     }
-
-
-#: Layer spec of the last hidden state (the one the LoRA head reads).
-LAST_LAYER = -1
 
 
 # --- tables ---------------------------------------------------------------------------------
