@@ -20,12 +20,13 @@ output) and state ``L`` is the last block's output after the final norm.
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ntps.text import forward_kwargs
 
 
 class _StopForward(Exception):
@@ -48,14 +49,6 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     if best is None or len(best) == 0:
         raise ValueError(f"{type(model).__name__} has no list of blocks (nn.ModuleList)")
     return best
-
-
-def forward_kwargs(model: nn.Module, mask: Tensor, positions: Tensor) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"attention_mask": mask, "use_cache": False}
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "position_ids" in inspect.signature(target.forward).parameters:
-        kwargs["position_ids"] = positions
-    return kwargs
 
 
 @torch.no_grad()
@@ -83,9 +76,8 @@ def block_inputs(
 
 
 @contextlib.contextmanager
-def lower_blocks_skipped(model: nn.Module, start: int) -> Iterator[None]:
-    """Blocks ``0..start-1`` replaced by pass-throughs for the duration of the block."""
-    blocks = decoder_blocks(model)
+def lower_blocks_skipped(blocks: nn.ModuleList, start: int) -> Iterator[None]:
+    """Blocks ``0..start-1`` of ``blocks`` replaced by pass-throughs for the duration of the block."""
     saved = [blocks[i] for i in range(start)]
     for i in range(start):
         blocks[i] = _PassThrough()
@@ -121,7 +113,7 @@ def upper_forward(
 
             handles.append(block.register_forward_hook(keep))
     try:
-        with lower_blocks_skipped(model, start):
+        with lower_blocks_skipped(blocks, start):
             out = model(inputs_embeds=states, **forward_kwargs(model, mask, positions))
     finally:
         for handle in handles:

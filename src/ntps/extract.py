@@ -7,7 +7,6 @@ longest text.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import sys
@@ -23,6 +22,7 @@ from ntps.errors import NumericalError
 from ntps.stats import StatisticsAccumulator
 from ntps.text import (
     context_length,
+    forward_kwargs,
     length_batches,
     masked_mean_pool,
     pad_batch,
@@ -88,10 +88,6 @@ def _strip_head(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _accepts_position_ids(model: torch.nn.Module) -> bool:
-    return "position_ids" in inspect.signature(model.forward).parameters
-
-
 def extract_features(
     base_model: torch.nn.Module,
     tokenizer: Any,
@@ -142,7 +138,6 @@ def extract_features(
     features: torch.Tensor | None = None
     accumulator: StatisticsAccumulator | None = None
     label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
-    pass_positions = _accepts_position_ids(base_model)
     pad_id = pad_token_id(tokenizer)
 
     start = time.perf_counter()
@@ -153,10 +148,9 @@ def extract_features(
     with torch.inference_mode():
         for batch in batches:
             input_ids, mask, positions = pad_batch([token_ids[i] for i in batch], pad_id, device)
-            kwargs: dict[str, Any] = {"position_ids": positions} if pass_positions else {}
             out = base_model(
-                input_ids=input_ids, attention_mask=mask, output_hidden_states=True,
-                use_cache=False, **kwargs,
+                input_ids=input_ids, output_hidden_states=True,
+                **forward_kwargs(base_model, mask, positions),
             )  # fmt: skip
             hidden = out.hidden_states
             if features is None:

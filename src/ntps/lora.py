@@ -47,17 +47,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntps.blocks import (
-    block_inputs,
-    decoder_blocks,
-    forward_kwargs,
-    split_forward_matches,
-    upper_forward,
-)
+from ntps.blocks import block_inputs, decoder_blocks, split_forward_matches, upper_forward
 from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
 from ntps.io import load_tensors, read_json, save_tensors, write_json
 from ntps.stats import StatisticsAccumulator
 from ntps.text import (
+    forward_kwargs,
     length_batches,
     length_limit,
     masked_mean_pool,
@@ -1081,7 +1076,8 @@ def load_lora_classifier(
 
 def merged_base_model(classifier: LoRAClassifier) -> nn.Module:
     """A copy of the base model with the adapters merged into its weights (the classifier is left
-    untouched), for post-LoRA extraction through the ordinary extraction code path."""
+    untouched): a plain transformers model of the adapted weights, e.g. to extract from it with
+    :func:`ntps.extract.extract_features` (the tests check :func:`post_lora_statistics` that way)."""
     peft_copy = copy.deepcopy(classifier.peft_model)
     merged = peft_copy.merge_and_unload()
     return merged.eval()

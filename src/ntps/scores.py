@@ -62,7 +62,7 @@ REGIME_OK = "ok"
 REGIME_FEW_TEXTS = "n_train<2d"
 REGIME_RANK_DEFICIENT = "n_train<d"
 REGIME_EXPLANATION = (
-    "fewer than 2 training texts per hidden dimension: Cxx = E[x x^T] is estimated from too few "
+    "fewer than {per_dim} training texts per hidden dimension: Cxx = E[x x^T] is estimated from too few "
     "texts ({n_train} for d = {d}). Below d it is rank-deficient: W* = Cxx^+ Cxy is confined to "
     "the span of the training features, the regression form sits below the random-subspace "
     "baseline k/d by construction and the lower bound is exactly 0. Such scores describe the "
@@ -82,7 +82,10 @@ def regime_warning(n_train: int, hidden_size: int) -> str | None:
     if regime(n_train, hidden_size) == REGIME_OK:
         return None
     return REGIME_EXPLANATION.format(
-        n_train=n_train, d=hidden_size, need=MIN_TEXTS_PER_DIMENSION * hidden_size
+        per_dim=MIN_TEXTS_PER_DIMENSION,
+        n_train=n_train,
+        d=hidden_size,
+        need=MIN_TEXTS_PER_DIMENSION * hidden_size,
     )
 
 

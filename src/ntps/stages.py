@@ -169,7 +169,7 @@ def score_pair(
     """NTPS records for every layer and k, loading one layer's statistics at a time."""
     from safetensors import safe_open
 
-    from ntps.scores import score_layer
+    from ntps.scores import REGIME_OK, regime_warning, score_layer
     from ntps.stats import LayerMoments
 
     records: list[dict[str, Any]] = []
@@ -186,9 +186,7 @@ def score_pair(
             moments = LayerMoments.from_tensors(tensors, layer)
             for record in score_layer(moments, k_grid, rtol=rtol, ridge=ridge, centered=centered):
                 records.append({"layer": layer, **record})
-    if records and records[0]["regime"] != "ok":
-        from ntps.scores import regime_warning
-
+    if records and records[0]["regime"] != REGIME_OK:
         LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
     # Timings go to the log, not the output: score JSONs are byte-identical across runs.
     LOG.info("scored %d layers in %.2f s", n_layers, time.perf_counter() - started)
@@ -227,7 +225,6 @@ def probe_pair(
         train_y = handle.get_tensor("train.labels").numpy()
         test_y = handle.get_tensor("test.labels").numpy()
         for layer in range(n_layers):
-            last = layer == n_layers - 1
             result = fit_probe(
                 handle.get_tensor(feature_key("train", layer)).numpy(),
                 train_y,
@@ -237,9 +234,9 @@ def probe_pair(
                 c_grid=settings["c_grid"],
                 cv_folds=settings["cv_folds"],
                 seed=settings["seed"],
-                keep_head=last and out_head is not None,
+                keep_head=out_head is not None and layer == n_layers - 1,
             )
-            if last and out_head is not None:
+            if result.head_weight is not None:
                 import torch
 
                 save_tensors(
@@ -296,8 +293,7 @@ def train_lora_pair(
 
     lora_settings = LoRASettings.from_dict(dict(settings))
     table = pd.read_parquet(table_path)
-    dataset_record = read_json(dataset_record_path)
-    n_classes = len(dataset_record["label_names"])
+    n_classes = len(read_json(dataset_record_path)["label_names"])
     initial_head, probe_predictions = None, None
     if lora_settings.head_init == "probe":
         if probe_head_path is None:
@@ -305,7 +301,6 @@ def train_lora_pair(
         head = load_tensors(probe_head_path)
         initial_head = (head["weight"], head["bias"])
         probe_predictions = head["test_predictions"].tolist()
-    pre_stats = load_tensors(stats_path)
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
     base_model, tokenizer = load_for_inference(model_dir, dtype="float32", device=device)
@@ -332,7 +327,8 @@ def train_lora_pair(
     first_state, upper = post_lora_statistics(
         result.classifier, result.train_inputs, train_labels, lora_settings.eval_batch_size
     )
-    stats = splice_statistics(pre_stats, upper, first_state)
+    # Read only now: the pre-LoRA sums (0.25 GB for SmolLM2) need not sit in memory during training.
+    stats = splice_statistics(load_tensors(stats_path), upper, first_state)
     save_tensors(
         out_stats,
         stats,

@@ -16,6 +16,8 @@ text into a feature vector in exactly the same way. Everything that decides that
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +27,7 @@ from ntps.stats import masked_mean_pool
 
 __all__ = [
     "context_length",
+    "forward_kwargs",
     "length_batches",
     "length_limit",
     "masked_mean_pool",
@@ -101,3 +104,20 @@ def pad_batch(
         mask[row, : len(seq)] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return input_ids.to(device), mask.to(device), positions.to(device)
+
+
+@functools.cache
+def _takes_position_ids(model_class: type) -> bool:
+    return "position_ids" in inspect.signature(model_class.forward).parameters
+
+
+def forward_kwargs(
+    model: torch.nn.Module, attention_mask: torch.Tensor, position_ids: torch.Tensor
+) -> dict[str, Any]:
+    """Keyword arguments for a forward pass on a :func:`pad_batch` batch: the mask, no KV cache,
+    and the position ids when the model (or, for a peft wrapper, its base model) takes them."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs: dict[str, Any] = {"attention_mask": attention_mask, "use_cache": False}
+    if _takes_position_ids(type(target)):
+        kwargs["position_ids"] = position_ids
+    return kwargs
