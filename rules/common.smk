@@ -74,6 +74,8 @@ def extraction_params(wildcards):
         "dtype": spec["dtype"],
         "device": config["extraction"]["device"],
         "progress": config["extraction"]["progress"],
+        "jackknife_shards": config["uncertainty"]["jackknife_shards"],
+        "jackknife_seed": config["uncertainty"]["seed"],
     }
 
 
@@ -95,7 +97,12 @@ def model_threads(wildcards):
 
 def scoring_params():
     scoring = config["scoring"]
-    return {key: scoring[key] for key in ("k_grid", "rtol", "ridge", "centered")}
+    return {key: scoring[key] for key in ("k_grid", "eigen_cutoff", "ridge", "centered")}
+
+
+def shard_statistics(path):
+    """The jackknife shard statistics: deleted after scoring unless the config keeps them."""
+    return path if config["uncertainty"]["keep_shard_statistics"] else temp(path)
 
 
 def lora_enabled():

@@ -8,6 +8,9 @@ rule extract:
         dataset="resources/datasets/{dataset}/dataset.json",
     output:
         stats="results/extract/{model}/{dataset}/stats.safetensors",
+        shards=shard_statistics(
+            "results/extract/{model}/{dataset}/stats_shards.safetensors"
+        ),
         features="results/extract/{model}/{dataset}/features.safetensors",
         record="results/extract/{model}/{dataset}/extract.json",
     log:

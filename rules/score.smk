@@ -4,6 +4,7 @@
 rule score:
     input:
         stats="results/extract/{model}/{dataset}/stats.safetensors",
+        shards="results/extract/{model}/{dataset}/stats_shards.safetensors",
     output:
         scores="results/scores/{model}/{dataset}.json",
     log:

@@ -14,6 +14,7 @@ with job_logging(
         dataset_record_path=snakemake.input.dataset,
         settings=snakemake.params.settings,
         out_stats=snakemake.output.stats,
+        out_shards=snakemake.output.shards,
         out_features=snakemake.output.features,
         out_record=snakemake.output.record,
         model_record_path=snakemake.input.model,

@@ -7,9 +7,10 @@ with job_logging(snakemake.log[0], threads=snakemake.threads):
     result = score_pair(
         snakemake.input.stats,
         snakemake.params.k_grid,
-        rtol=snakemake.params.rtol,
+        eigen_cutoff=snakemake.params.eigen_cutoff,
         ridge=snakemake.params.ridge,
         centered=snakemake.params.centered,
+        shards_path=snakemake.input.get("shards"),
     )
     write_pair_json(
         snakemake.output.scores, snakemake.wildcards.model, snakemake.wildcards.dataset, result

@@ -6,7 +6,7 @@ import pandas as pd
 
 from ntps.io import atomic_path, write_table
 from ntps.reference import load_paper_reference, paper_correlations
-from ntps.summary import magnitude_table, paper_comparison, summary_markdown
+from ntps.summary import bounds_table, magnitude_table, paper_comparison, summary_markdown
 from ntps.workflow import job_logging
 
 
@@ -24,6 +24,7 @@ with job_logging(snakemake.log[0]):
     lora = optional_csv("lora")
     paper = paper_correlations(reference)
     magnitudes = magnitude_table(scores, analysis, fixed_layers)
+    bounds = bounds_table(scores, analysis, fixed_layers)
     comparison = paper_comparison(
         scores, probes, reference, snakemake.params.reference_names, analysis, fixed_layers, lora
     )
@@ -38,8 +39,13 @@ with job_logging(snakemake.log[0]):
         optional_csv("paired"),
         optional_csv("prediction_summary"),
         lora,
+        bounds,
+        analysis["score"],
     )
-    write_table(snakemake.output.magnitudes, magnitudes)
+    write_table(
+        snakemake.output.magnitudes,
+        magnitudes.merge(bounds, on=["model", "dataset", "layer"], how="left"),
+    )
     write_table(snakemake.output.paper_correlations, paper)
     write_table(snakemake.output.paper_comparison, comparison)
     with atomic_path(snakemake.output.summary) as tmp:

@@ -65,8 +65,9 @@ def test_rank_deficient_b():
     assert bool(torch.isfinite(lam).all()) and bool(torch.isfinite(x).all())
     assert bool((lam[:-1] >= lam[1:]).all())
     # On B's range: Q_r Q_r^T A x = lam B x, and x lies in range(B).
-    qr = whitener(b).vectors
-    assert qr.shape == (d, r)
+    evals, evecs = torch.linalg.eigh(b)
+    qr = evecs[:, evals > 1e-10 * evals.max()]
+    assert qr.shape == (d, r) and whitener(b).rank == r
     proj = qr @ qr.T
     torch.testing.assert_close(proj @ a @ x, b @ x * lam, atol=1e-8 * float(a.abs().max()), rtol=0)
     torch.testing.assert_close(proj @ x, x, atol=1e-9, rtol=0)
@@ -79,10 +80,26 @@ def test_rank_deficient_b():
     assert lam0.shape == (0,) and x0.shape == (d, 0)
 
 
-def test_tolerance_drops_tiny_eigenvalues():
-    b = torch.diag(torch.tensor([1.0, 1e-3, 1e-12, 0.0], dtype=torch.float64))
-    assert whitener(b, rtol=1e-10).rank == 2
-    assert whitener(b, rtol=1e-13).rank == 3
+def test_tolerance_is_on_the_jacobi_scaled_matrix():
+    # Graded channel scales are not near-dependence: scaling makes this diagonal B the identity
+    # (the zero channel stays zero), so no cut-off below 1 drops a channel.
+    graded = torch.diag(torch.tensor([1.0, 1e-3, 1e-12, 0.0], dtype=torch.float64))
+    assert whitener(graded, tol=1e-10).rank == 3
+    assert whitener(graded, tol=0.5).rank == 3
+    # Near-dependence is: two channels with correlation 1 - delta give scaled eigenvalues
+    # 2 - delta and delta, whatever their scales.
+    delta, scales = 1e-6, torch.tensor([1e3, 1e-3], dtype=torch.float64)
+    corr = torch.tensor([[1.0, 1 - delta], [1 - delta, 1.0]], dtype=torch.float64)
+    b = scales[:, None] * corr * scales[None, :]
+    assert whitener(b, tol=1e-7).rank == 2
+    assert whitener(b, tol=1e-5).rank == 1
+    w = whitener(b, tol=1e-5)
+    torch.testing.assert_close(w.matrix.T @ b @ w.matrix, torch.eye(1, dtype=torch.float64))
+    # W W^T is the Moore-Penrose inverse of the rank-1 approximation: its columns lie in range(B)'s
+    # Euclidean complement of the dropped direction, not in a D-weighted one.
+    evals, evecs = torch.linalg.eigh(b)
+    top = evecs[:, -1:]
+    torch.testing.assert_close(w.matrix @ w.matrix.T, top @ top.T / evals[-1], rtol=1e-5, atol=0)
 
 
 def test_released_order_is_reversed_and_float32_input():

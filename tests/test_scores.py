@@ -42,6 +42,10 @@ ARCH_FIELDS = {
     "w_star_norm2",
     "paper_degenerate",
     "k_clipped",
+    "eigen_cutoff",
+    "ntps_released",
+    "lower_bound_zero",
+    "ar_degenerate",
 }
 
 

@@ -153,6 +153,19 @@ class BootstrapCI:
     level: float
 
 
+def jackknife_se(replicates: Any) -> float:
+    """Delete-a-group jackknife standard error from K leave-one-group-out estimates.
+
+    ``sqrt((K - 1) / K * sum_j (theta_j - mean)^2)`` (Efron & Stein 1981). NaN with fewer than two
+    replicates or any non-finite one.
+    """
+    values = np.asarray(replicates, dtype=float)
+    if values.size < 2 or not np.isfinite(values).all():
+        return math.nan
+    k = values.size
+    return float(math.sqrt((k - 1) / k * np.square(values - values.mean()).sum()))
+
+
 def bootstrap_ci(
     x: Any,
     y: Any,
@@ -160,24 +173,37 @@ def bootstrap_ci(
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    x_se: Any = None,
 ) -> BootstrapCI:
     """Percentile CI of ``statistic(x, y)`` resampling (x_i, y_i) pairs (i.e. datasets) with replacement.
 
     Resamples whose statistic is undefined (a constant x or y resample) are dropped; how many were
     kept is reported. Reproducible for a fixed ``seed``.
+
+    ``x_se`` (standard errors of the x_i, e.g. the jackknife SE of each dataset's NTPS) adds
+    within-dataset measurement error: each resampled x_i also gets ``x_se_i * z``, z ~ N(0, 1).
+    The observed x_i already carries its error once, so this counts it twice: conservative.
+    Pairs whose SE is not finite are dropped with them.
     """
     if not 0 < level < 1:
         raise ConfigError(f"bootstrap level must be in (0, 1), got {level}")
     if n_boot < 1:
         raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
-    xa, ya = _clean_pairs(x, y)
+    if x_se is None:
+        xa, ya = _clean_pairs(x, y)
+        sa = None
+    else:
+        xs, ys, ss = (np.asarray(v, dtype=float).ravel() for v in (x, y, x_se))
+        keep = np.isfinite(xs) & np.isfinite(ys) & np.isfinite(ss)
+        xa, ya, sa = xs[keep], ys[keep], ss[keep]
     n = xa.size
     if n < 3:
         return BootstrapCI(math.nan, math.nan, 0, n_boot, level)
     rows = _resolve_statistic(statistic)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    values = rows(xa[idx], ya[idx])
+    xb = xa[idx] if sa is None else xa[idx] + sa[idx] * rng.standard_normal((n_boot, n))
+    values = rows(xb, ya[idx])
     values = values[np.isfinite(values)]
     if values.size == 0:
         return BootstrapCI(math.nan, math.nan, 0, n_boot, level)
@@ -314,7 +340,8 @@ def pair_with_target(
     paired with NTPS of layer l ("same_layer"); otherwise (LoRA gain) the single per-dataset target
     is paired with every layer ("per_dataset"). ``stage`` filters the scores' ``stage`` column
     (None keeps all; the table must then hold one stage). Columns out: model, dataset, layer,
-    k_label, k_order, score, target, pairing.
+    k_label, k_order, score, score_se (the ``<score_col>_se`` column if the table has one, else NaN),
+    target, pairing.
     """
     if sign not in (1, -1):
         raise ConfigError(f"sign must be +1 or -1, got {sign}")
@@ -349,7 +376,11 @@ def pair_with_target(
         first = t.loc[t.duplicated(t_keys, keep=False), t_keys].iloc[0].to_dict()
         raise DatasetError(f"targets table has duplicate rows for {first} (column {target_col!r})")
     t["target"] = sign * t[target_col].astype(float)
-    merged = s[[*keys, "k_order", score_col]].merge(t[[*t_keys, "target"]], on=t_keys, how="inner")
+    se_col = f"{score_col}_se"
+    s["score_se"] = s[se_col].astype(float) if se_col in s.columns else np.nan
+    merged = s[[*keys, "k_order", score_col, "score_se"]].merge(
+        t[[*t_keys, "target"]], on=t_keys, how="inner"
+    )
     if merged.empty:
         raise DatasetError(
             f"no (model, dataset{', layer' if same_layer else ''}) rows are shared by the scores "
@@ -369,6 +400,7 @@ class _Grid:
     datasets: list[str]
     score: np.ndarray
     target: np.ndarray
+    score_se: np.ndarray
 
 
 def _model_grid(paired: pd.DataFrame) -> _Grid:
@@ -386,6 +418,10 @@ def _model_grid(paired: pd.DataFrame) -> _Grid:
     target = paired.pivot_table(
         index=["layer", "k_label"], columns="dataset", values="target", aggfunc="first"
     ).reindex(index=index, columns=datasets)
+    score_se = paired.pivot_table(
+        index=["layer", "k_label"], columns="dataset", values="score_se", aggfunc="first",
+        dropna=False,
+    ).reindex(index=index, columns=datasets)  # fmt: skip
     s = score.to_numpy(dtype=float)
     t = target.to_numpy(dtype=float)
     # A setting missing any dataset cannot be compared fairly with the others: drop it.
@@ -395,6 +431,7 @@ def _model_grid(paired: pd.DataFrame) -> _Grid:
         datasets,
         s[complete],
         t[complete],
+        score_se.to_numpy(dtype=float)[complete],
     )
 
 
@@ -457,14 +494,23 @@ def _lodo_from_grid(grid: _Grid) -> pd.DataFrame:
         inner = _spearman_rows(grid.score[:, others], grid.target[:, others])
         best = _best_row(inner)
         if best is None:
-            rows.append((dataset, None, None, math.nan, math.nan, math.nan))
+            rows.append((dataset, None, None, math.nan, math.nan, math.nan, math.nan))
             continue
         layer, klab = grid.settings[best]
         rows.append(
-            (dataset, layer, klab, grid.score[best, j], grid.target[best, j], float(inner[best]))
+            (
+                dataset,
+                layer,
+                klab,
+                grid.score[best, j],
+                grid.target[best, j],
+                float(inner[best]),
+                grid.score_se[best, j],
+            )
         )
     return pd.DataFrame(
-        rows, columns=["dataset", "layer", "k_label", "score", "target", "inner_rho"]
+        rows,
+        columns=["dataset", "layer", "k_label", "score", "target", "inner_rho", "score_se"],
     )
 
 
@@ -480,7 +526,7 @@ def lodo_scores(
     on the other datasets (ties: first in layer, k order), and the held-out dataset's score there.
 
     With same-layer pairing the held-out target is the probe metric at the picked layer.
-    Columns: model, dataset, layer, k_label, score, target, inner_rho.
+    Columns: model, dataset, layer, k_label, score, target, inner_rho, score_se.
     """
     paired = pair_with_target(scores, targets, score_col, target_col, sign, stage)
     parts = []
@@ -488,7 +534,7 @@ def lodo_scores(
         frame = _lodo_from_grid(_model_grid(sub))
         frame.insert(0, "model", model)
         parts.append(frame)
-    columns = ["model", "dataset", "layer", "k_label", "score", "target", "inner_rho"]
+    columns = ["model", "dataset", "layer", "k_label", "score", "target", "inner_rho", "score_se"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
 
 
@@ -542,16 +588,30 @@ def select_layer_k(
     CIs bootstrap the final (score, target) pairs over datasets and p-values permute them; neither
     re-runs the selection, so for ``in_sample`` both are optimistic. Columns: model, target,
     score_col, stage, pairing, mode, optimistic, layer, k_label, picks (JSON {dataset: [layer,
-    k_label]} for lodo), n_datasets, rho, tau, ci_low, ci_high, n_boot_used, p_value.
+    k_label]} for lodo), n_datasets, rho, tau, ci_low, ci_high, ci_low_se, ci_high_se,
+    n_boot_used, p_value. ``ci_*_se`` also propagate each score's jackknife SE (the
+    ``<score_col>_se`` column; :func:`bootstrap_ci` with ``x_se``), NaN where a score has none.
     """
     paired = pair_with_target(scores, targets, score_col, target_col, sign, stage)
     target_name = _target_name(target_col, sign)
     records: list[dict[str, Any]] = []
 
     def summarise(
-        model: str, mode: str, layer: Any, klab: Any, x: np.ndarray, y: np.ndarray, picks: str = ""
+        model: str,
+        mode: str,
+        layer: Any,
+        klab: Any,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_se: np.ndarray,
+        picks: str = "",
     ) -> None:
         ci = bootstrap_ci(x, y, spearman, n_boot=n_boot, seed=seed, level=level)
+        with_se = (
+            bootstrap_ci(x, y, spearman, n_boot=n_boot, seed=seed, level=level, x_se=x_se)
+            if np.isfinite(x_se).all()
+            else BootstrapCI(math.nan, math.nan, 0, n_boot, level)
+        )
         records.append(
             {
                 "model": model,
@@ -569,6 +629,8 @@ def select_layer_k(
                 "tau": kendall(x, y),
                 "ci_low": ci.low,
                 "ci_high": ci.high,
+                "ci_low_se": with_se.low,
+                "ci_high_se": with_se.high,
                 "n_boot_used": ci.n_used,
                 "p_value": permutation_pvalue(
                     x, y, spearman, n_perm=n_perm, seed=seed, alternative=alternative
@@ -589,12 +651,22 @@ def select_layer_k(
             depth = (n_layers or {}).get(model, int(sub["layer"].max()) + 1)
             row = _match_setting(grid, sub, resolve_layer(layer_spec, depth), k, model)
             layer, klab = grid.settings[row]
-            summarise(model, "fixed", layer, klab, grid.score[row], grid.target[row])
+            summarise(
+                model, "fixed", layer, klab, grid.score[row], grid.target[row], grid.score_se[row]
+            )
         rho_all = _spearman_rows(grid.score, grid.target)
         best = _best_row(rho_all)
         if best is not None:
             layer, klab = grid.settings[best]
-            summarise(model, "in_sample", layer, klab, grid.score[best], grid.target[best])
+            summarise(
+                model,
+                "in_sample",
+                layer,
+                klab,
+                grid.score[best],
+                grid.target[best],
+                grid.score_se[best],
+            )
         lodo = _lodo_from_grid(grid)
         picked = lodo.dropna(subset=["layer"])
         settings = {(int(r.layer), str(r.k_label)) for r in picked.itertuples()}
@@ -612,6 +684,7 @@ def select_layer_k(
             klab,
             lodo["score"].to_numpy(float),
             lodo["target"].to_numpy(float),
+            lodo["score_se"].to_numpy(float),
             picks,
         )
     columns = [
@@ -630,6 +703,8 @@ def select_layer_k(
         "tau",
         "ci_low",
         "ci_high",
+        "ci_low_se",
+        "ci_high_se",
         "n_boot_used",
         "p_value",
     ]

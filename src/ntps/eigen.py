@@ -1,12 +1,24 @@
 """Generalized symmetric eigenproblems ``A x = lam B x`` with B positive SEMI-definite.
 
-The solver whitens B on its numerical range (eigenvalues above ``rtol`` times the largest) and
-eigendecomposes the whitened A; eigenvalues come back in DESCENDING order (scipy/LAPACK return them
-ascending, which is what misled the released NTPS code into using the smallest eigenvectors).
+The solver whitens B on its numerical range and eigendecomposes the whitened A; eigenvalues come
+back in DESCENDING order (scipy/LAPACK return them ascending, which is what misled the released NTPS
+code into using the smallest eigenvectors).
+
+B is whitened in Jacobi-scaled coordinates, ``B' = D^-1 B D^-1`` with ``D = sqrt(diag B)`` (unit
+diagonal). LLM hidden states have a few "massive" channels whose variance is 1e6 times the others',
+so the raw B is graded: its condition number (1e8-1e9) is set by the channel scales, not by any
+near-dependence, and a cut-off relative to its largest eigenvalue throws away well-determined
+directions of the small channels. The rounding error of the statistics is elementwise relative
+(``|dB_ij| <= eps sqrt(B_ii B_jj)``, the float32 GEMM error bound), i.e. ``|dB'_ij| <= eps`` in
+scaled coordinates, so there an absolute cut-off on the eigenvalues of B' (``tol``, see
+:func:`precision_cutoff`) separates determined directions from rounding noise. The generalized
+eigenvalues and the subspaces do not depend on D (``A x = lam B x`` iff
+``A' y = lam B' y`` with ``y = D x``); only which directions count as numerically zero does.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -14,23 +26,50 @@ from torch import Tensor
 
 from ntps.errors import NumericalError
 
+#: Unit roundoff of float32 and float64.
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float64: 2.0**-53}
+
+
+def precision_cutoff(hidden_size: int, element_precision: float) -> float:
+    """Eigenvalue cut-off in Jacobi-scaled coordinates for statistics of a given precision.
+
+    ``element_precision`` eps bounds the elementwise relative error ``|dB_ij| / sqrt(B_ii B_jj)``.
+    A symmetric d x d error matrix with entries of size eps and random signs has spectral norm
+    about ``2 sqrt(d) eps`` (at most ``d eps``), and Weyl's inequality moves every eigenvalue of the
+    scaled B' by at most that norm: eigenvalues below ``2 sqrt(d) eps`` are not determined by the
+    data. Rounding errors of long sums behave like random signs.
+    """
+    if hidden_size < 1 or not element_precision > 0:
+        raise ValueError(
+            f"hidden_size must be >= 1 and element_precision > 0, got {hidden_size}, "
+            f"{element_precision}"
+        )
+    return 2.0 * math.sqrt(hidden_size) * element_precision
+
 
 class Whitener(NamedTuple):
-    """Retained eigenpairs of a PSD matrix B: ``B ~= vectors @ diag(values) @ vectors.T``."""
+    """Whitening of a PSD matrix B on its numerical range: ``matrix.T @ B @ matrix = I_r``.
 
-    values: Tensor  # (r,) retained eigenvalues, ascending, all > rtol * max
-    vectors: Tensor  # (d, r) orthonormal eigenvectors
-    max_value: float  # largest eigenvalue of B (the tolerance reference)
-    min_value: float  # smallest eigenvalue of B over all d (may be ~0 or slightly negative)
+    The rank r is decided in Jacobi-scaled coordinates (eigenvalues of ``B' = D^-1 B D^-1`` above
+    ``tol``); ``matrix`` spans the Euclidean orthogonal complement of B's numerical null space, as
+    the Moore-Penrose pseudo-inverse does, so ``matrix @ matrix.T`` is ``B^+`` on that range.
+    """
+
+    values: Tensor  # (r,) retained eigenvalues of the scaled B', ascending, all > tol
+    matrix: Tensor  # (d, r) W with W^T B W = I_r, columns in range(B)
+    source: Tensor  # (d, d) B itself (symmetrized, float64)
+    tol: float  # the cut-off applied to the eigenvalues of B'
+    max_value: float  # largest eigenvalue of B'
+    min_value: float  # smallest eigenvalue of B' over all d (may be ~0 or slightly negative)
 
     @property
     def rank(self) -> int:
         return int(self.values.shape[0])
 
     @property
-    def matrix(self) -> Tensor:
-        """W = Q_r diag(b_r)^(-1/2), so that W^T B W = I_r."""
-        return self.vectors / self.values.sqrt()
+    def root(self) -> Tensor:
+        """G = B W: ``B ~= G G^T`` on the retained range and ``W^T G = I_r``."""
+        return self.source @ self.matrix
 
 
 def symmetrize(a: Tensor) -> Tensor:
@@ -39,19 +78,57 @@ def symmetrize(a: Tensor) -> Tensor:
     return (a + a.T) * 0.5
 
 
-def whitener(b: Tensor, *, rtol: float = 1e-10) -> Whitener:
-    """Eigendecompose symmetric PSD ``b`` and keep eigenvalues > ``rtol`` * largest eigenvalue."""
+def jacobi_scaled(b: Tensor) -> tuple[Tensor, Tensor]:
+    """``(D^-1 B D^-1, D)`` with ``D = sqrt(diag B)``; rows/columns with diag <= 0 are left unscaled.
+
+    A PSD matrix with a zero diagonal entry has that whole row and column zero, so leaving it
+    unscaled keeps it an exact zero direction.
+    """
+    b = symmetrize(b)
+    diag = b.diagonal()
+    scale = torch.where(diag > 0, diag.clamp(min=0).sqrt(), torch.ones_like(diag))
+    return symmetrize(b / scale[:, None] / scale[None, :]), scale
+
+
+def _scaled_eigh(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of ``D^-1 B D^-1``, and D (see jacobi_scaled)."""
+    scaled, scale = jacobi_scaled(b)
+    values, vectors = torch.linalg.eigh(scaled)
+    return values, vectors, scale
+
+
+def whitener(b: Tensor, *, tol: float = 1e-10) -> Whitener:
+    """Whiten symmetric PSD ``b`` on its numerical range; see :class:`Whitener`.
+
+    ``tol`` is absolute on the unit-diagonal scaled matrix (trace d); see :func:`precision_cutoff`.
+    Full rank (the usual case): one eigendecomposition. Rank-deficient: the scaled eigenvectors
+    below ``tol`` give the null directions ``D^-1 q``; B is then whitened on their Euclidean
+    complement (a second, smaller eigendecomposition), which keeps W W^T the Moore-Penrose inverse.
+    """
     if b.ndim != 2 or b.shape[0] != b.shape[1]:
         raise ValueError(f"expected a square matrix, got shape {tuple(b.shape)}")
-    values, vectors = torch.linalg.eigh(symmetrize(b))
+    b = symmetrize(b)
+    d = b.shape[0]
+    values, vectors, scale = _scaled_eigh(b)
     max_value = float(values[-1]) if values.numel() else 0.0
     min_value = float(values[0]) if values.numel() else 0.0
     if not max_value > 0.0 or not torch.isfinite(values).all():
         # No positive direction at all: nothing to whiten (e.g. an all-zero covariance).
-        keep = torch.zeros_like(values, dtype=torch.bool)
-    else:
-        keep = values > rtol * max_value
-    return Whitener(values[keep], vectors[:, keep], max_value, min_value)
+        empty = b.new_zeros(d, 0)
+        return Whitener(values[:0], empty, b, float(tol), max_value, min_value)
+    keep = values > tol
+    if bool(keep.all()):
+        matrix = vectors / values.sqrt() / scale[:, None]
+        return Whitener(values, matrix, b, float(tol), max_value, min_value)
+    null = vectors[:, ~keep] / scale[:, None]
+    q_full, _ = torch.linalg.qr(null, mode="complete")
+    complement = q_full[:, null.shape[1] :]  # (d, r) orthonormal, orthogonal to the null space
+    inner_values, inner_vectors, inner_scale = _scaled_eigh(complement.T @ b @ complement)
+    # The complement excludes the null directions, so B is positive definite on it; the clamp only
+    # guards against rounding of an eigenvalue that sat right at the cut-off.
+    inner_values = inner_values.clamp(min=tol)
+    matrix = complement @ (inner_vectors / inner_values.sqrt() / inner_scale[:, None])
+    return Whitener(values[keep], matrix, b, float(tol), max_value, min_value)
 
 
 def _descending(lam: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,10 +165,11 @@ def generalized_eigh_factored(f: Tensor, w: Whitener) -> tuple[Tensor, Tensor]:
     return lam, wm @ y
 
 
-def generalized_eigh(a: Tensor, b: Tensor, *, rtol: float = 1e-10) -> tuple[Tensor, Tensor]:
+def generalized_eigh(a: Tensor, b: Tensor, *, tol: float = 1e-10) -> tuple[Tensor, Tensor]:
     """Generalized symmetric eigenproblem ``A x = lam B x``, B PSD and possibly singular.
 
-    Keeps B's eigenvalues > ``rtol`` * largest (rank r), whitens with ``W = Q_r diag(b_r)^(-1/2)``,
+    Keeps the eigenvalues of B's Jacobi-scaled form > ``tol`` (rank r), whitens with
+    ``W = D^-1 Q_r diag(b_r)^(-1/2)``,
     eigendecomposes ``W^T A W = Y diag(lam) Y^T`` and returns ``(lam, X = W Y)``: eigenvalues
     (r,) in DESCENDING order and eigenvectors (d, r), float64 on the input's device.
     """
@@ -99,18 +177,18 @@ def generalized_eigh(a: Tensor, b: Tensor, *, rtol: float = 1e-10) -> tuple[Tens
         raise ValueError(
             f"A and B must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    return generalized_eigh_whitened(a, whitener(b, rtol=rtol))
+    return generalized_eigh_whitened(a, whitener(b, tol=tol))
 
 
 def generalized_eigh_released_order(
-    a: Tensor, b: Tensor, *, rtol: float = 1e-10
+    a: Tensor, b: Tensor, *, tol: float = 1e-10
 ) -> tuple[Tensor, Tensor]:
     """Compatibility only: same eigenpairs as :func:`generalized_eigh` in ASCENDING order.
 
     This is the ordering of scipy's ``eigh`` that the released NTPS code sliced from the front,
     i.e. it used the SMALLEST generalized eigenvectors. Do not use it for the score.
     """
-    lam, x = generalized_eigh(a, b, rtol=rtol)
+    lam, x = generalized_eigh(a, b, tol=tol)
     return lam.flip(0), x.flip(1)
 
 

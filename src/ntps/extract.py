@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ntps.errors import NumericalError
-from ntps.stats import StatisticsAccumulator
+from ntps.stats import StatisticsAccumulator, merge_all, shard_assignment
 from ntps.text import (
     context_length,
     forward_kwargs,
@@ -45,6 +45,8 @@ class ExtractionResult:
     n_batches: int
     max_length: int
     seconds: float
+    #: With ``n_shards``: the statistics of each jackknife shard (``statistics`` is their sum).
+    shards: list[StatisticsAccumulator] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,12 +104,19 @@ def extract_features(
     progress: bool = True,
     product_dtype: torch.dtype = torch.float32,
     name: str | None = None,
+    n_shards: int = 0,
+    shard_seed: int = 0,
 ) -> ExtractionResult:
     """Mean-pooled hidden states of every layer (0 = embeddings) for ``texts``.
 
     With ``accumulate_statistics`` (the train split) the NTPS sufficient statistics are streamed
     into a StatisticsAccumulator on the way; ``labels`` are then required. Only the pooled
     features are kept, so memory is O(N d L) plus one batch of hidden states.
+
+    ``n_shards`` >= 2 also keeps the statistics of that many disjoint random shards of the texts
+    (:func:`ntps.stats.shard_assignment` with ``shard_seed``) for the jackknife; batches are then
+    formed within shards, so each batch feeds one shard accumulator (memory: n_shards times the
+    statistics).
     """
     name = name or _model_label(base_model)
     if accumulate_statistics and labels is None:
@@ -132,11 +141,22 @@ def extract_features(
     if min(lengths, default=1) == 0:
         empty = lengths.index(0)
         raise ValueError(f"{name}: text #{empty} tokenises to no tokens; drop empty texts first")
-    batches = length_batches(lengths, batch_size)
+    sharded = accumulate_statistics and n_shards >= 2
+    if sharded:
+        shard_of = shard_assignment(len(texts), n_shards, shard_seed)
+        members = [[i for i in range(len(texts)) if shard_of[i] == j] for j in range(n_shards)]
+        batches, batch_shard = [], []
+        for j, idx in enumerate(members):
+            for local in length_batches([lengths[i] for i in idx], batch_size):
+                batches.append([idx[i] for i in local])
+                batch_shard.append(j)
+    else:
+        batches = length_batches(lengths, batch_size)
+        batch_shard = [0] * len(batches)
     # Layer count and width come from the first batch's outputs, not config attribute names,
     # which differ between architectures (e.g. OpenELM's num_transformer_layers/model_dim).
     features: torch.Tensor | None = None
-    accumulator: StatisticsAccumulator | None = None
+    accumulators: list[StatisticsAccumulator] = []
     label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
     pad_id = pad_token_id(tokenizer)
 
@@ -146,7 +166,7 @@ def extract_features(
         disable=not progress, dynamic_ncols=True,
     )  # fmt: skip
     with torch.inference_mode():
-        for batch in batches:
+        for batch, shard in zip(batches, batch_shard, strict=True):
             input_ids, mask, positions = pad_batch([token_ids[i] for i in batch], pad_id, device)
             out = base_model(
                 input_ids=input_ids, output_hidden_states=True,
@@ -160,13 +180,21 @@ def extract_features(
                 with torch.inference_mode(False):
                     features = torch.empty(n_states, len(texts), hidden_size, dtype=torch.float32)
                     if accumulate_statistics:
-                        accumulator = StatisticsAccumulator(
-                            n_states, hidden_size, n_classes, device=device,
-                            product_dtype=product_dtype,
-                        )  # fmt: skip
-            if accumulator is not None:
+                        accumulators = [
+                            StatisticsAccumulator(
+                                n_states,
+                                hidden_size,
+                                n_classes,
+                                device=device,
+                                product_dtype=product_dtype,
+                            )
+                            for _ in range(n_shards if sharded else 1)
+                        ]
+            if accumulators:
                 try:
-                    pooled = accumulator.update(hidden, mask, label_tensor[batch].to(device))
+                    pooled = accumulators[shard].update(
+                        hidden, mask, label_tensor[batch].to(device)
+                    )
                 except NumericalError as exc:  # the accumulator does not know the model's name
                     raise NumericalError(f"{name}: {exc}") from exc
             else:
@@ -179,6 +207,7 @@ def extract_features(
     if features is None:
         raise ValueError(f"{name}: no texts to extract features from")
 
+    accumulator = merge_all(accumulators) if accumulators else None
     if accumulator is None:
         # The accumulator checks finiteness itself; without it, check the pooled features.
         finite = torch.isfinite(features).flatten(1).all(dim=1)
@@ -198,4 +227,5 @@ def extract_features(
         n_batches=len(batches),
         max_length=limit,
         seconds=seconds,
+        shards=accumulators if sharded else None,
     )

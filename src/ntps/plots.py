@@ -158,13 +158,29 @@ def ntps_vs_metric_figure(
     score_col: str = "ntps_reg",
     setting: str = "",
 ) -> Figure:
-    """Scatter of NTPS (x) against ``metric`` (y) across datasets for one model, labelled points."""
+    """Scatter of NTPS (x) against ``metric`` (y) across datasets for one model, labelled points.
+
+    Horizontal error bars show +-1 jackknife SE of each NTPS where ``<score_col>_se`` is present.
+    """
     sub = _for_model(frame, model)
     _require(sub, ["dataset", score_col, metric], "ntps_vs_metric")
     with mpl.rc_context(STYLE):
         fig, ax = _figure()
         x = sub[score_col].to_numpy(float)
         y = sub[metric].to_numpy(float)
+        se_col = f"{score_col}_se"
+        has_se = se_col in sub.columns and bool(np.isfinite(sub[se_col].to_numpy(float)).any())
+        if has_se:
+            ax.errorbar(
+                x,
+                y,
+                xerr=sub[se_col].to_numpy(float),
+                fmt="none",
+                ecolor="0.35",
+                elinewidth=1.0,
+                capsize=2.5,
+                zorder=2,
+            )
         ax.scatter(x, y, s=36, color=OKABE_ITO["blue"], edgecolor="black", linewidth=0.5, zorder=3)
         for xi, yi, name in zip(x, y, sub["dataset"], strict=True):
             ax.annotate(
@@ -174,7 +190,7 @@ def ntps_vs_metric_figure(
                 textcoords="offset points",
                 fontsize=7,
             )
-        ax.set_xlabel(score_label(score_col))
+        ax.set_xlabel(score_label(score_col) + (" (bars: ±1 jackknife SE)" if has_se else ""))
         ax.set_ylabel(metric_label(metric))
         title = f"{short_model_name(model)}: Spearman ρ = {rho:.2f}"
         bounds = _ci_bounds(ci)

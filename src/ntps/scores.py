@@ -1,8 +1,11 @@
-"""NTPS scores from one layer's moments (method spec sections 2-3).
+"""NTPS scores from one layer's moments (docs/method.md sections 2-3).
 
 Per layer the expensive work (eigendecompositions of Cxx and S0, the two generalized eigenproblems,
 one QR) is done once; every k of the grid is then read off cumulative sums, because the top-k
 subspaces are nested: span(V_k) = span(Q[:, :k]) for the QR factor Q of V.
+
+The eigenvalue cut-off comes from the precision of the statistics (:data:`STATISTICS_PRECISION`,
+:func:`ntps.eigen.precision_cutoff`), applied in Jacobi-scaled coordinates (see :mod:`ntps.eigen`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import torch
 from torch import Tensor
 
 from ntps.eigen import (
+    UNIT_ROUNDOFF,
     Whitener,
     check_finite,
     count_nonzero,
     generalized_eigh_factored,
     generalized_eigh_lowrank,
+    precision_cutoff,
     symmetrize,
     whitener,
 )
@@ -28,6 +33,21 @@ from ntps.errors import ConfigError, NumericalError
 from ntps.stats import LayerMoments
 
 _F64 = torch.float64
+
+#: Elementwise relative precision of the stored statistics, ``|dB_ij| / sqrt(B_ii B_jj)``. S0 and S1
+#: are sums of float32 GEMM products over chunks of 512 rows (``ntps.stats``), and the jackknife
+#: shard statistics are stored in float32; measured on SmolLM2-135M x rotten_tomatoes (1280 texts,
+#: all 31 hidden states), float32 products deviate from float64 products by at most 8.9e-8 = 1.5 u32
+#: elementwise; the typical deviation is far smaller. Two float32 unit roundoffs bound that maximum.
+STATISTICS_PRECISION = 2 * UNIT_ROUNDOFF[torch.float32]
+
+#: Two generalized eigenvalues closer than this (relative to the largest) count as tied: the top-k
+#: subspace that splits them is not determined by the statistics.
+TIE_RTOL = 1e-6
+
+#: Relative threshold for non-zero perception eigenvalues and for rank in the excess-loss
+#: Gram-Schmidt: a float64 rounding guard (those quantities are exact zeros in exact arithmetic).
+_ZERO_RTOL = 1e-10
 
 #: The paper's sweep: fractions 0.05, 0.10, ..., 0.95 of each problem's retained rank.
 DEFAULT_K_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -39,19 +59,23 @@ RECORD_FIELDS = (
     "k_spec",
     "k_perception",
     "k_ar",
+    "eigen_cutoff",
     "rank_perception",
     "rank_ar",
     "n_nonzero_perception",
     "ntps_paper",
     "ntps_reg",
+    "ntps_released",
     "baseline",
     "excess_loss",
     "bound_lower",
     "bound_upper",
+    "lower_bound_zero",
     "lam_min_cxx",
     "lam_max_cxx",
     "w_star_norm2",
     "paper_degenerate",
+    "ar_degenerate",
     "k_clipped",
 )
 
@@ -135,6 +159,22 @@ def excess_loss(cxx: Tensor, cxy: Tensor, basis: Tensor, *, rtol: float = 1e-10)
     return float(full - part)
 
 
+def default_cutoff(hidden_size: int) -> float:
+    """The eigenvalue cut-off for statistics of :data:`STATISTICS_PRECISION` at width d."""
+    return precision_cutoff(hidden_size, STATISTICS_PRECISION)
+
+
+def tied_after(lam: Tensor, k: int, rtol: float = TIE_RTOL) -> bool:
+    """Whether the k-th and (k+1)-th of ``lam`` (r,) DESCENDING tie within ``rtol`` * lam[0].
+
+    Then no top-k subspace is singled out: any rotation within the tied eigenspace is as good.
+    """
+    if not 0 < k < lam.numel():
+        return False
+    top = float(lam[0])
+    return top > 0 and float(lam[k - 1] - lam[k]) <= rtol * top
+
+
 def _nested_explained(
     m: Tensor, target: Tensor, ks: Sequence[int], tol2: float
 ) -> dict[int, float]:
@@ -166,36 +206,17 @@ def _nested_explained(
     return out
 
 
-def _perception_problem(
-    cxy: Tensor, w: Whitener, solver: str, rtol: float
-) -> tuple[Tensor, Tensor, int]:
+def _perception_problem(cxy: Tensor, w: Whitener, solver: str) -> tuple[Tensor, Tensor, int]:
     if solver == "lowrank":
-        return generalized_eigh_lowrank(cxy, w, rtol=rtol)
+        return generalized_eigh_lowrank(cxy, w, rtol=_ZERO_RTOL)
     if solver == "dense":
         lam, u = generalized_eigh_factored(cxy, w)
-        return lam, u, count_nonzero(lam, rtol=rtol)
+        return lam, u, count_nonzero(lam, rtol=_ZERO_RTOL)
     raise ConfigError(f"perception_solver must be 'lowrank' or 'dense', got {solver!r}")
 
 
-def score_layer(
-    m: LayerMoments,
-    k_grid: Sequence[int | float] = DEFAULT_K_GRID,
-    *,
-    rtol: float = 1e-10,
-    ridge: float = 0.0,
-    centered: bool = False,
-    perception_solver: str = "lowrank",
-) -> list[dict[str, Any]]:
-    """Score one layer for every k of ``k_grid``; one record (plain python scalars) per k.
-
-    ``ridge`` replaces Cxx by Cxx + ridge*I everywhere (solver, W*, excess loss, bounds);
-    ``centered`` uses Cxx - mu mu^T and Cxy - mu ybar^T. ``perception_solver``: "lowrank" exploits
-    rank(Cxy Cxy^T) <= c (SVD of the c-column whitened Cxy); "dense" is the reference solver. They
-    agree on everything except the arbitrary basis of the degenerate eigenspace, i.e. except
-    ``ntps_paper`` where ``paper_degenerate`` is true.
-    """
-    for k in k_grid:
-        check_k_spec(k)
+def _prepared(m: LayerMoments, ridge: float, centered: bool) -> tuple[Tensor, Tensor]:
+    """Cxx (symmetrized, centred / ridged as asked) and Cxy in float64; raises on NaN/inf."""
     if ridge < 0:
         raise ConfigError(f"ridge must be >= 0, got {ridge}")
     where = f"layer {m.layer}" if m.layer is not None else "this layer"
@@ -205,31 +226,93 @@ def score_layer(
         mu = m.x_mean.to(_F64)
         cxx = symmetrize(cxx - torch.outer(mu, mu))
         cxy = cxy - torch.outer(mu, m.y_mean.to(_F64))
-    d = cxx.shape[0]
     if ridge > 0:
-        cxx = cxx + ridge * torch.eye(d, dtype=_F64, device=cxx.device)
+        cxx = cxx + ridge * torch.eye(cxx.shape[0], dtype=_F64, device=cxx.device)
     for name, x in (("Cxx", cxx), ("Cxy", cxy), ("S0", m.s0), ("S1", m.s1)):
         check_finite(x, f"{name} of {where}")
+    return cxx, cxy
 
-    # Perception side: one eigendecomposition of Cxx serves W*, the bounds, the whitening and the
+
+def ntps_forms(
+    m: LayerMoments,
+    k_grid: Sequence[int | float] = DEFAULT_K_GRID,
+    *,
+    tol: float | None = None,
+    ridge: float = 0.0,
+    centered: bool = False,
+) -> list[tuple[float, float]]:
+    """``(ntps_paper, ntps_reg)`` per k of ``k_grid``: the two scores without the diagnostics.
+
+    Same numbers as :func:`score_layer` at a fraction of its cost (no excess loss, bounds or
+    released form); used for the jackknife replicates.
+    """
+    return [(r["ntps_paper"], r["ntps_reg"]) for r in _score(m, k_grid, tol, ridge, centered)]
+
+
+def score_layer(
+    m: LayerMoments,
+    k_grid: Sequence[int | float] = DEFAULT_K_GRID,
+    *,
+    tol: float | None = None,
+    ridge: float = 0.0,
+    centered: bool = False,
+    perception_solver: str = "lowrank",
+    released: bool = True,
+) -> list[dict[str, Any]]:
+    """Score one layer for every k of ``k_grid``; one record (plain python scalars) per k.
+
+    ``tol`` is the eigenvalue cut-off in Jacobi-scaled coordinates (default
+    :func:`default_cutoff` of the layer's width). ``ridge`` replaces Cxx by Cxx + ridge*I everywhere
+    (solver, W*, excess loss, bounds); ``centered`` uses Cxx - mu mu^T and Cxy - mu ybar^T.
+    ``perception_solver``: "lowrank" exploits rank(Cxy Cxy^T) <= c (SVD of the c-column whitened
+    Cxy); "dense" is the reference solver. They agree on everything except the arbitrary basis of
+    the degenerate eigenspace, i.e. except ``ntps_paper`` where ``paper_degenerate`` is true.
+    ``released`` adds ``ntps_released`` (:func:`ntps.released.released_scores`, the authors'
+    procedure on the uncentred, unridged statistics), else NaN.
+    """
+    records = _score(m, k_grid, tol, ridge, centered, perception_solver, diagnostics=True)
+    if released:
+        from ntps.released import released_scores
+
+        values = released_scores(m.cxx, m.cxy, m.s0, m.s1, k_grid)
+    else:
+        values = [math.nan] * len(records)
+    for record, value in zip(records, values, strict=True):
+        record["ntps_released"] = value
+    return [{key: record[key] for key in RECORD_FIELDS} for record in records]
+
+
+def _score(
+    m: LayerMoments,
+    k_grid: Sequence[int | float],
+    tol: float | None,
+    ridge: float,
+    centered: bool,
+    perception_solver: str = "lowrank",
+    *,
+    diagnostics: bool = False,
+) -> list[dict[str, Any]]:
+    for k in k_grid:
+        check_k_spec(k)
+    where = f"layer {m.layer}" if m.layer is not None else "this layer"
+    cxx, cxy = _prepared(m, ridge, centered)
+    d = cxx.shape[0]
+    tol = default_cutoff(d) if tol is None else float(tol)
+
+    # Perception side: one eigendecomposition of (scaled) Cxx serves W*, the whitening and the
     # excess loss.
-    wx = whitener(cxx, rtol=rtol)
+    wx = whitener(cxx, tol=tol)
     rank_p = wx.rank
     if rank_p == 0:
         raise NumericalError(f"Cxx of {where} is zero: the pooled features carry no signal")
-    lam_max = wx.max_value
-    # Below full rank Cxx is singular by the same cutoff that defines the pseudo-inverse; eigh
-    # would report its zero eigenvalues as +-1e-16 noise.
-    lam_min = max(wx.min_value, 0.0) if rank_p == d else 0.0
-    coef = wx.vectors.T @ cxy  # (r, c): Cxy in Cxx's eigenbasis
-    b_white = coef / wx.values.sqrt()[:, None]  # Cxx^{+1/2} Cxy in eigen-coordinates
-    w_star = wx.vectors @ (coef / wx.values[:, None])  # Cxx^+ Cxy
+    wm = wx.matrix  # (d, r): W^T Cxx W = I
+    b_white = wm.T @ cxy  # (r, c): ||b_white||^2 = tr(Cxy^T Cxx^+ Cxy)
+    w_star = wm @ b_white  # Cxx^+ Cxy (pseudo-inverse on the retained range)
     w2 = float(w_star.square().sum())
-    explained_full = float(b_white.square().sum())  # tr(Cxy^T Cxx^+ Cxy) = L(0) - L*
-    _, u, n_nonzero = _perception_problem(cxy, wx, perception_solver, rtol)
+    lam_p, u, n_nonzero = _perception_problem(cxy, wx, perception_solver)
 
     # Autoregressive side.
-    _, v = generalized_eigh_factored(m.s1, whitener(m.s0, rtol=rtol))
+    lam_ar, v = generalized_eigh_factored(m.s1, whitener(m.s0, tol=tol))
     rank_ar = v.shape[1]
     if rank_ar == 0:
         raise NumericalError(
@@ -247,39 +330,58 @@ def score_layer(
     paper_den = u.square().sum(0).cumsum(0)
     # Regression form: ||Q_k^T W*||^2 for all k_ar.
     reg_num = (q.T @ w_star).square().sum(1).cumsum(0)
-    # Exact excess loss: L(P_k) - L* = ||b||^2 - ||Proj_{range(Cxx^{1/2} Q_k)} b||^2 with
-    # b = Cxx^{+1/2} Cxy, computed in Cxx's retained eigen-coordinates.
-    mq = wx.values.sqrt()[:, None] * (wx.vectors.T @ q)
-    explained = _nested_explained(mq, b_white, [ka for _, _, ka in ks], rtol * lam_max)
 
     records = []
     for k_spec, kp, ka in ks:
         num, den = float(paper_num[ka - 1, kp - 1]), float(paper_den[kp - 1])
-        proj2 = float(reg_num[ka - 1])
-        resid2 = max(w2 - proj2, 0.0)  # ||(I - P_k) W*||^2
-        ntps_reg = proj2 / w2 if w2 > 0 else math.nan
         records.append(
+            {
+                "k_spec": k_spec.item() if hasattr(k_spec, "item") else k_spec,
+                "k_perception": kp,
+                "k_ar": ka,
+                "ntps_paper": num / den if den > 0 else math.nan,
+                "ntps_reg": float(reg_num[ka - 1]) / w2 if w2 > 0 else math.nan,
+            }
+        )
+    if not diagnostics:
+        return records
+
+    # Bounds use Cxx's own extreme eigenvalues (not the scaled matrix's). Below full rank Cxx is
+    # singular by the same cut-off that defines the pseudo-inverse; eigh would report its zero
+    # eigenvalues as +-1e-16 noise.
+    lam_cxx = torch.linalg.eigvalsh(cxx)
+    lam_max = float(lam_cxx[-1])
+    lower_bound_zero = rank_p < d
+    lam_min = 0.0 if lower_bound_zero else max(float(lam_cxx[0]), 0.0)
+    explained_full = float(b_white.square().sum())  # L(0) - L*
+    # Exact excess loss: L(P_k) - L* = ||b||^2 - ||Proj_{range(G^T Q_k)} b||^2 with b = W^T Cxy and
+    # Cxx ~= G G^T, in the retained r coordinates.
+    mq = wx.root.T @ q
+    explained = _nested_explained(mq, b_white, [ka for _, _, ka in ks], _ZERO_RTOL * lam_max)
+    for record, (k_spec, kp, ka) in zip(records, ks, strict=True):
+        resid2 = max(w2 - float(reg_num[ka - 1]), 0.0)  # ||(I - P_k) W*||^2
+        record.update(
             {
                 "n_train": m.n_examples,
                 "hidden_size": d,
                 "regime": regime(m.n_examples, d),
-                "k_spec": k_spec.item() if hasattr(k_spec, "item") else k_spec,
-                "k_perception": kp,
-                "k_ar": ka,
+                "eigen_cutoff": tol,
                 "rank_perception": rank_p,
                 "rank_ar": rank_ar,
                 "n_nonzero_perception": n_nonzero,
-                "ntps_paper": num / den if den > 0 else math.nan,
-                "ntps_reg": ntps_reg,
                 "baseline": ka / d,
                 # Clipped at 0: rounding can turn an exact zero into -1e-17.
                 "excess_loss": max(explained_full - explained[ka], 0.0),
                 "bound_lower": lam_min * resid2,
                 "bound_upper": lam_max * resid2,
+                "lower_bound_zero": lower_bound_zero,
                 "lam_min_cxx": lam_min,
                 "lam_max_cxx": lam_max,
                 "w_star_norm2": w2,
-                "paper_degenerate": kp > n_nonzero,
+                # Beyond the non-zero eigenvalues the basis is arbitrary; at a tie the top-k
+                # subspace is not unique (e.g. balanced classes when N <= rank(Cxx)).
+                "paper_degenerate": kp > n_nonzero or tied_after(lam_p, kp),
+                "ar_degenerate": tied_after(lam_ar, ka),
                 "k_clipped": _is_int(k_spec) and (int(k_spec) > rank_p or int(k_spec) > rank_ar),
             }
         )

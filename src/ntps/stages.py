@@ -46,16 +46,31 @@ def extract_pair(
     out_record: str | Path,
     model_record_path: str | Path | None = None,
     splits: Sequence[str] = ("train", "test"),
+    out_shards: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Forward pass over train (statistics + pooled features) and test (pooled features)."""
+    """Forward pass over train (statistics + pooled features) and test (pooled features).
+
+    ``settings["jackknife_shards"]`` >= 2 also writes the statistics of that many disjoint random
+    shards of the train texts to ``out_shards`` (an empty set of shards otherwise).
+    """
     import torch
 
+    from ntps.errors import DatasetError
     from ntps.extract import extract_features
     from ntps.models import load_for_inference, resolve_device, resolve_dtype
 
     table = pd.read_parquet(table_path)
     dataset_record = read_json(dataset_record_path)
     n_classes = len(dataset_record["label_names"])
+    n_shards = int(settings.get("jackknife_shards", 0))
+    n_train = int((table["split"] == "train").sum())
+    if n_shards >= 2 and n_train < 2 * n_shards:
+        # Before the model is loaded: nothing expensive has run yet.
+        raise DatasetError(
+            f"dataset {dataset_record.get('name', table_path)!r} has {n_train} training texts, "
+            f"too few for uncertainty.jackknife_shards = {n_shards} (at least two texts per "
+            "shard); lower it, or set it to 0 to skip the standard errors"
+        )
     device = resolve_device(settings.get("device", "auto"))
     dtype = resolve_dtype(settings.get("dtype", "auto"), device)
     started = time.perf_counter()
@@ -66,6 +81,7 @@ def extract_pair(
     features: dict[str, torch.Tensor] = {}
     split_records: dict[str, Any] = {}
     accumulator = None
+    shards = None
     for split in splits:
         rows = table[table["split"] == split]
         labels = rows["label"].to_numpy(dtype=np.int64)
@@ -80,12 +96,14 @@ def extract_pair(
             accumulate_statistics=(split == "train"),
             device=device,
             progress=bool(settings.get("progress", True)),
+            n_shards=n_shards if split == "train" else 0,
+            shard_seed=int(settings.get("jackknife_seed", 0)),
         )
         for layer in range(result.pooled.shape[0]):
             features[feature_key(split, layer)] = result.pooled[layer]
         features[f"{split}.labels"] = torch.from_numpy(labels.copy())
         if split == "train":
-            accumulator = result.statistics
+            accumulator, shards = result.statistics, result.shards
         split_records[split] = result.summary()
         LOG.info("%s: %s", split, split_records[split])
 
@@ -107,6 +125,10 @@ def extract_pair(
         ),
     }
     save_tensors(out_stats, accumulator.to_tensors(), meta)
+    if out_shards is not None:
+        from ntps.stats import shards_to_tensors
+
+        save_tensors(out_shards, shards_to_tensors(shards or []), meta)
     save_tensors(out_features, features, meta)
     record = {
         "n_layers": n_layers,
@@ -162,19 +184,36 @@ def score_pair(
     stats_path: str | Path,
     k_grid: Sequence[int | float],
     *,
-    rtol: float,
     ridge: float,
     centered: bool,
+    eigen_cutoff: float | str = "auto",
+    shards_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """NTPS records for every layer and k, loading one layer's statistics at a time."""
+    """NTPS records for every layer and k, loading one layer's statistics at a time.
+
+    With jackknife shards (``shards_path`` holding K >= 2 shards, see
+    :func:`ntps.stats.shards_to_tensors`) every record gets ``ntps_paper_se`` and ``ntps_reg_se``,
+    the leave-one-shard-out jackknife standard errors over the train texts (NaN without shards).
+    """
+    from contextlib import ExitStack
+
     from safetensors import safe_open
 
-    from ntps.scores import REGIME_OK, regime_warning, score_layer
-    from ntps.stats import LayerMoments
+    from ntps.analysis import jackknife_se
+    from ntps.scores import REGIME_OK, ntps_forms, regime_warning, score_layer
+    from ntps.stats import LayerMoments, jackknife_moments
 
+    tol = None if eigen_cutoff == "auto" else float(eigen_cutoff)
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
-    with safe_open(str(stats_path), framework="pt") as handle:
+    with ExitStack() as stack:
+        handle = stack.enter_context(safe_open(str(stats_path), framework="pt"))
+        shards = (
+            stack.enter_context(safe_open(str(shards_path), framework="pt"))
+            if shards_path is not None
+            else None
+        )
+        n_shards = int(shards.get_tensor("n_shards").reshape(-1)[0]) if shards else 0
         meta = handle.metadata()
         n_layers = int(meta["n_layers"])
         keys = list(handle.keys())
@@ -184,16 +223,43 @@ def score_pair(
                 k: handle.get_tensor(k) for k in keys if k.startswith(prefix) or "." not in k
             }
             moments = LayerMoments.from_tensors(tensors, layer)
-            for record in score_layer(moments, k_grid, rtol=rtol, ridge=ridge, centered=centered):
-                records.append({"layer": layer, **record})
+            layer_records = score_layer(moments, k_grid, tol=tol, ridge=ridge, centered=centered)
+            replicates = (
+                [
+                    ntps_forms(rep, k_grid, tol=tol, ridge=ridge, centered=centered)
+                    for rep in jackknife_moments(tensors, shards, layer)
+                ]
+                if n_shards >= 2
+                else []
+            )
+            for i, record in enumerate(layer_records):
+                paper = [rep[i][0] for rep in replicates]
+                reg = [rep[i][1] for rep in replicates]
+                records.append(
+                    {
+                        "layer": layer,
+                        **record,
+                        "ntps_paper_se": jackknife_se(paper),
+                        "ntps_reg_se": jackknife_se(reg),
+                        "jackknife_shards": n_shards,
+                    }
+                )
     if records and records[0]["regime"] != REGIME_OK:
         LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
     # Timings go to the log, not the output: score JSONs are byte-identical across runs.
-    LOG.info("scored %d layers in %.2f s", n_layers, time.perf_counter() - started)
+    LOG.info(
+        "scored %d layers (%d jackknife replicates each) in %.2f s",
+        n_layers, n_shards, time.perf_counter() - started,
+    )  # fmt: skip
     return {
         "n_layers": n_layers,
         "k_grid": list(k_grid),
-        "settings": {"rtol": rtol, "ridge": ridge, "centered": centered},
+        "settings": {
+            "eigen_cutoff": eigen_cutoff,
+            "ridge": ridge,
+            "centered": centered,
+            "jackknife_shards": n_shards,
+        },
         "records": records,
         "provenance": provenance(**input_provenance(meta)),
     }
@@ -488,9 +554,10 @@ def records_table(paths: Iterable[str | Path], **constant: Any) -> pd.DataFrame:
 # Column order of the scores table (README, "Tables"): keys first, then the scores, then diagnostics.
 SCORE_COLUMNS = (
     "model", "dataset", "stage", "layer", "k_label", "k_spec", "k_perception", "k_ar",
-    "ntps_paper", "ntps_reg", "baseline", "excess_loss", "bound_lower", "bound_upper",
-    "paper_degenerate", "k_clipped", "rank_perception", "rank_ar", "n_nonzero_perception",
-    "lam_min_cxx", "lam_max_cxx", "w_star_norm2",
+    "ntps_paper", "ntps_reg", "ntps_paper_se", "ntps_reg_se", "ntps_released", "baseline",
+    "excess_loss", "bound_lower", "bound_upper", "lower_bound_zero", "paper_degenerate",
+    "ar_degenerate", "k_clipped", "eigen_cutoff", "rank_perception", "rank_ar",
+    "n_nonzero_perception", "jackknife_shards", "lam_min_cxx", "lam_max_cxx", "w_star_norm2",
 )  # fmt: skip
 PROBE_COLUMNS = (
     "model", "dataset", "layer", "accuracy", "macro_f1", "mse", "train_accuracy", "train_mse",

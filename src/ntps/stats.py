@@ -460,3 +460,81 @@ def splice_statistics(
             else:
                 out[key] = getattr(upper, name)[layer - first_state].cpu().contiguous()
     return out
+
+
+# --- jackknife shards -------------------------------------------------------------------------
+
+
+def shard_assignment(n_texts: int, n_shards: int, seed: int) -> list[int]:
+    """Shard of each of ``n_texts`` texts: a seeded random permutation dealt round-robin.
+
+    Shard sizes differ by at most one; the same (n_texts, n_shards, seed) gives the same shards.
+    """
+    if n_shards < 2 or n_texts < n_shards:
+        raise ValueError(f"need 2 <= n_shards <= n_texts, got {n_shards} shards of {n_texts} texts")
+    generator = torch.Generator().manual_seed(int(seed))
+    order = torch.randperm(n_texts, generator=generator).tolist()
+    shards = [0] * n_texts
+    for position, text in enumerate(order):
+        shards[text] = position % n_shards
+    return shards
+
+
+def merge_all(accumulators: Sequence[StatisticsAccumulator]) -> StatisticsAccumulator:
+    """The sum of several accumulators over disjoint texts (exact: sums are additive)."""
+    if not accumulators:
+        raise ValueError("merge_all needs at least one accumulator")
+    total = accumulators[0]
+    for other in accumulators[1:]:
+        total = total.merge(other)
+    return total
+
+
+def shards_to_tensors(shards: Sequence[StatisticsAccumulator]) -> dict[str, Tensor]:
+    """Safetensors-ready dict of K shard accumulators: ``shard{j}.layer{l}.{name}`` and counts.
+
+    Layer sums are stored in float32: a leave-one-shard-out replicate is ``total - shard_j`` with
+    ``total`` in float64, so the rounding (u32 of one shard, ~u32 / K of the total) stays below
+    the precision the scores assume for the statistics (``ntps.scores.STATISTICS_PRECISION``).
+    """
+    out: dict[str, Tensor] = {"n_shards": torch.tensor([len(shards)], dtype=torch.int64)}
+    for j, shard in enumerate(shards):
+        for key, value in shard.to_tensors().items():
+            if _KEY_RE.match(key):
+                value = value.to(torch.float32)
+            out[f"shard{j}.{key}"] = value
+    return out
+
+
+def jackknife_moments(total: Any, shards: Any, layer: int) -> list[LayerMoments]:
+    """Leave-one-shard-out moments of one layer: ``total - shard_j`` for j = 0..K-1.
+
+    ``total`` holds :meth:`StatisticsAccumulator.to_tensors` keys, ``shards`` the keys of
+    :func:`shards_to_tensors`; either may be a dict or an open safetensors handle.
+    """
+    get_total, get_shard = _getter(total), _getter(shards)
+    n_shards = int(get_shard("n_shards").reshape(-1)[0])
+    sums = {name: get_total(f"layer{layer}.{name}").to(_F64) for name in _LAYER_SUMS}
+    counts = {name: int(get_total(name).reshape(-1)[0]) for name in _COUNTS}
+    label_counts = get_total("label_counts").to(torch.int64)
+    out = []
+    for j in range(n_shards):
+        prefix = f"shard{j}."
+        rest = {
+            name: sums[name] - get_shard(f"{prefix}layer{layer}.{name}").to(_F64)
+            for name in _LAYER_SUMS
+        }
+        rest_counts = {
+            name: counts[name] - int(get_shard(prefix + name).reshape(-1)[0]) for name in _COUNTS
+        }
+        out.append(
+            LayerMoments.from_sums(
+                rest,
+                label_counts - get_shard(prefix + "label_counts").to(torch.int64),
+                rest_counts["n_examples"],
+                rest_counts["n_pairs"],
+                rest_counts["n_texts"],
+                layer,
+            )
+        )
+    return out

@@ -46,9 +46,14 @@ def correlation_view(correlations: pd.DataFrame) -> pd.DataFrame:
         f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
         for lo, hi in zip(view["ci_low"], view["ci_high"], strict=True)
     ]
-    return view[
-        ["model", "target", "mode", "setting", "n_datasets", "rho", "95% CI", "tau", "p_value"]
-    ]
+    columns = ["model", "target", "mode", "setting", "n_datasets", "rho", "95% CI"]
+    if "ci_low_se" in view.columns and np.isfinite(view["ci_low_se"].to_numpy(float)).any():
+        view["95% CI with SE"] = [
+            f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]"
+            for lo, hi in zip(view["ci_low_se"], view["ci_high_se"], strict=True)
+        ]
+        columns.append("95% CI with SE")
+    return view[[*columns, "tau", "p_value"]]
 
 
 def paper_comparison(
@@ -105,19 +110,89 @@ def paper_comparison(
 
 def magnitude_table(scores: pd.DataFrame, analysis: Mapping[str, Any],
                     fixed_layers: Mapping[str, int | float]) -> pd.DataFrame:  # fmt: skip
-    """Per model and dataset at the fixed setting: NTPS, baseline, where NTPS sits between them."""
+    """Per model and dataset at the fixed setting: NTPS with its jackknife SE, the released
+    convention's value, the random-subspace baseline and where NTPS sits between them."""
+    score_col = analysis["score"]
     rows = []
     for model, layer_spec in fixed_layers.items():
         at, layer = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"])
         for _, row in at.iterrows():
             rows.append({
                 "model": model, "dataset": row["dataset"], "layer": layer,
-                "ntps": row[analysis["score"]], "baseline": row["baseline"],
-                "position": float(baseline_position(row[analysis["score"]], row["baseline"])),
-                "excess_loss": row["excess_loss"], "bound_lower": row["bound_lower"],
-                "bound_upper": row["bound_upper"],
+                "ntps": row[score_col], "ntps_se": row.get(f"{score_col}_se", np.nan),
+                "ntps_released": row.get("ntps_released", np.nan), "baseline": row["baseline"],
+                "position": float(baseline_position(row[score_col], row["baseline"])),
             })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def bounds_table(
+    scores: pd.DataFrame, analysis: Mapping[str, Any], fixed_layers: Mapping[str, int | float]
+) -> pd.DataFrame:
+    """Per model and dataset at the fixed setting: exact excess loss, both bounds, their ratio and
+    whether the lower bound is exactly 0 (rank-deficient Cxx)."""
+    rows = []
+    for model, layer_spec in fixed_layers.items():
+        at, layer = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"])
+        for _, row in at.iterrows():
+            excess = float(row["excess_loss"])
+            rows.append({
+                "model": model, "dataset": row["dataset"], "layer": layer,
+                "excess_loss": excess, "bound_lower": row["bound_lower"],
+                "bound_upper": row["bound_upper"],
+                "upper_over_exact": float(row["bound_upper"]) / excess if excess > 0 else np.nan,
+                "lower_bound_zero": bool(row.get("lower_bound_zero", False)),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def bounds_lines(bounds: pd.DataFrame) -> list[str]:
+    """The bounds in plain words: how loose the upper bound is, and where the lower one is 0."""
+    if bounds.empty:
+        return []
+    zero = bounds[bounds["lower_bound_zero"]]
+    ratio = bounds["upper_over_exact"].to_numpy(float)
+    ratio = ratio[np.isfinite(ratio)]
+    lines = [
+        "## Excess-loss bounds at the fixed setting",
+        "",
+        markdown_table(bounds),
+        "",
+        "The theorem brackets the exact excess loss L(P_k) - L* of a probe restricted to the "
+        "top-k next-token subspace between lambda_min(Cxx) and lambda_max(Cxx) times "
+        "||W*||^2 (1 - NTPS_reg). "
+        + (
+            f"Here the upper bound is {np.min(ratio):.3g} to {np.max(ratio):.3g} times the exact "
+            "value (`upper_over_exact`): the spread of Cxx's eigenvalues, not slack in NTPS. "
+            if ratio.size
+            else ""
+        ),
+    ]
+    if zero.empty:
+        lines[-1] += "Cxx has full rank in every pair, so the lower bound is informative."
+    else:
+        lines[-1] += (
+            f"In {len(zero)} of {len(bounds)} pairs Cxx is rank-deficient (fewer training texts "
+            "than dimensions, or dependent features), so lambda_min(Cxx) = 0 and the lower bound "
+            "is exactly 0 (`lower_bound_zero`): it says nothing there."
+        )
+    return [*lines, ""]
+
+
+RELEASED_EXPLANATION = (
+    "`ntps` is this tool's score ({score}: the top-k generalized eigenvectors, float64, "
+    "eigenvalue cut-off from the statistics' precision); `ntps_se` its delete-a-shard jackknife "
+    "standard error over the training texts ({shards} shards; differences between datasets "
+    "within about two SE are noise). `ntps_released` is the paper form computed exactly as the "
+    "authors' released code does (float32, scipy's `eigh`, an absolute 1e-8 cut-off when "
+    "whitening, k = int(f x columns) for U and V separately, and no reordering of scipy's "
+    "ascending eigenvalues, so it uses the SMALLEST generalized eigenvectors). Those span Cxx's "
+    "numerical null space and the next-token problem's least-predictive directions; their basis in "
+    "the degenerate null space is whatever the LAPACK driver returns, so `ntps_released` depends on "
+    "the driver and library version, and at high fractions it approaches 1 for any model because "
+    "both subspaces then cover most of R^d. This is where the paper's ~0.85-0.95 values come "
+    "from; it is shown for comparison only, never used as the headline."
+)
 
 
 def regime_table(scores: pd.DataFrame) -> pd.DataFrame:
@@ -178,6 +253,8 @@ def summary_markdown(
     paired: pd.DataFrame | None = None,
     prediction_summary: pd.DataFrame | None = None,
     lora: pd.DataFrame | None = None,
+    bounds: pd.DataFrame | None = None,
+    score_name: str = "ntps_reg",
 ) -> str:
     """Everything a reader needs first, in one Markdown page.
 
@@ -185,6 +262,7 @@ def summary_markdown(
     rule also writes it as a table, so it is computed once there).
     """
     checked = bound_check(scores)
+    shards = int(scores["jackknife_shards"].max()) if "jackknife_shards" in scores.columns else 0
     lines = [
         f"# {study}",
         "",
@@ -209,6 +287,9 @@ def summary_markdown(
         f"same size, 1 = perfect. Excess-loss bounds hold in {int(checked['bound_holds'].sum())} of "
         f"{len(checked)} (model, dataset, stage, layer, k) rows.",
         "",
+        RELEASED_EXPLANATION.format(score=score_name, shards=shards or "no"),
+        "",
+        *bounds_lines(bounds if bounds is not None else pd.DataFrame()),
     ]
     if lora is not None and not lora.empty:
         learned = int(lora["learned"].sum())
