@@ -38,6 +38,7 @@ with job_logging(snakemake.log[0]):
         optional_csv("paired"),
         optional_csv("prediction_summary"),
         lora,
+        optional_csv("predictors"),
     )
     write_table(snakemake.output.magnitudes, magnitudes)
     write_table(snakemake.output.paper_correlations, paper)
