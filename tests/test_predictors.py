@@ -99,6 +99,7 @@ def test_judge_uses_the_fixed_layer_and_probe_accuracy_only_for_the_gain() -> No
     values, probes, lora = planted_tables()
     both = predictor_values_table([], probes, ["probe_accuracy"])
     assert set(both["predictor"]) == {"probe_accuracy"} and len(both) == len(probes)
+    assert predictor_values_table([], probes, ["logme"]).empty
     values = pd.concat([values, both], ignore_index=True)
     judged = judge_predictors(values, probes, ANALYSIS, {"m": 1}, lora)
     good = judged[judged["predictor"] == "logme"].set_index(["target", "mode"])

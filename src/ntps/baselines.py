@@ -239,8 +239,8 @@ def logme(
         Mean over classes of max log p(y_c | F) / N (nats per example).
 
     One thin SVD of F serves every class. With fewer texts than dimensions the ``D - N`` zero
-    eigenvalues of F^T F still enter log|A| (as ``log alpha``); LogME's public code and
-    transformer-ranker sum only over the returned singular values.
+    eigenvalues of F^T F still enter log|A| (as ``log alpha``); transformer-ranker (0.2.0)
+    sums only over the returned singular values, which drops ``(D - N)/2 log alpha``.
     """
     x, y = _check_inputs(features, labels, n_classes)
     n, d = x.shape

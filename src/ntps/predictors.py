@@ -181,7 +181,10 @@ def predictor_values_table(
                 columns={"accuracy": "value"}
             )
             parts.append(part.assign(predictor=name))
-    out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return frame.iloc[:0]
+    out = pd.concat(parts, ignore_index=True)
     order = {name: i for i, name in enumerate(enabled)}
     out = out.assign(_order=out["predictor"].map(order)).sort_values(
         ["model", "_order", "dataset", "layer"], kind="stable"
