@@ -1,5 +1,5 @@
 # ntps-workflow: Next Token Perception Score for (model, dataset) pairs.
-# Stages: acquire -> extract -> score / probe -> LoRA -> post-LoRA extract/score -> tables -> plots. See README.md and docs/.
+# Stages: acquire -> extract -> score / probe / predictors -> LoRA -> post-LoRA extract/score -> tables -> plots. See README.md and docs/.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -20,6 +20,7 @@ include: "rules/aggregate.smk"
 include: "rules/lora.smk"
 include: "rules/report.smk"
 include: "rules/plots.smk"
+include: "rules/predictors.smk"
 
 
 rule all:

@@ -20,6 +20,7 @@ os.environ.update(
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntps.config import validate_config
+from ntps.predictors import enabled_predictors, predictor_settings
 from ntps.workflow import (
     canonical,
     dataset_names,
@@ -136,6 +137,35 @@ def lora_checkpoint_dir(wildcards):
     return f"results/lora/{wildcards.model}/{wildcards.dataset}/checkpoints"
 
 
+def predictors_enabled():
+    return bool(config["predictors"]["enabled"])
+
+
+def predictor_table_inputs(wildcards):
+    inputs = {
+        "predictors": pair_outputs("results/predictors/{model}/{dataset}.json"),
+        "probes": "results/tables/probes.parquet",
+        "correlations": "results/tables/correlations.csv",
+        # Wall times of the jobs that produce each predictor's values (costs beside quality).
+        "score_benchmarks": pair_outputs(
+            "results/benchmarks/score/{model}/{dataset}.tsv"
+        ),
+        "predictors_benchmarks": pair_outputs(
+            "results/benchmarks/predictors/{model}/{dataset}.tsv"
+        ),
+    }
+    if "probe_accuracy" in config["predictors"]["enabled"]:
+        inputs["probe_benchmarks"] = pair_outputs(
+            "results/benchmarks/probe/{model}/{dataset}.tsv"
+        )
+    if lora_pairs():
+        inputs.update(
+            lora="results/tables/lora.csv",
+            lora_correlations="results/tables/lora_correlations.csv",
+        )
+    return inputs
+
+
 def summary_inputs(wildcards):
     inputs = {
         "scores": "results/tables/scores.parquet",
@@ -152,6 +182,8 @@ def summary_inputs(wildcards):
             paired="results/tables/ntps_before_after_summary.csv",
             prediction_summary="results/tables/gain_prediction_summary.csv",
         )
+    if predictors_enabled():
+        inputs["predictors"] = "results/tables/predictors.csv"
     return inputs
 
 
@@ -191,6 +223,9 @@ def final_outputs():
         outputs += ["results/tables/lora.csv", "results/tables/lora_correlations.csv"]
         for kind in ("ntps_vs_gain", "ntps_before_after"):
             outputs += [f"results/plots/lora/{kind}.{ext}" for ext in ("png", "pdf")]
+    if predictors_enabled():
+        outputs += ["results/tables/predictors.csv"]
+        outputs += [f"results/plots/predictors.{ext}" for ext in ("png", "pdf")]
     return outputs
 
 

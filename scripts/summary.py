@@ -41,6 +41,7 @@ with job_logging(snakemake.log[0]):
         lora,
         bounds,
         analysis["score"],
+        optional_csv("predictors"),
     )
     write_table(
         snakemake.output.magnitudes,

@@ -161,6 +161,55 @@ def test_lora_stage(study: Path) -> None:
         assert (study / f"results/plots/lora/{kind}.png").stat().st_size > 1000
 
 
+def test_predictors_beside_ntps(study: Path) -> None:
+    table = pd.read_csv(study / "results/tables/predictors.csv")
+    names = ["ntps", "h_score", "logme", "knn", "perception_only", "probe_accuracy"]
+    assert list(dict.fromkeys(table["predictor"])) == names
+    assert set(table["mode"]) == {"fixed", "in_sample", "lodo"}
+    assert (table["n_datasets"] == 4).all() and table["rho"].between(-1, 1).all()
+    targets = table.groupby("predictor")["target"].unique().map(set)
+    assert targets["probe_accuracy"] == {"-gain"}
+    assert all(targets[name] == {"accuracy", "-mse", "-gain"} for name in names[:-1])
+    # Fixed mode: the config's layer (-1 = hidden state 2); no k for the baselines.
+    fixed = table[table["mode"] == "fixed"]
+    assert set(fixed["layer"].astype(str)) == {"2"}
+    assert set(fixed.loc[fixed["predictor"] != "ntps", "k_label"]) == {"-"}
+    # NTPS's rows are the correlation tables' own, side by side with the baselines.
+    ntps = table[table["predictor"] == "ntps"].set_index(["target", "mode"])["rho"]
+    for name in ("correlations.csv", "lora_correlations.csv"):
+        theirs = pd.read_csv(study / "results/tables" / name).set_index(["target", "mode"])["rho"]
+        assert np.allclose(ntps.loc[theirs.index], theirs)
+    # Cost beside quality: compute seconds timed in the job, and the producing job's wall time.
+    cost = table.groupby("predictor")[["seconds_per_pair", "job_seconds_per_pair", "job"]].first()
+    assert (cost.loc[names[:-1], "seconds_per_pair"] > 0).all()
+    assert np.isnan(cost.loc["probe_accuracy", "seconds_per_pair"])
+    assert (cost["job_seconds_per_pair"] > 0).all()
+    assert cost["job"].to_dict() == {
+        "ntps": "score", "h_score": "predictors", "logme": "predictors", "knn": "predictors",
+        "perception_only": "predictors", "probe_accuracy": "probe",
+    }  # fmt: skip
+    # Values: 4 datasets x 3 layers x 5 predictors; the feature-based perception-only equals the
+    # same quantity from the extraction's float64 statistics (two cached inputs, one forward pass).
+    values = pd.read_csv(study / "results/tables/predictor_values.csv")
+    assert len(values) == 4 * 3 * 5
+    assert values.loc[values["predictor"] == "knn", "value"].between(0, 1).all()
+    from ntps.stats import LayerMoments
+
+    stats = load_tensors(study / "results/extract/tiny-llama/strong/stats.safetensors")
+    m = LayerMoments.from_tensors(stats, 2)
+    cxx, cxy = m.cxx.numpy(), m.cxy.numpy()
+    expected = np.trace(np.linalg.pinv(cxx, hermitian=True, rcond=1e-10) @ cxy @ cxy.T)
+    got = values.query("dataset == 'strong' and layer == 2 and predictor == 'perception_only'")
+    assert float(got["value"].iloc[0]) == pytest.approx(expected, rel=1e-4)
+    record = read_json(study / "results/predictors/tiny-llama/strong.json")
+    assert set(record["seconds"]) == {"h_score", "logme", "knn", "perception_only", "ntps"}
+    assert record["provenance"]["dataset_fingerprint"] and record["n_train"] == 84
+    for ext in ("png", "pdf"):
+        assert (study / f"results/plots/predictors.{ext}").stat().st_size > 1000
+    summary = (study / "results/summary.md").read_text()
+    assert "## NTPS beside cheap pre-screens" in summary
+
+
 def test_extraction_record(study: Path) -> None:
     record = read_json(study / "results/extract/tiny-llama/strong/extract.json")
     assert record["n_layers"] == 3
@@ -180,6 +229,7 @@ def test_summary_and_report(study: Path) -> None:
     run_snakemake(study, "--report", "results/report.html")
     html = (study / "results/report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "leave-one-dataset-out" in html
+    assert "Cheap pre-screens" in html  # the predictors table and plot have their category
 
 
 def test_second_run_does_nothing(study: Path) -> None:

@@ -576,3 +576,84 @@ def plot_layer_profile(
 ) -> list[Path]:
     """Write the per-layer NTPS profile; returns [png, pdf]."""
     return save_figure(layer_profile_figure(frame, score_col=score_col), out_stem)
+
+
+# --------------------------------------------------------------------------------------------
+# NTPS beside the transferability baselines
+# --------------------------------------------------------------------------------------------
+
+PREDICTOR_MODES = (
+    ("fixed", "fixed in config", "o", OKABE_ITO["blue"]),
+    ("lodo", "leave-one-dataset-out", "s", OKABE_ITO["vermillion"]),
+    ("in_sample", "in-sample best (optimistic)", "^", "0.55"),
+)
+PREDICTOR_TARGETS = ("accuracy", "-mse", "-gain")
+
+
+def predictors_figure(table: pd.DataFrame) -> Figure:
+    """Spearman rho (95% bootstrap CI) of each predictor against each target, per selection mode.
+
+    ``table`` is results/tables/predictors.csv. One row of panels per model, one panel per target;
+    predictors top to bottom in table order (NTPS first).
+    """
+    _require(
+        table, ["model", "predictor", "target", "mode", "rho", "ci_low", "ci_high"], "predictors"
+    )
+    models = sorted(table["model"].unique())
+    targets = [t for t in PREDICTOR_TARGETS if t in set(table["target"])]
+    if not models or not targets:
+        raise DatasetError("predictors: the table has no rows to plot")
+    predictors = list(dict.fromkeys(table["predictor"]))
+    with mpl.rc_context(STYLE):
+        fig, axes = _figure(
+            3.2 * len(targets) + 1.6,
+            0.35 * len(predictors) * len(models) + 1.2 * len(models),
+            nrows=len(models),
+            ncols=len(targets),
+            squeeze=False,
+            sharex=True,
+        )
+        for i, model in enumerate(models):
+            for j, target in enumerate(targets):
+                ax = axes[i, j]
+                ax.axvline(0.0, color="0.4", linewidth=0.8, linestyle=":")
+                sub = table[(table["model"] == model) & (table["target"] == target)]
+                for m, (mode, label, marker, color) in enumerate(PREDICTOR_MODES):
+                    rows = sub[sub["mode"] == mode].set_index("predictor")
+                    for p, name in enumerate(predictors):
+                        if name not in rows.index:
+                            continue
+                        row = rows.loc[name]
+                        y = p + (m - 1) * 0.22
+                        low, high = float(row["ci_low"]), float(row["ci_high"])
+                        rho = float(row["rho"])
+                        if np.isfinite(low) and np.isfinite(high) and np.isfinite(rho):
+                            ax.plot([low, high], [y, y], color=color, linewidth=1.0)
+                        ax.scatter(
+                            [rho], [y], marker=marker, s=22, color=color, edgecolor="black",
+                            linewidth=0.4, zorder=3, label=label,
+                        )  # fmt: skip
+                ax.set_yticks(range(len(predictors)))
+                ax.set_yticklabels(predictors if j == 0 else [])
+                ax.set_ylim(len(predictors) - 0.5, -0.5)
+                ax.set_xlim(-1.05, 1.05)
+                ax.set_title(f"{short_model_name(str(model))}: {target}")
+                if i == len(models) - 1:
+                    ax.set_xlabel("Spearman ρ across datasets (95% CI)")
+        entries: dict[str, Any] = {}
+        for ax in axes.ravel():
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                entries.setdefault(label, handle)
+        fig.legend(
+            list(entries.values()),
+            list(entries),
+            loc="outside lower center",
+            ncols=3,
+            frameon=False,
+        )
+    return fig
+
+
+def plot_predictors(table: pd.DataFrame, out_stem: str | os.PathLike[str]) -> list[Path]:
+    """Write the predictors x targets comparison; returns [png, pdf]."""
+    return save_figure(predictors_figure(table), out_stem)

@@ -242,6 +242,57 @@ LORA_SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+PREDICTOR_VIEW_MODES = (("fixed", "fixed"), ("lodo", "LODO"))
+
+
+def predictor_view(predictors: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, predictor): seconds per pair, then rho [95% CI] per target and mode
+    (fixed in config and leave-one-dataset-out; the in-sample best is in the CSV)."""
+    rows = []
+    for (model, name), group in predictors.groupby(["model", "predictor"], sort=False):
+        first = group.iloc[0]
+        row: dict[str, Any] = {
+            "model": model,
+            "predictor": name,
+            "compute s / pair": _fmt(float(first["seconds_per_pair"]), 3),
+            "job s / pair": f"{_fmt(float(first['job_seconds_per_pair']), 1)} ({first['job']})",
+        }
+        for target in ("accuracy", "-mse", "-gain"):
+            for mode, label in PREDICTOR_VIEW_MODES:
+                hit = group[(group["target"] == target) & (group["mode"] == mode)]
+                if hit.empty:
+                    continue
+                r = hit.iloc[0]
+                row[f"{target} {label}"] = (
+                    f"{_fmt(float(r['rho']), 2)} [{_fmt(float(r['ci_low']), 2)}, {_fmt(float(r['ci_high']), 2)}]"
+                )
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def predictor_lines(predictors: pd.DataFrame | None) -> list[str]:
+    """The summary's section on NTPS beside the transferability baselines."""
+    if predictors is None or predictors.empty:
+        return []
+    return [
+        "## NTPS beside cheap pre-screens (transferability baselines)",
+        "",
+        markdown_table(predictor_view(predictors)),
+        "",
+        "Spearman rho across datasets [95% bootstrap CI] of each predictor against held-out probe "
+        "accuracy, -MSE and -LoRA gain, with the layer (and for NTPS k) fixed in config or chosen "
+        "leave-one-dataset-out; in-sample best and p-values are in `predictors.csv`. H-score, LogME, "
+        "kNN and perception-only are computed from the cached train features of every layer; "
+        "`probe_accuracy` (the held-out probe itself) is judged against the gain only. Cost per "
+        "(model, dataset), all layers: `compute s / pair` timed inside the predictors job with the "
+        "inputs in memory (NTPS over every layer and k of the grid; the probes are not timed apart "
+        "from their job), `job s / pair` the wall time of the workflow job that produces the values "
+        "(score, probe, or predictors, one job for all feature predictors), including start-up and "
+        "reading inputs.",
+        "",
+    ]
+
+
 def summary_markdown(
     study: str,
     correlations: pd.DataFrame,
@@ -255,6 +306,7 @@ def summary_markdown(
     lora: pd.DataFrame | None = None,
     bounds: pd.DataFrame | None = None,
     score_name: str = "ntps_reg",
+    predictors: pd.DataFrame | None = None,
 ) -> str:
     """Everything a reader needs first, in one Markdown page.
 
@@ -330,6 +382,7 @@ def summary_markdown(
             markdown_table(prediction_summary),
             "",
         ]
+    lines += predictor_lines(predictors)
     wide = paper.pivot(index="model", columns="target", values="rho").reset_index()
     lines += [
         "## The paper's released numbers",

@@ -1,0 +1,18 @@
+"""Predictors job: every enabled transferability baseline on every layer of one pair, timed."""
+
+from ntps.io import read_json
+from ntps.predictors import predictors_pair
+from ntps.stages import write_pair_json
+from ntps.workflow import job_logging
+
+with job_logging(snakemake.log[0], threads=snakemake.threads):
+    model, dataset = snakemake.wildcards.model, snakemake.wildcards.dataset
+    result = predictors_pair(
+        snakemake.input.features,
+        len(read_json(snakemake.input.dataset)["label_names"]),
+        snakemake.params.settings,
+        where=f"model {model!r} x dataset {dataset!r}",
+        stats_path=snakemake.input.stats,
+        ntps_settings=snakemake.params.ntps,
+    )
+    write_pair_json(snakemake.output.predictors, model, dataset, result)

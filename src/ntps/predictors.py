@@ -1,0 +1,320 @@
+"""Transferability baselines in the workflow: the per-pair job, tidy tables, and their judgement
+beside NTPS with the same machinery (:func:`ntps.analysis.select_layer_k`).
+
+The estimators themselves are pure functions in :mod:`ntps.baselines`; this module reads the cached
+features, times each estimator, and turns per-pair records into tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ntps.analysis import select_layer_k
+from ntps.baselines import PREDICTORS, SOURCE_FEATURES, predictor, preload
+from ntps.errors import NTPSError, NumericalError
+from ntps.io import provenance, read_json
+from ntps.stages import feature_key, input_provenance, n_layers_by_model
+
+LOG = logging.getLogger("ntps")
+
+#: k label of a predictor without k: only the layer is chosen.
+NO_K = "-"
+#: NTPS's rows in the predictors table.
+NTPS = "ntps"
+#: The workflow job whose values each kind of predictor comes from (column ``job``).
+JOB_OF = {NTPS: "score", "probes": "probe", SOURCE_FEATURES: "predictors"}
+
+# (target column, sign, table it comes from): as the NTPS correlations, a positive rho always
+# means "the predictor agrees with the task being easy".
+TARGETS: tuple[tuple[str, int, str], ...] = (
+    ("accuracy", 1, "probes"),
+    ("mse", -1, "probes"),
+    ("gain", -1, "lora"),
+)
+
+PREDICTOR_COLUMNS = (
+    "model", "predictor", "target", "mode", "optimistic", "layer", "k_label", "picks", "pairing",
+    "n_datasets", "rho", "tau", "ci_low", "ci_high", "n_boot_used", "p_value", "seconds_per_pair",
+    "job", "job_seconds_per_pair",
+)  # fmt: skip
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+def enabled_predictors(config: Mapping[str, Any]) -> list[str]:
+    """Names in ``predictors.enabled`` (validated config), checked against the registry."""
+    return [predictor(name).name for name in config["predictors"]["enabled"]]
+
+
+def predictor_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keyword arguments of every enabled predictor computed from features, by name."""
+    return {
+        name: PREDICTORS[name].settings(config)
+        for name in enabled_predictors(config)
+        if PREDICTORS[name].source == SOURCE_FEATURES
+    }
+
+
+# --- the per-pair job -----------------------------------------------------------------------
+
+
+def predictors_pair(
+    features_path: str | Path,
+    n_classes: int,
+    settings: Mapping[str, Mapping[str, Any]],
+    where: str = "",
+    stats_path: str | Path | None = None,
+    ntps_settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every predictor in ``settings`` on every layer's cached TRAIN features of one pair.
+
+    ``settings`` maps predictor name -> keyword arguments (:func:`predictor_settings`). Each
+    predictor's compute time over all layers is recorded under ``seconds`` (features already in
+    memory; the time to read them is ``load_seconds``). With ``stats_path`` and ``ntps_settings``
+    (``k_grid``, ``eigen_cutoff``, ``ridge``, ``centered``) NTPS is scored again from the cached statistics
+    for its time only, under the same conditions (``seconds["ntps"]``: every layer and k; the score
+    job's own wall time includes start-up and reading). ``where`` ("model x dataset") prefixes
+    error messages.
+    """
+    from safetensors import safe_open
+
+    preload()
+    records: list[dict[str, Any]] = []
+    seconds = dict.fromkeys(settings, 0.0)
+    load_seconds = 0.0
+    with safe_open(str(features_path), framework="pt") as handle:
+        meta = handle.metadata()
+        n_layers = int(meta["n_layers"])
+        labels = handle.get_tensor("train.labels").numpy()
+        hidden_size = 0
+        for layer in range(n_layers):
+            started = time.perf_counter()
+            x = handle.get_tensor(feature_key("train", layer)).numpy().astype(np.float64)
+            load_seconds += time.perf_counter() - started
+            hidden_size = int(x.shape[1])
+            for name, kwargs in settings.items():
+                started = time.perf_counter()
+                try:
+                    value = predictor(name).compute(x, labels, n_classes, **kwargs)
+                except NTPSError as exc:
+                    raise type(exc)(f"{where}: predictor {name!r}, layer {layer}: {exc}") from exc
+                except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+                    raise NumericalError(
+                        f"{where}: predictor {name!r} failed on layer {layer} "
+                        f"({type(exc).__name__}: {exc}); check the layer's features in "
+                        f"{features_path}"
+                    ) from exc
+                seconds[name] += time.perf_counter() - started
+                records.append({"layer": layer, "predictor": name, "value": value})
+    if stats_path is not None and ntps_settings is not None:
+        seconds[NTPS] = time_ntps(stats_path, n_layers, ntps_settings)
+    for name, spent in seconds.items():
+        LOG.info("%s: %d layers in %.3f s", name, n_layers, spent)
+    return {
+        "n_layers": n_layers,
+        "n_train": int(labels.shape[0]),
+        "hidden_size": hidden_size,
+        "n_classes": n_classes,
+        "predictors": list(settings),
+        "settings": {name: dict(kwargs) for name, kwargs in settings.items()},
+        "records": records,
+        "seconds": seconds,
+        "load_seconds": load_seconds,
+        "provenance": provenance(**input_provenance(meta)),
+    }
+
+
+def time_ntps(stats_path: str | Path, n_layers: int, ntps_settings: Mapping[str, Any]) -> float:
+    """Seconds :func:`ntps.scores.score_layer` takes over all layers and the whole k grid, with each
+    layer's statistics already in memory (the scores themselves come from the score job). The
+    released-convention column and the jackknife replicates are left out: they qualify NTPS, the
+    pre-screen itself does not need them."""
+    from safetensors import safe_open
+
+    from ntps.scores import score_layer
+    from ntps.stats import LayerMoments
+
+    spent = 0.0
+    cutoff = ntps_settings["eigen_cutoff"]
+    kwargs = {
+        "tol": None if cutoff == "auto" else float(cutoff),
+        "ridge": ntps_settings["ridge"],
+        "centered": ntps_settings["centered"],
+        "released": False,
+    }
+    with safe_open(str(stats_path), framework="pt") as handle:
+        for layer in range(n_layers):
+            moments = LayerMoments.from_tensors(handle, layer)
+            started = time.perf_counter()
+            score_layer(moments, ntps_settings["k_grid"], **kwargs)
+            spent += time.perf_counter() - started
+    return spent
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def _pair(path: str | Path) -> tuple[str, str]:
+    """results/<kind>/<model>/<dataset>.<ext> -> (model, dataset)."""
+    p = Path(path)
+    return p.parent.name, p.stem
+
+
+def predictor_values_table(
+    paths: Iterable[str | Path], probes: pd.DataFrame, enabled: Sequence[str]
+) -> pd.DataFrame:
+    """One row per (model, dataset, layer, predictor): the predictor's value.
+
+    Predictors read from the probe stage (held-out probe accuracy) come from ``probes``.
+    Columns: model, dataset, layer, predictor, value.
+    """
+    rows = []
+    for path in paths:
+        model, dataset = _pair(path)
+        for record in read_json(path)["records"]:
+            rows.append({"model": model, "dataset": dataset, **record})
+    frame = pd.DataFrame(rows, columns=["model", "dataset", "layer", "predictor", "value"])
+    parts = [frame[frame["predictor"].isin(enabled)]]
+    for name in enabled:
+        if PREDICTORS[name].source == "probes":
+            part = probes[["model", "dataset", "layer", "accuracy"]].rename(
+                columns={"accuracy": "value"}
+            )
+            parts.append(part.assign(predictor=name))
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return frame.iloc[:0]
+    out = pd.concat(parts, ignore_index=True)
+    order = {name: i for i, name in enumerate(enabled)}
+    out = out.assign(_order=out["predictor"].map(order)).sort_values(
+        ["model", "_order", "dataset", "layer"], kind="stable"
+    )
+    return out.drop(columns="_order")[
+        ["model", "dataset", "layer", "predictor", "value"]
+    ].reset_index(drop=True)
+
+
+def benchmark_seconds(path: str | Path) -> float:
+    """Wall seconds of one job from its Snakemake benchmark file (column ``s``)."""
+    return float(pd.read_csv(path, sep="\t")["s"].iloc[0])
+
+
+def predictor_costs_table(
+    predictor_paths: Iterable[str | Path],
+    enabled: Sequence[str],
+    benchmarks: Mapping[str, Iterable[str | Path]],
+) -> pd.DataFrame:
+    """Cost of each predictor and of NTPS per (model, dataset), in two measures.
+
+    ``seconds``: compute only, timed inside the predictors job with the inputs in memory (NTPS:
+    every layer and k; the probe accuracy is not timed apart from its job, NaN). ``job_seconds``:
+    wall time of the workflow job that produces the values in a study (``job``: score, probe or
+    predictors, the last shared by all feature predictors), from its Snakemake benchmark, so
+    including start-up and reading inputs. ``benchmarks`` maps job name -> benchmark files.
+    Columns: model, dataset, predictor, seconds, job, job_seconds.
+    """
+    walls = {
+        (job, *_pair(path)): benchmark_seconds(path)
+        for job, paths in benchmarks.items()
+        for path in paths
+    }
+    rows = []
+    for path in predictor_paths:
+        model, dataset = _pair(path)
+        timed = read_json(path)["seconds"]
+        for name in [NTPS, *enabled]:
+            job = JOB_OF[NTPS] if name == NTPS else JOB_OF[PREDICTORS[name].source]
+            rows.append(
+                {
+                    "model": model,
+                    "dataset": dataset,
+                    "predictor": name,
+                    "seconds": float(timed.get(name, np.nan)),
+                    "job": job,
+                    "job_seconds": walls.get((job, model, dataset), np.nan),
+                }
+            )
+    columns = ["model", "dataset", "predictor", "seconds", "job", "job_seconds"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def judge_predictors(
+    values: pd.DataFrame,
+    probes: pd.DataFrame,
+    analysis: Mapping[str, Any],
+    fixed_layers: Mapping[str, int | float],
+    lora: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Spearman rho of every predictor with each target it applies to, in the three modes.
+
+    Same machinery and settings as NTPS (``analysis``: bootstrap, permutations, seed); the fixed
+    mode uses the model's fixed layer from the config, and with no k only the layer is selected.
+    Targets: held-out probe ``accuracy`` and ``-mse`` (same layer), ``-gain`` (LoRA, per dataset)
+    where LoRA ran.
+    """
+    tables = {"probes": probes, "lora": lora}
+    fixed = {model: (layer, NO_K) for model, layer in fixed_layers.items()}
+    parts = []
+    for name, sub in values.groupby("predictor", sort=False):
+        scores = sub.assign(k_label=NO_K).rename(columns={"value": name})
+        for target, sign, table in TARGETS:
+            targets = tables[table]
+            if target not in PREDICTORS[name].targets or targets is None or targets.empty:
+                continue
+            models = sorted(set(scores["model"]) & set(targets["model"]))
+            if not models:
+                continue
+            result = select_layer_k(
+                scores[scores["model"].isin(models)], targets, score_col=name, target_col=target,
+                sign=sign, fixed={m: fixed[m] for m in models}, n_layers=n_layers_by_model(scores),
+                stage=None, n_boot=analysis["n_bootstrap"], n_perm=analysis["n_permutations"],
+                seed=analysis["seed"],
+            )  # fmt: skip
+            parts.append(result.assign(predictor=name))
+    if not parts:
+        return pd.DataFrame(
+            columns=[c for c in PREDICTOR_COLUMNS if not c.endswith("per_pair") and c != "job"]
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def predictors_table(
+    judged: pd.DataFrame,
+    ntps_correlations: Sequence[pd.DataFrame],
+    costs: pd.DataFrame,
+    enabled: Sequence[str],
+) -> pd.DataFrame:
+    """The tidy comparison: NTPS's rows (from the correlation tables) and every predictor's, with
+    the mean seconds per pair beside each. One row per (model, predictor, target, mode)."""
+    ntps_rows = [
+        c.assign(predictor=NTPS) for c in ntps_correlations if c is not None and not c.empty
+    ]
+    table = pd.concat([*ntps_rows, judged], ignore_index=True)
+    mean_cost = (
+        costs.groupby(["model", "predictor"], sort=False)
+        .agg(
+            seconds_per_pair=("seconds", "mean"),
+            job=("job", "first"),
+            job_seconds_per_pair=("job_seconds", "mean"),
+        )
+        .reset_index()
+    )
+    table = table.merge(mean_cost, on=["model", "predictor"], how="left")
+    order = {name: i for i, name in enumerate([NTPS, *enabled])}
+    targets = {"accuracy": 0, "-mse": 1, "-gain": 2}
+    modes = {"fixed": 0, "in_sample": 1, "lodo": 2}
+    table = table.assign(
+        _p=table["predictor"].map(order),
+        _t=table["target"].map(targets),
+        _m=table["mode"].map(modes),
+    ).sort_values(["model", "_p", "_t", "_m"], kind="stable")
+    table["layer"] = table["layer"].astype(str)
+    return table[list(PREDICTOR_COLUMNS)].reset_index(drop=True)
