@@ -102,6 +102,7 @@ def extract_features(
     progress: bool = True,
     product_dtype: torch.dtype = torch.float32,
     name: str | None = None,
+    prompt_format: str = "raw",
 ) -> ExtractionResult:
     """Mean-pooled hidden states of every layer (0 = embeddings) for ``texts``.
 
@@ -121,7 +122,7 @@ def extract_features(
     context = context_length(base_model)
     limit = min(max_length, context) if context else max_length
 
-    token_ids, n_truncated = tokenize_all(tokenizer, texts, limit)
+    token_ids, n_truncated = tokenize_all(tokenizer, texts, limit, prompt_format)
     if n_truncated:
         LOG.warning(
             "%s: %d of %d texts are longer than %d tokens (min of max_length %d and the model "
