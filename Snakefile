@@ -8,7 +8,7 @@ min_version("9.0")
 report: "report/workflow.rst"
 
 
-configfile: "config.yaml"
+configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -20,6 +20,18 @@ include: "rules/aggregate.smk"
 include: "rules/lora.smk"
 include: "rules/report.smk"
 include: "rules/plots.smk"
+
+
+# Seconds of pandas/matplotlib each: run in the main Snakemake process, not as cluster jobs.
+localrules:
+    all,
+    tables,
+    correlations,
+    lora_tables,
+    plot_model,
+    plot_bounds,
+    plot_lora,
+    summary,
 
 
 rule all:
