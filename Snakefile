@@ -8,7 +8,7 @@ min_version("9.0")
 report: "report/workflow.rst"
 
 
-configfile: "config.yaml"
+configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -21,6 +21,20 @@ include: "rules/lora.smk"
 include: "rules/report.smk"
 include: "rules/plots.smk"
 include: "rules/predictors.smk"
+
+
+# Seconds of pandas/matplotlib each: run in the main Snakemake process, not as cluster jobs.
+localrules:
+    all,
+    tables,
+    correlations,
+    lora_tables,
+    plot_model,
+    plot_bounds,
+    plot_lora,
+    plot_predictors,
+    predictor_tables,
+    summary,
 
 
 rule all:

@@ -157,7 +157,7 @@ def smollm2_dir(allow_acquire: bool) -> Path | None:
 
     from ntps.models import acquire_model
 
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     spec = next(m["source"] for m in config["models"] if m["name"] == "smollm2-135m")
     dest = SMOLLM2_CANDIDATES[1]
     print(f"acquiring smollm2-135m into {dest} ...", flush=True)
@@ -491,7 +491,7 @@ def section_scoring(args: argparse.Namespace, smol_dir: Path | None, work: Path)
 
     from ntps.stages import probe_pair, score_pair
 
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     scoring, probes = config.get("scoring", {}), config.get("probes", {})
     k_grid = scoring.get("k_grid", [0.25])
     probe_settings = {"c_grid": probes.get("c_grid", [0.01, 0.1, 1.0]),
@@ -612,7 +612,7 @@ def section_workflow(args: argparse.Namespace, work: Path) -> dict:
             ("default config, no-op re-run, results complete", ()),
             ("default config, dry run (-n), results complete", ("-n",)),
         ):
-            wall, rc, tail = _snakemake(REPO, REPO / "config.yaml", *extra)
+            wall, rc, tail = _snakemake(REPO, REPO / "config" / "config.yaml", *extra)
             rows.append({"case": label, "wall_s": wall, "rc": rc, "load": loadavg(),
                          "nothing_to_do": "Nothing to be done" in tail})  # fmt: skip
     else:

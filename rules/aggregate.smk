@@ -13,12 +13,14 @@ rule tables:
             "results/tables/scores.csv",
             caption="../report/tables.rst",
             category="3. Tables",
+            labels={"table": "NTPS scores"},
         ),
         scores_parquet="results/tables/scores.parquet",
         probes_csv=report(
             "results/tables/probes.csv",
             caption="../report/tables.rst",
             category="3. Tables",
+            labels={"table": "probe accuracies"},
         ),
         probes_parquet="results/tables/probes.parquet",
     log:
@@ -40,6 +42,7 @@ rule correlations:
             "results/tables/correlations.csv",
             caption="../report/correlations.rst",
             category="2. NTPS vs probes",
+            labels={"table": "NTPS vs probe correlations"},
         ),
         grid="results/tables/correlation_grid.csv",
     log:

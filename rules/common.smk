@@ -4,22 +4,21 @@ import re
 import sys
 from pathlib import Path
 
-SRC_DIR = str(Path(workflow.basedir) / "src")
-# Make the `ntps` package importable here and in every job (local, conda or cluster), also when it
-# is not pip-installed into the job's environment.
-sys.path.insert(0, SRC_DIR)
-# (Set, not read: jobs inherit it, so there is nothing for an `envvars:` directive to assert.)
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(
-        [SRC_DIR] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    )
+# This workflow's own source tree, found through Snakemake's record of the file being parsed (not
+# `workflow.basedir`, which is the *deploying* Snakefile's folder when this workflow is used as a
+# module). Only this process needs it on sys.path: jobs find the package on their own
+# (scripts/_ntps_path.py), so nothing depends on PYTHONPATH, which `--sdm conda` removes.
+WORKFLOW_SRC = (
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parent / "src"
 )
+if (WORKFLOW_SRC / "ntps").is_dir():
+    sys.path.insert(0, str(WORKFLOW_SRC))
 
 # Idle OpenMP threads that spin instead of sleeping slow every other job on a shared machine
 # 20-70x (measured on a 2-core box); jobs inherit this.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ntps.config import validate_config
+from ntps.config import check_model_shapes, validate_config
 from ntps.predictors import enabled_predictors, predictor_settings
 from ntps.workflow import (
     canonical,
@@ -31,7 +30,22 @@ from ntps.workflow import (
     model_torch_threads,
 )
 
-validate_config(config)
+# Files of this workflow that rules read, through Snakemake's source cache: valid when the workflow
+# is used as a module from another folder or a git repository.
+CONFIG_SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+REFERENCE_CSV = workflow.source_path(
+    "../data/reference/ntps_paper_released_figures.csv"
+)
+
+validate_config(config, CONFIG_SCHEMA)
+# Layers and k against each model whose shape is already known (local folders, acquired models).
+check_model_shapes(config)
+# software.conda_env is relative to this workflow's folder (an absolute path is taken as is).
+CONDA_ENV = (
+    config["software"]["conda_env"]
+    if os.path.isabs(config["software"]["conda_env"])
+    else workflow.source_path(f"../{config['software']['conda_env']}")
+)
 
 MODELS = model_names(config)
 DATASETS = dataset_names(config)
@@ -44,7 +58,7 @@ wildcard_constraints:
 
 
 def conda_env(wildcards):
-    return str(Path(workflow.basedir) / config["software"]["conda_env"])
+    return CONDA_ENV
 
 
 def model_spec(wildcards):
@@ -74,7 +88,7 @@ def extraction_params(wildcards):
         "max_length": spec["max_length"],
         "dtype": spec["dtype"],
         "device": config["extraction"]["device"],
-        "progress": config["extraction"]["progress"],
+        "prompt_format": spec["prompt_format"],
         "jackknife_shards": config["uncertainty"]["jackknife_shards"],
         "jackknife_seed": config["uncertainty"]["seed"],
     }
@@ -98,7 +112,9 @@ def model_threads(wildcards):
 
 def scoring_params():
     scoring = config["scoring"]
-    return {key: scoring[key] for key in ("k_grid", "eigen_cutoff", "ridge", "centered")}
+    return {
+        key: scoring[key] for key in ("k_grid", "eigen_cutoff", "ridge", "centered")
+    }
 
 
 def shard_statistics(path):
@@ -171,9 +187,7 @@ def summary_inputs(wildcards):
         "scores": "results/tables/scores.parquet",
         "probes": "results/tables/probes.parquet",
         "correlations": "results/tables/correlations.csv",
-        "reference": str(
-            Path(workflow.basedir) / "data/reference/ntps_paper_released_figures.csv"
-        ),
+        "reference": REFERENCE_CSV,
     }
     if lora_pairs():
         inputs.update(

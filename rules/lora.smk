@@ -29,8 +29,8 @@ rule lora:
     params:
         settings=lora_settings,
         max_length=lambda wildcards: model_spec(wildcards)["max_length"],
+        prompt_format=lambda wildcards: model_spec(wildcards)["prompt_format"],
         device=config["extraction"]["device"],
-        progress=config["extraction"]["progress"],
         # Not an output: Snakemake must not delete it when a job dies, so a re-run resumes.
         checkpoints=lora_checkpoint_dir,
     script:
@@ -63,12 +63,16 @@ rule lora_tables:
         models=per_model_outputs("resources/models/{model}/model.json"),
     output:
         lora=report(
-            "results/tables/lora.csv", caption="../report/lora.rst", category="5. LoRA"
+            "results/tables/lora.csv",
+            caption="../report/lora.rst",
+            category="5. LoRA",
+            labels={"table": "LoRA gains"},
         ),
         correlations=report(
             "results/tables/lora_correlations.csv",
             caption="../report/correlations.rst",
             category="5. LoRA",
+            labels={"table": "LoRA gains"},
         ),
         before_after="results/tables/ntps_before_after.csv",
         paired="results/tables/ntps_before_after_summary.csv",
@@ -95,18 +99,20 @@ rule plot_lora:
             "results/plots/lora/ntps_vs_gain.png",
             caption="../report/ntps_vs_gain.rst",
             category="5. LoRA",
+            labels={"table": "NTPS vs LoRA gain correlations"},
         ),
         gain_pdf="results/plots/lora/ntps_vs_gain.pdf",
         before_after=report(
             "results/plots/lora/ntps_before_after.png",
             caption="../report/ntps_before_after.rst",
             category="5. LoRA",
+            labels={"figure": "NTPS vs LoRA gain"},
         ),
         before_after_pdf="results/plots/lora/ntps_before_after.pdf",
     log:
-        "results/logs/plots/lora.log",
+        "results/logs/plot_lora.log",
     benchmark:
-        "results/benchmarks/plots/lora.tsv"
+        "results/benchmarks/plot_lora.tsv"
     conda:
         conda_env
     params:

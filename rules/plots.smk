@@ -13,6 +13,7 @@ rule plot_model:
             caption="../report/ntps_vs_accuracy.rst",
             category="2. NTPS vs probes",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "NTPS vs probe accuracy"},
         ),
         scatter_pdf="results/plots/{model}/ntps_vs_accuracy.pdf",
         heatmap=report(
@@ -20,6 +21,7 @@ rule plot_model:
             caption="../report/correlation_heatmap.rst",
             category="2. NTPS vs probes",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "correlation heatmap"},
         ),
         heatmap_pdf="results/plots/{model}/correlation_heatmap.pdf",
         profile=report(
@@ -27,12 +29,13 @@ rule plot_model:
             caption="../report/layer_profile.rst",
             category="4. Magnitudes and bounds",
             subcategory="{model}",
+            labels={"model": "{model}", "figure": "layer profile"},
         ),
         profile_pdf="results/plots/{model}/layer_profile.pdf",
     log:
-        "results/logs/plots/{model}.log",
+        "results/logs/plot_model/{model}.log",
     benchmark:
-        "results/benchmarks/plots/{model}.tsv"
+        "results/benchmarks/plot_model/{model}.tsv"
     conda:
         conda_env
     params:
@@ -52,12 +55,13 @@ rule plot_bounds:
             "results/plots/bounds.png",
             caption="../report/bounds.rst",
             category="4. Magnitudes and bounds",
+            labels={"figure": "NTPS bounds"},
         ),
         pdf="results/plots/bounds.pdf",
     log:
-        "results/logs/plots/bounds.log",
+        "results/logs/plot_bounds.log",
     benchmark:
-        "results/benchmarks/plots/bounds.tsv"
+        "results/benchmarks/plot_bounds.tsv"
     conda:
         conda_env
     params:

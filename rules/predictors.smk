@@ -34,6 +34,7 @@ rule predictor_tables:
             "results/tables/predictors.csv",
             caption="../report/predictors.rst",
             category="7. Cheap pre-screens",
+            labels={"table": "predictors"},
         ),
     log:
         "results/logs/predictor_tables.log",
@@ -57,6 +58,7 @@ rule plot_predictors:
             "results/plots/predictors.png",
             caption="../report/predictors_plot.rst",
             category="7. Cheap pre-screens",
+            labels={"figure": "predictors"},
         ),
         pdf="results/plots/predictors.pdf",
     # Not under results/logs/plots/: a model may be named "predictors".

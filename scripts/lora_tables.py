@@ -1,5 +1,6 @@
 """LoRA gain table, gain correlations (three selection modes), NTPS before/after, gain prediction."""
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.io import write_table

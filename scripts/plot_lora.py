@@ -3,6 +3,7 @@ layer, fixed k)."""
 
 from pathlib import Path
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.plots import plot_ntps_before_after, plot_ntps_vs_gain, set_dpi

@@ -1,5 +1,6 @@
 """Predictor values, costs, and their correlations with the targets beside NTPS's."""
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.io import write_table

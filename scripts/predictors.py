@@ -1,5 +1,7 @@
 """Predictors job: every enabled transferability baseline on every layer of one pair, timed."""
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
 from ntps.io import read_json
 from ntps.predictors import predictors_pair
 from ntps.stages import write_pair_json

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
 from ntps.datasets import prepare_dataset, write_prepared
 from ntps.workflow import job_logging
 

@@ -1,5 +1,7 @@
 """Probe job: held-out logistic-regression and ridge probes per layer of one pair."""
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
 from ntps.io import read_json
 from ntps.stages import probe_pair, write_pair_json
 from ntps.workflow import job_logging

@@ -1,5 +1,7 @@
 """Scoring job: NTPS for every layer and k of one (model, dataset) pair."""
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
 from ntps.stages import score_pair, write_pair_json
 from ntps.workflow import job_logging
 

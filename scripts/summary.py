@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.io import atomic_path, write_table

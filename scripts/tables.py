@@ -1,5 +1,7 @@
 """Aggregate per-pair score and probe JSONs into tidy tables (CSV + Parquet)."""
 
+import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
+
 from ntps.io import write_table
 from ntps.stages import probes_table, scores_table
 from ntps.workflow import job_logging

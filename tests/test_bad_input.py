@@ -7,6 +7,7 @@ docs/errors.md lists the same cases for users.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from ntps.config import validate_config
+from ntps.config import check_acquired_model, check_model_shapes, validate_config
 from ntps.datasets import prepare_dataset
 from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
 from ntps.extract import extract_features
@@ -27,14 +28,16 @@ from ntps.models import acquire_model, load_for_inference
 
 
 @pytest.fixture
-def config(tiny_llama_dir: Path) -> dict[str, Any]:
-    """A minimal valid config whose local model folder exists."""
+def config(tiny_llama_dir: Path, tmp_path: Path) -> dict[str, Any]:
+    """A minimal valid config whose local model folder and dataset file exist."""
+    reviews = tmp_path / "reviews.csv"
+    reviews.write_text("text,label\ngood,1\nbad,0\n")
     return {
         "models": [{"name": "tiny", "source": {"type": "local", "path": str(tiny_llama_dir)}}],
         "datasets": [
             {
                 "name": "reviews",
-                "source": {"type": "files", "path": "reviews.csv"},
+                "source": {"type": "files", "path": str(reviews)},
                 "text_columns": ["text"],
                 "label_column": "label",
             }
@@ -119,6 +122,84 @@ def test_config_local_model_path_missing(config: dict[str, Any], tmp_path: Path)
     assert "has no config.json" in config_error(config)
 
 
+def test_config_dataset_file_missing(config: dict[str, Any], tmp_path: Path) -> None:
+    # Caught at parse time like a missing model folder, not by the preparation job.
+    config["datasets"][0]["source"]["path"] = {"train": str(tmp_path / "reviews.csv"),
+                                               "test": "nowhere/test.csv"}  # fmt: skip
+    message = config_error(config)
+    assert "datasets[0].source.path.test (dataset 'reviews')" in message
+    assert "'nowhere/test.csv' does not exist" in message and "working folder" in message
+    assert "train" not in message.split("datasets[0].source.path")[1].split(":")[0]
+
+
+# --- layers and k against a model's shape (parse time, or right after acquisition) -----------
+
+
+def shape_error(config: dict[str, Any], records_dir: Path) -> str:
+    validate_config(config)
+    with pytest.raises(ConfigError) as info:
+        check_model_shapes(config, records_dir)
+    return str(info.value)
+
+
+def test_fixed_layer_beyond_a_local_model_fails_at_parse_time(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    # The tiny Llama has 2 blocks: hidden-state layers 0..2 (or -3..-1).
+    config["analysis"] = {"fixed_layer": 99}
+    message = shape_error(config, tmp_path / "records")
+    assert "analysis.fixed_layer: layer 99 does not exist" in message
+    assert "model 'tiny' has 2 blocks" in message and "valid: -3..2" in message
+    config["analysis"] = {"fixed_layer": -3}
+    config["models"][0]["fixed_layer"] = 3
+    message = shape_error(config, tmp_path / "records")
+    assert "models[0].fixed_layer: layer 3 does not exist" in message
+    del config["models"][0]["fixed_layer"]
+    validate_config(config)
+    check_model_shapes(config, tmp_path / "records")  # -3 is the embeddings: fine
+
+
+def test_k_beyond_hidden_size_fails_at_parse_time(config: dict[str, Any], tmp_path: Path) -> None:
+    config["scoring"] = {"k_grid": [0.5, 8, 64]}
+    config["analysis"] = {"fixed_k": 33}
+    message = shape_error(config, tmp_path / "records")
+    assert "scoring.k_grid[2]: k = 64 cannot exist for model 'tiny'" in message
+    assert "analysis.fixed_k: k = 33" in message and "hidden size is 32" in message
+    assert "k_grid[1]" not in message
+
+
+def test_layer_checked_from_acquisition_record(config: dict[str, Any], tmp_path: Path) -> None:
+    # A packaged model's shape is known once acquired: its record is read at the next parse...
+    config["models"][0]["source"] = {"type": "pypi_gguf", "packages": ["x==1"], "files": ["m.gguf"]}
+    config["analysis"] = {"fixed_layer": 40}
+    validate_config(config)
+    check_model_shapes(config, tmp_path / "records")  # not acquired yet: nothing known
+    record = {"n_layers": 30, "hidden_size": 576}
+    (tmp_path / "records" / "tiny").mkdir(parents=True)
+    (tmp_path / "records" / "tiny" / "model.json").write_text(json.dumps(record))
+    assert "layer 40 does not exist: model 'tiny' has 30 blocks" in shape_error(
+        config, tmp_path / "records"
+    )
+    # ...and by the acquisition job itself, before any extraction.
+    with pytest.raises(
+        ConfigError, match=r"(?s)does not fit model 'tiny'.*layer 40 does not exist"
+    ):
+        check_acquired_model(config, "tiny", record, tmp_path)
+
+
+def test_chat_prompt_without_template_fails_after_acquisition(
+    config: dict[str, Any], tiny_llama_dir: Path
+) -> None:
+    config["models"][0]["prompt_format"] = "chat"
+    validate_config(config)
+    record = {"n_layers": 2, "hidden_size": 32}
+    with pytest.raises(ConfigError) as info:
+        check_acquired_model(config, "tiny", record, tiny_llama_dir)
+    message = str(info.value)
+    assert "models[0].prompt_format" in message and "model 'tiny'" in message
+    assert "no chat template" in message and "prompt_format: raw" in message
+
+
 def test_config_gguf_path_missing(config: dict[str, Any], tmp_path: Path) -> None:
     config["models"][0]["source"] = {"type": "gguf", "path": str(tmp_path / "m.gguf")}
     message = config_error(config)
@@ -164,6 +245,27 @@ def test_snakemake_dry_run_rejects_missing_local_model(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "model 'tiny-llama'" in output and "inputs/moved-away" in output
     assert "does not exist" in output
+
+
+def test_snakemake_dry_run_rejects_missing_dataset_file(tmp_path: Path) -> None:
+    # Reported at parse time, like a missing model folder, not by prepare_dataset.
+    result = dry_run_with(
+        tmp_path, lambda c: c["datasets"][1]["source"].update(path="inputs/gone.jsonl")
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "datasets[1].source.path (dataset 'weak')" in output
+    assert "'inputs/gone.jsonl' does not exist" in output
+    assert not (tmp_path / "resources").exists()
+
+
+def test_snakemake_dry_run_rejects_layer_the_local_model_lacks(tmp_path: Path) -> None:
+    result = dry_run_with(tmp_path, lambda c: c["analysis"].update(fixed_layer=99))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        "analysis.fixed_layer: layer 99 does not exist: model 'tiny-llama' has 2 blocks" in output
+    )
 
 
 # --- model sources -----------------------------------------------------------------------------
@@ -255,6 +357,36 @@ def test_dataset_empty_whitespace_and_undecodable_texts_dropped_and_counted(
     assert len(prepared.frame) == 12 and prepared.n_raw == 15
     assert "movies" in caplog.text and "'empty': 2" in caplog.text
     assert "'undecodable': 1" in caplog.text
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_dataset_binary_file_given_as_csv(tmp_path: Path, compress: bool) -> None:
+    # Random bytes (here a gzip stream, the classic "wrong file") used to end in a pandas or
+    # UnicodeEncodeError traceback; now one message with the dataset, the file and the format.
+    import gzip
+
+    payload = gzip.compress(b"not a table" * 500)
+    path = tmp_path / ("data.csv.bz2" if compress else "data.csv")
+    path.write_bytes(__import__("bz2").compress(payload) if compress else payload)
+    spec = {"source": {"type": "files", "path": str(path), "format": "csv"},
+            "text_columns": ["review"], "label_column": "sentiment"}  # fmt: skip
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("movies", spec, tmp_path)
+    message = str(info.value)
+    assert "dataset 'movies'" in message and str(path) in message
+    assert "is binary" in message and "expected a csv file" in message
+
+
+def test_dataset_text_that_is_not_its_format(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"review": "fine", "sentiment": "pos"}\nthis line is not JSON\n')
+    spec = {"source": {"type": "files", "path": str(path)},
+            "text_columns": ["review"], "label_column": "sentiment"}  # fmt: skip
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("movies", spec, tmp_path)
+    message = str(info.value)
+    assert "dataset 'movies'" in message and str(path) in message
+    assert "cannot be read as jsonl" in message and "source.format" in message
 
 
 def test_dataset_all_texts_empty(tmp_path: Path) -> None:

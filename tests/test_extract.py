@@ -172,3 +172,64 @@ def test_length_batches_sorted_and_complete():
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(lengths, reverse=True)
     assert [len(b) for b in batches] == [3, 3, 1]
+
+
+# --- prompt_format: raw text or the tokenizer's chat template ---------------------------------
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<bos> {{ message['role'] }} {{ message['content'] }} <eos>"
+    "{% endfor %}{% if add_generation_prompt %}<bos> assistant{% endif %}"
+)
+
+
+@pytest.fixture
+def chat_tokenizer(tiny_texts):
+    from conftest import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer([*tiny_texts.texts, "user assistant"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def test_chat_prompt_is_the_user_turn_of_the_template(chat_tokenizer):
+    from ntps.text import tokenize_all
+
+    raw, _ = tokenize_all(chat_tokenizer, ["a boring mess"], 64)
+    chat, _ = tokenize_all(chat_tokenizer, ["a boring mess"], 64, "chat")
+    words = chat_tokenizer.convert_ids_to_tokens
+    assert words(raw[0]) == ["<bos>", "a", "boring", "mess"]
+    # The template's own special tokens, none added on top, no generation prompt.
+    assert words(chat[0]) == ["<bos>", "user", "a", "boring", "mess", "<eos>"]
+    cut, n_cut = tokenize_all(chat_tokenizer, ["a boring mess"], 4, "chat")
+    assert words(cut[0]) == ["<bos>", "user", "a", "boring"] and n_cut == 1
+
+
+def test_chat_prompt_changes_features_and_needs_a_template(chat_tokenizer, tiny_texts):
+    from conftest import build_tiny_llama
+
+    from ntps.errors import ModelSourceError
+
+    base = build_tiny_llama(len(chat_tokenizer)).model
+    raw = run(base, chat_tokenizer, tiny_texts)
+    chat = run(base, chat_tokenizer, tiny_texts, prompt_format="chat")
+    assert chat.pooled.shape == raw.pooled.shape
+    assert not torch.allclose(chat.pooled[1:], raw.pooled[1:])
+    chat_tokenizer.chat_template = None
+    with pytest.raises(ModelSourceError, match="no chat template"):
+        run(base, chat_tokenizer, tiny_texts, prompt_format="chat")
+
+
+def test_lora_inputs_follow_the_classifier_prompt_format(chat_tokenizer, tiny_texts):
+    from conftest import build_tiny_llama
+
+    from ntps.lora import LoRASettings, TextInputs, build_classifier
+    from ntps.text import tokenize_all
+
+    base = build_tiny_llama(len(chat_tokenizer)).model
+    classifier = build_classifier(base, 3, LoRASettings.from_dict({"r": 2, "top_blocks": None}))
+    classifier.prompt_format = "chat"
+    inputs = TextInputs(
+        classifier, chat_tokenizer, tiny_texts.texts[:3], 64, torch.device("cpu"), 2
+    )
+    expected, _ = tokenize_all(chat_tokenizer, tiny_texts.texts[:3], 64, "chat")
+    assert inputs.ids == expected

@@ -291,8 +291,9 @@ def test_interrupted_run_was_stopped_midway(scenario: Scenario) -> None:
     assert first.returncode != 0
     finished_rules = {rule for _, rule in first.finished}
     assert "extract" in finished_rules
-    # Stopped before the end: the aggregate jobs had not run yet.
-    assert "tables" not in finished_rules
+    # Stopped before the end: the aggregate jobs (localrules, started by the main process) had
+    # not run yet.
+    assert "localrule tables:" not in first.output
 
 
 def test_resumed_run_completes(scenario: Scenario) -> None:
@@ -329,9 +330,11 @@ def test_cluster_results_equal_local_results(scenario: Scenario) -> None:
 
 def test_only_model_rules_request_a_gpu(scenario: Scenario) -> None:
     submitted_rules = {s.rule for s in scenario.submissions}
-    assert MODEL_RULES | {"acquire_model", "prepare_dataset", "score", "probe", "tables"} <= (
-        submitted_rules
-    )
+    assert MODEL_RULES | {"acquire_model", "prepare_dataset", "score", "probe"} <= submitted_rules
+    # The light rules are localrules: run by the main Snakemake process, never an sbatch job each.
+    light = {"tables", "correlations", "lora_tables", "plot_model", "plot_bounds", "plot_lora",
+             "summary"}  # fmt: skip
+    assert not submitted_rules & light, submitted_rules & light
     for submission in scenario.submissions:
         record = submission.record
         # The record belongs to this rule's job (the plugin puts the rule into the comment).

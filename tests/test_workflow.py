@@ -216,6 +216,7 @@ def test_extraction_record(study: Path) -> None:
     assert record["hidden_size"] == 32
     assert record["splits"]["train"]["n_texts"] + record["splits"]["test"]["n_texts"] == 120
     assert record["dataset_fingerprint"]
+    assert record["settings"]["prompt_format"] == "raw" and "progress" not in record["settings"]
 
 
 def test_summary_and_report(study: Path) -> None:
@@ -234,6 +235,16 @@ def test_summary_and_report(study: Path) -> None:
 
 def test_second_run_does_nothing(study: Path) -> None:
     result = run_snakemake(study, "--dry-run")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_toggling_the_progress_bar_reruns_nothing(study: Path) -> None:
+    # `progress` is read from the config by the jobs, not a param: no re-extraction, no retraining.
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    config["extraction"]["progress"] = not config["extraction"]["progress"]
+    changed = study / "config-progress.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = run_snakemake(study, "--dry-run", configfile=changed)
     assert "Nothing to be done" in result.stdout + result.stderr
 
 

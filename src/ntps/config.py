@@ -147,6 +147,29 @@ def _model_path_errors(config: Mapping[str, Any]) -> Iterator[str]:
             )
 
 
+def _dataset_path_errors(config: Mapping[str, Any]) -> Iterator[str]:
+    """Local dataset files must exist now, like local model folders (relative to the working folder)."""
+    for index, entry in enumerate(config.get("datasets") or []):
+        source = entry.get("source") if isinstance(entry, dict) else None
+        if not isinstance(source, dict) or source.get("type") != "files":
+            continue
+        paths = source.get("path")
+        items = paths.items() if isinstance(paths, dict) else [(None, paths)]
+        for split, raw in items:
+            if not isinstance(raw, str):
+                continue
+            path = Path(raw).expanduser()
+            if path.exists():
+                continue
+            key = f"datasets[{index}].source.path" + (f".{split}" if split is not None else "")
+            where = "" if path.is_absolute() else f" (relative to the working folder {Path.cwd()})"
+            yield (
+                f"{key} (dataset {entry.get('name')!r}): file or folder {raw!r} does not exist"
+                f"{where}; expected a local data file (format "
+                f"{source.get('format', 'inferred from the suffix')}) on this machine"
+            )
+
+
 def semantic_errors(config: Mapping[str, Any]) -> Iterator[str]:
     """Checks beyond the schema: unique names, unambiguous k, existing local model paths."""
     for section in ("models", "datasets"):
@@ -179,6 +202,129 @@ def semantic_errors(config: Mapping[str, Any]) -> Iterator[str]:
                 "components, or a fraction strictly between 0 and 1 of the rank"
             )
     yield from _model_path_errors(config)
+    yield from _dataset_path_errors(config)
+
+
+# --- checks against a model's shape (layers, hidden size), once it is known ---------------------
+
+# config.json keys of the number of transformer blocks and the hidden size, tried in order (the
+# same as ntps.models records at acquisition).
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_transformer_layers")
+_HIDDEN_KEYS = ("hidden_size", "n_embd", "model_dim", "d_model")
+
+
+def _first_key(mapping: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        value = mapping.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def known_model_shape(
+    entry: Mapping[str, Any], records_dir: str | Path = "resources/models"
+) -> tuple[int, int] | None:
+    """(transformer blocks, hidden size) of a model whose shape can be read without loading it:
+    from its acquisition record when it was acquired, else from a local folder's config.json."""
+    import json
+
+    record = Path(records_dir) / str(entry.get("name")) / "model.json"
+    candidates: list[Mapping[str, Any]] = []
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        candidates.append(
+            {"num_hidden_layers": data.get("n_layers"), "hidden_size": data.get("hidden_size")}
+        )
+    except (OSError, ValueError):
+        pass
+    source = entry.get("source") or {}
+    if source.get("type") == "local":
+        try:
+            data = json.loads((Path(source["path"]).expanduser() / "config.json").read_text())
+            if isinstance(data.get("text_config"), dict):  # multimodal wrappers (Gemma 3)
+                candidates.append(data["text_config"])
+            candidates.append(data)
+        except (OSError, ValueError, KeyError):
+            pass
+    for candidate in candidates:
+        blocks, hidden = _first_key(candidate, _LAYER_KEYS), _first_key(candidate, _HIDDEN_KEYS)
+        if blocks and hidden:
+            return blocks, hidden
+    return None
+
+
+def model_shape_errors(
+    config: Mapping[str, Any], model: str, n_blocks: int, hidden_size: int
+) -> list[str]:
+    """Layers and k the config asks of ``model`` that a model of this shape does not have.
+
+    Hidden-state layers are 0 (embeddings) .. ``n_blocks``; an integer k cannot exceed the hidden
+    size, which bounds the rank of every layer's statistics.
+    """
+    index, entry = next((i, e) for i, e in enumerate(config["models"]) if e.get("name") == model)
+    n_layers = n_blocks + 1
+    shape = f"model {model!r} has {n_blocks} blocks, so hidden-state layers 0..{n_blocks}"
+    problems = []
+    if "fixed_layer" in entry:
+        key, spec = f"models[{index}].fixed_layer", entry["fixed_layer"]
+    else:
+        key, spec = "analysis.fixed_layer", (config.get("analysis") or {}).get("fixed_layer")
+    if isinstance(spec, int) and not isinstance(spec, bool) and not -n_layers <= spec < n_layers:
+        problems.append(
+            f"{key}: layer {spec} does not exist: {shape} (valid: {-n_layers}..{n_layers - 1}, "
+            "or a fraction of depth in [0, 1])"
+        )
+    for key, value in _k_values(config):
+        if isinstance(value, int) and not isinstance(value, bool) and value > hidden_size:
+            problems.append(
+                f"{key}: k = {value} cannot exist for model {model!r}: its hidden size is "
+                f"{hidden_size}, which bounds the rank of every layer; use k <= {hidden_size} or "
+                "a fraction of the rank"
+            )
+    return problems
+
+
+def raise_problems(problems: list[str], what: str = "invalid configuration") -> None:
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise ConfigError(f"{what} ({len(problems)} problem(s)):\n  - {listing}")
+
+
+def check_model_shapes(
+    config: Mapping[str, Any], records_dir: str | Path = "resources/models"
+) -> None:
+    """Parse-time check of layers and k against every model whose shape is already known."""
+    problems: list[str] = []
+    for entry in config["models"]:
+        shape = known_model_shape(entry, records_dir)
+        if shape is not None:
+            problems += model_shape_errors(config, entry["name"], *shape)
+    raise_problems(problems)
+
+
+def check_acquired_model(
+    config: Mapping[str, Any], model: str, record: Mapping[str, Any], model_dir: str | Path
+) -> None:
+    """Right after acquisition, before any extraction: layers, k and the prompt format against
+    the model just materialised (its shape and tokenizer are known only now)."""
+    problems = model_shape_errors(
+        config, model, int(record["n_layers"]), int(record["hidden_size"])
+    )
+    entry = next(e for e in config["models"] if e.get("name") == model)
+    if entry.get("prompt_format") == "chat":
+        from transformers import AutoTokenizer
+
+        from ntps.errors import ModelSourceError
+        from ntps.text import check_prompt_format
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=bool(entry["source"].get("trust_remote_code", False))
+        )
+        try:
+            check_prompt_format(tokenizer, "chat", model)
+        except ModelSourceError as err:
+            problems.append(f"models[{config['models'].index(entry)}].prompt_format: {err}")
+    raise_problems(problems, f"configuration does not fit model {model!r}")
 
 
 def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
@@ -188,9 +334,7 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
     problems = list(schema_errors(config, load_schema(schema_path)))
     if not problems:
         problems = list(semantic_errors(config))
-    if problems:
-        listing = "\n  - ".join(problems)
-        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n  - {listing}")
+    raise_problems(problems)
     return config
 
 

@@ -505,19 +505,61 @@ def read_folder_per_class(
     return pd.DataFrame(records, columns=["text", "label", "file"], dtype=object)
 
 
+# Text formats: a NUL byte in their first bytes means the file is not text in any encoding we read.
+TEXT_FORMATS = ("csv", "tsv", "json", "jsonl", "orange_tab", "trec_questions")
+BINARY_SNIFF_BYTES = 8192
+
+
 def read_table(
     data: bytes,
     name: str,
     fmt: str | None = None,
     encoding: str = "utf-8",
     read_options: Mapping[str, Any] | None = None,
+    *,
+    dataset: str = "?",
 ) -> pd.DataFrame:
-    """Parse one file's bytes (decompressed by suffix) in ``fmt`` (inferred from ``name`` if None)."""
+    """Parse one file's bytes (decompressed by suffix) in ``fmt`` (inferred from ``name`` if None).
+
+    A file that is not what its format says (binary data given as text, text that does not parse)
+    raises a DatasetError naming the dataset, the file and the expected format.
+    """
     data, plain = decompress(data, name)
     fmt = fmt or infer_format(plain)
     options = dict(read_options or {})
     if options and fmt not in ("csv", "tsv", "parquet"):
         raise ConfigError(f"read_options apply to csv/tsv/parquet only, not to {fmt!r} ({name})")
+    where = f"dataset {dataset!r}: file {name!r}"
+    if fmt in TEXT_FORMATS and b"\x00" in data[:BINARY_SNIFF_BYTES]:
+        raise DatasetError(
+            f"{where} is binary (it contains NUL bytes), not {fmt} text; expected a {fmt} file "
+            f"in encoding {encoding!r}. Check source.path and source.format"
+        )
+    try:
+        frame = _parse_table(data, fmt, encoding, options)
+    except (ValueError, UnicodeError, pd.errors.ParserError, OSError) as exc:
+        if isinstance(exc, ConfigError | DatasetError):
+            raise
+        raise DatasetError(
+            f"{where} cannot be read as {fmt} (encoding {encoding!r}): "
+            f"{type(exc).__name__}: {_printable(str(exc))}. Check source.path, source.format, "
+            "source.encoding and source.read_options"
+        ) from exc
+    bad = [str(c) for c in frame.columns if _SURROGATE_RE.search(str(c))]
+    if bad:
+        raise DatasetError(
+            f"{where}: column names {[_printable(c) for c in bad]} are not valid {encoding!r} "
+            f"text; expected a {fmt} file in that encoding (set source.encoding)"
+        )
+    return frame
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes (lone surrogates) escaped, safe to print and log."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def _parse_table(data: bytes, fmt: str, encoding: str, options: dict[str, Any]) -> pd.DataFrame:
     if fmt in ("csv", "tsv"):
         options.setdefault("sep", "," if fmt == "csv" else "\t")
         # Strings everywhere (object dtype): numeric-looking texts stay verbatim, "NA" stays text,
@@ -583,7 +625,9 @@ def read_wheel_member(
     with archive:
         names = archive.namelist()
         if member in names:
-            return read_table(archive.read(member), member, fmt, encoding, read_options)
+            return read_table(
+                archive.read(member), member, fmt, encoding, read_options, dataset=dataset
+            )
         prefix = member + "/"
         inside = [n for n in names if n.startswith(prefix) and not n.endswith("/")]
         if inside:
@@ -619,7 +663,7 @@ def _read_local(
                 f"folder_per_class, not {fmt!r}"
             )
         return read_folder_per_class(path, encoding)
-    return read_table(path.read_bytes(), path.name, fmt, encoding, read_options)
+    return read_table(path.read_bytes(), str(path), fmt, encoding, read_options, dataset=dataset)
 
 
 def _path_mapping(path: str | Mapping[str, str]) -> dict[str, str]:

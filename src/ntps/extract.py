@@ -104,6 +104,7 @@ def extract_features(
     progress: bool = True,
     product_dtype: torch.dtype = torch.float32,
     name: str | None = None,
+    prompt_format: str = "raw",
     n_shards: int = 0,
     shard_seed: int = 0,
 ) -> ExtractionResult:
@@ -130,7 +131,7 @@ def extract_features(
     context = context_length(base_model)
     limit = min(max_length, context) if context else max_length
 
-    token_ids, n_truncated = tokenize_all(tokenizer, texts, limit)
+    token_ids, n_truncated = tokenize_all(tokenizer, texts, limit, prompt_format)
     if n_truncated:
         LOG.warning(
             "%s: %d of %d texts are longer than %d tokens (min of max_length %d and the model "

@@ -167,6 +167,13 @@ def write_table(path: str | os.PathLike[str], frame: Any) -> None:
 def package_versions(names: tuple[str, ...] = PROVENANCE_PACKAGES) -> dict[str, str]:
     versions = {}
     for name in names:
+        if name == "ntps":
+            # The code that ran (jobs import it from the workflow's src/), not whichever
+            # distribution is installed: ours is ntps-workflow, and PyPI's "ntps" is another project.
+            from ntps import __version__
+
+            versions[name] = __version__
+            continue
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -276,6 +276,8 @@ class LoRAClassifier(nn.Module):
         self.target_modules: list[str] = sorted(peft_model.peft_config["default"].target_modules)
         self.head = nn.Linear(hidden_size, self.n_classes, dtype=torch.float32)
         self.start: int | None = None
+        # How texts become token ids (ntps.text.tokenize_all); set by train_lora_classifier.
+        self.prompt_format = "raw"
 
     def last_hidden(
         self, inputs: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
@@ -396,7 +398,9 @@ class TextInputs:
     ) -> None:
         self.classifier = classifier
         self.limit = length_limit(classifier.peft_model.get_base_model(), max_length)
-        self.ids, self.n_truncated = tokenize_all(tokenizer, texts, self.limit)
+        self.ids, self.n_truncated = tokenize_all(
+            tokenizer, texts, self.limit, classifier.prompt_format
+        )
         if self.ids and min(len(seq) for seq in self.ids) == 0:
             raise DatasetError("a text tokenises to no tokens; drop empty texts first")
         self.pad_id = pad_token_id(tokenizer)
@@ -462,7 +466,9 @@ def configure_split(
     if start == 0:
         return None
     base = classifier.peft_model.get_base_model()
-    ids, _ = tokenize_all(tokenizer, list(texts[:4]), length_limit(base, max_length))
+    ids, _ = tokenize_all(
+        tokenizer, list(texts[:4]), length_limit(base, max_length), classifier.prompt_format
+    )
     input_ids, mask, positions = pad_batch(ids, pad_token_id(tokenizer), device)
     if split_forward_matches(classifier.peft_model, input_ids, mask, positions, start):
         classifier.start = start
@@ -746,6 +752,7 @@ def train_lora_classifier(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], Any] = print,
     on_step: Callable[[int, float], Any] | None = None,
+    prompt_format: str = "raw",
 ) -> LoRAResult:
     """Fine-tune LoRA adapters + head with cross-entropy; evaluate on the test split if given.
 
@@ -780,6 +787,7 @@ def train_lora_classifier(
     seed_everything(settings.seed)
     base_model.to(device)
     classifier = build_classifier(base_model, n_classes, settings).to(device)
+    classifier.prompt_format = prompt_format
     if initial_head is not None:
         set_head(classifier, *initial_head)
     targets = classifier.target_modules

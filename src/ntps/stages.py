@@ -58,6 +58,7 @@ def extract_pair(
     from ntps.errors import DatasetError
     from ntps.extract import extract_features
     from ntps.models import load_for_inference, resolve_device, resolve_dtype
+    from ntps.text import check_prompt_format
 
     table = pd.read_parquet(table_path)
     dataset_record = read_json(dataset_record_path)
@@ -77,6 +78,8 @@ def extract_pair(
     base_model, tokenizer = load_for_inference(model_dir, dtype=dtype, device=device)
     load_seconds = time.perf_counter() - started
     LOG.info("loaded model from %s on %s (%s) in %.1f s", model_dir, device, dtype, load_seconds)
+    prompt_format = str(settings.get("prompt_format", "raw"))
+    check_prompt_format(tokenizer, prompt_format, Path(model_dir).name)
 
     features: dict[str, torch.Tensor] = {}
     split_records: dict[str, Any] = {}
@@ -96,6 +99,7 @@ def extract_pair(
             accumulate_statistics=(split == "train"),
             device=device,
             progress=bool(settings.get("progress", True)),
+            prompt_format=prompt_format,
             n_shards=n_shards if split == "train" else 0,
             shard_seed=int(settings.get("jackknife_seed", 0)),
         )
@@ -343,6 +347,7 @@ def train_lora_pair(
     out_stats: str | Path,
     probe_head_path: str | Path | None = None,
     progress: bool = True,
+    prompt_format: str = "raw",
 ) -> dict[str, Any]:
     """Fine-tune LoRA adapters + a linear head on one dataset, save them, and write the adapted
     model's train-split statistics (post-LoRA NTPS); return the metrics.
@@ -356,6 +361,7 @@ def train_lora_pair(
     from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
     from ntps.models import load_for_inference, resolve_device
     from ntps.stats import splice_statistics
+    from ntps.text import check_prompt_format
 
     lora_settings = LoRASettings.from_dict(dict(settings))
     table = pd.read_parquet(table_path)
@@ -370,6 +376,7 @@ def train_lora_pair(
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
     base_model, tokenizer = load_for_inference(model_dir, dtype="float32", device=device)
+    check_prompt_format(tokenizer, prompt_format, Path(model_dir).name)
     train = table[table["split"] == "train"]
     test = table[table["split"] == "test"]
     train_labels = train["label"].astype(int).tolist()
@@ -388,6 +395,7 @@ def train_lora_pair(
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         log=LOG.info,
+        prompt_format=prompt_format,
     )
     started = time.perf_counter()
     first_state, upper = post_lora_statistics(
@@ -420,6 +428,7 @@ def train_lora_pair(
     return {
         **summary,
         "first_recomputed_state": first_state,
+        "prompt_format": prompt_format,
         "device": str(device),
         "provenance": provenance(seed=lora_settings.seed),
     }

@@ -4,9 +4,11 @@ The LoRA gain compares a LoRA classifier with a linear probe fitted on the extra
 features, and the LoRA head starts from that probe; both only make sense if the two stages turn a
 text into a feature vector in exactly the same way. Everything that decides that lives here:
 
-- tokenisation with the tokenizer's default special tokens (``add_special_tokens=True``: Llama and
-  Gemma prepend BOS, Qwen and SmolLM2 add nothing), because that is the input distribution the model
-  was trained on and what the paper's code fed;
+- the prompt format (a model's ``prompt_format``): ``raw`` tokenises the text with the tokenizer's
+  default special tokens (``add_special_tokens=True``: Llama and Gemma prepend BOS, Qwen and SmolLM2
+  add nothing), the input distribution a base model was trained on and what the paper's code fed;
+  ``chat`` wraps the text as the user turn of the tokenizer's chat template (no generation prompt),
+  which writes its own special tokens, so none are added on top;
 - the length limit ``min(max_length, model context)``; longer texts keep their first tokens and are
   counted as truncated;
 - right padding with explicit position ids ``0..n-1`` (a causal model's real tokens never attend to
@@ -23,9 +25,12 @@ from typing import Any
 
 import torch
 
+from ntps.errors import ModelSourceError
 from ntps.stats import masked_mean_pool
 
 __all__ = [
+    "PROMPT_FORMATS",
+    "check_prompt_format",
     "context_length",
     "forward_kwargs",
     "length_batches",
@@ -57,15 +62,44 @@ def length_limit(model: torch.nn.Module, max_length: int) -> int:
     return min(max_length, context) if context else max_length
 
 
+PROMPT_FORMATS = ("raw", "chat")
+
+
+def check_prompt_format(tokenizer: Any, prompt_format: str, model: str = "?") -> None:
+    """Raise when ``prompt_format`` cannot be applied with ``tokenizer`` (names the model)."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(
+            f"model {model!r}: prompt_format must be one of {list(PROMPT_FORMATS)}, "
+            f"got {prompt_format!r}"
+        )
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ModelSourceError(
+            f"model {model!r}: prompt_format is 'chat' but its tokenizer has no chat template "
+            "(tokenizer_config.json has no 'chat_template'); use prompt_format: raw for this "
+            "model, or give an instruct tokenizer with source.tokenizer"
+        )
+
+
 def tokenize_all(
-    tokenizer: Any, texts: Sequence[str], max_length: int
+    tokenizer: Any, texts: Sequence[str], max_length: int, prompt_format: str = "raw"
 ) -> tuple[list[list[int]], int]:
-    """Token ids of every text (special tokens included), cut to ``max_length``; number cut.
+    """Token ids of every text in ``prompt_format``, cut to ``max_length``; number cut.
 
     Tokenising without truncation and cutting the id lists ourselves is one tokenizer call that
-    also tells which texts were too long.
+    also tells which texts were too long. A chat prompt cut this way loses its closing turn
+    markers, like a raw text loses its end.
     """
-    encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+    check_prompt_format(tokenizer, prompt_format)
+    if prompt_format == "chat":
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=False
+            )
+            for text in texts
+        ]
+        encoded = tokenizer(prompts, add_special_tokens=False, truncation=False, verbose=False)
+    else:
+        encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
     ids = [list(seq) for seq in encoded["input_ids"]]
     n_truncated = sum(len(seq) > max_length for seq in ids)
     return [seq[:max_length] for seq in ids], n_truncated

@@ -123,6 +123,9 @@ def job_logging(
         # says why the job stopped instead of ending empty.
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
         try:
+            # Which code ran: the package's version and folder (a module deployment, a conda
+            # environment or a stray installed copy would each show here).
+            logger.info("ntps %s from %s", _package_version(), Path(__file__).resolve().parent)
             set_threads(threads)
             yield logger
         except Exception:
@@ -132,6 +135,12 @@ def job_logging(
             signal.signal(signal.SIGTERM, previous)
             sys.stdout, sys.stderr = old_out, old_err
             logger.removeHandler(handler)
+
+
+def _package_version() -> str:
+    from ntps import __version__
+
+    return __version__
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
