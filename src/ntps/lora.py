@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of a causal LM's base model with a linear classification head (method spec §4).
+"""LoRA fine-tuning of a causal LM's base model with a linear classification head (docs/method.md section 5).
 
 The classifier is the base model (no LM head) wrapped with peft LoRA adapters, plus a linear head on
 the masked mean-pooled LAST layer: ``last_hidden_state``, i.e. after the final norm, the tensor the

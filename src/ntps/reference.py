@@ -33,7 +33,7 @@ SHORT_MODEL_NAMES = {
     "meta-llama/Meta-Llama-3-8B": "Llama-3-8B",
 }
 
-# Per-model Spearman correlations stated in the method spec (ntps-method.md, section 7):
+# Per-model Spearman correlations recomputed from the released per-pair values in data/reference
 # (NTPS vs accuracy, -(NTPS vs MSE), -(NTPS vs LoRA gain)), three decimals.
 PAPER_SPEARMAN = {
     "Qwen2-0.5B": (0.685, 0.699, 0.769),

@@ -1,4 +1,4 @@
-"""The released NTPS code's scoring procedure, reproduced for comparison (docs/method.md section 9).
+"""The released NTPS code's scoring procedure, reproduced for comparison (docs/method.md section 7).
 
 The authors' numbers (~0.85-0.95 per pair in the paper) come from this procedure, not from the
 top-k score of :mod:`ntps.scores`. It differs in three ways that matter:

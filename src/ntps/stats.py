@@ -1,4 +1,4 @@
-"""Streaming sufficient statistics for NTPS, for every layer at once (method spec section 1).
+"""Streaming sufficient statistics for NTPS, for every layer at once (docs/method.md section 1).
 
 Perception side (per layer): masked mean-pooled features x_i and one-hot labels y_i give
 ``sum x x^T``, ``sum x y^T``, ``sum x`` and label counts. Autoregressive side: prefix sums
