@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ntps.workflow import DEFAULT_N_PARAMS, model_n_params, model_resources
+from ntps.workflow import DEFAULT_N_PARAMS, model_n_params, model_resources, model_torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
 # Rules that load a model and therefore get model-sized resources and a GPU request.
@@ -48,7 +48,6 @@ def test_resources_scale_with_parameter_count() -> None:
     assert small["runtime"] == 30
     assert large["runtime"] == 480
     assert small["gpu"] == large["gpu"] == 1
-    assert small["threads"] == large["threads"] == 2
 
 
 def test_resources_double_on_each_retry() -> None:
@@ -57,7 +56,7 @@ def test_resources_double_on_each_retry() -> None:
     assert second["mem_mb"] == 2 * first["mem_mb"] and third["mem_mb"] == 4 * first["mem_mb"]
     assert second["runtime"] == 2 * first["runtime"] and third["runtime"] == 4 * first["runtime"]
     # A retry does not ask for more GPUs or cores, only more time and memory.
-    assert (second["gpu"], second["threads"]) == (first["gpu"], first["threads"])
+    assert second["gpu"] == first["gpu"]
 
 
 def test_per_model_overrides_win_and_still_scale_with_attempt() -> None:
@@ -65,12 +64,9 @@ def test_per_model_overrides_win_and_still_scale_with_attempt() -> None:
         n_params=8_000_000_000,
         resources={"mem_mb": 40_000, "runtime": 90, "gpu": 2, "threads": 8},
     )
-    assert model_resources(config, "m", 1) == {
-        "mem_mb": 40_000, "runtime": 90, "gpu": 2, "threads": 8,
-    }  # fmt: skip
-    assert model_resources(config, "m", 2) == {
-        "mem_mb": 80_000, "runtime": 180, "gpu": 2, "threads": 8,
-    }  # fmt: skip
+    assert model_resources(config, "m", 1) == {"mem_mb": 40_000, "runtime": 90, "gpu": 2}
+    assert model_resources(config, "m", 2) == {"mem_mb": 80_000, "runtime": 180, "gpu": 2}
+    assert model_torch_threads(config, "m") == 8
     # A partial override keeps the computed values for the other keys.
     partial = model_resources(study_config(n_params=8_000_000_000, resources={"gpu": 0}), "m")
     assert partial["gpu"] == 0 and partial["mem_mb"] == 2048 + 96000

@@ -336,15 +336,3 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
         problems = list(semantic_errors(config))
     raise_problems(problems)
     return config
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file {path} does not exist") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-    return validate_config(config)

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import signal
 import sys
 from collections.abc import Iterator, Mapping
@@ -84,7 +83,6 @@ def model_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> 
         "mem_mb": int(mem_mb * 2 ** (attempt - 1)),
         "runtime": int(runtime * 2 ** (attempt - 1)),
         "gpu": int(override.get("gpu", 1)),
-        "threads": model_torch_threads(config, model),
     }
 
 
@@ -162,12 +160,3 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     # Process-wide and for the rest of the job: the object returned need not be kept.
     threadpool_limits(limits=threads)
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - third-party code draws from the legacy global RNG
-    torch.manual_seed(seed)
