@@ -121,9 +121,9 @@ def job_logging(
         # says why the job stopped instead of ending empty.
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
         try:
-            # Which code ran: the package's version and folder (a module deployment, a conda
-            # environment or a stray installed copy would each show here).
-            logger.info("ntps %s from %s", _package_version(), Path(__file__).resolve().parent)
+            # Which code ran: the package's version, commit and folder (a module deployment, a
+            # conda environment or a stray installed copy would each show here).
+            logger.info("ntps %s from %s", _code_revision(), Path(__file__).resolve().parent)
             set_threads(threads)
             yield logger
         except Exception:
@@ -135,10 +135,14 @@ def job_logging(
             logger.removeHandler(handler)
 
 
-def _package_version() -> str:
-    from ntps import __version__
+def _code_revision() -> str:
+    from ntps.io import code_revision
 
-    return __version__
+    code = code_revision()
+    if code["git_revision"] is None:
+        return code["version"]
+    dirty = " (with uncommitted changes)" if code["git_dirty"] else ""
+    return f"{code['version']} at commit {code['git_revision']}{dirty}"
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
