@@ -264,6 +264,39 @@ def test_prepare_files_end_to_end_and_roundtrip(tmp_path: Path) -> None:
     assert loaded.frame["text"].tolist() == frame["text"].tolist()
 
 
+@pytest.mark.parametrize("stage", ["extract", "lora"])
+def test_stages_refuse_a_table_that_no_longer_matches_its_fingerprint(
+    tmp_path: Path, stage: str
+) -> None:
+    """Extraction and LoRA read the prepared table through load_prepared: a table edited after
+    preparation fails with the dataset's name before any model is loaded."""
+    from ntps.stages import extract_pair, train_lora_pair
+
+    rows = [{"text": f"text number {i}", "y": ["a", "b"][i % 2]} for i in range(20)]
+    spec = {
+        "source": {"type": "files", "path": str(_write_csv(tmp_path / "d.csv", rows))},
+        "text_columns": "text",
+        "label_column": "y",
+    }
+    table, record = tmp_path / "out" / "data.parquet", tmp_path / "out" / "dataset.json"
+    write_prepared(prepare_dataset("edited", spec, tmp_path / "cache"), table, record)
+    frame = pd.read_parquet(table)
+    frame.loc[0, "text"] = "a text nobody prepared"
+    frame.to_parquet(table, index=False)
+    missing_model = tmp_path / "no-model"  # never reached
+    with pytest.raises(DatasetError, match=r"dataset 'edited'.*fingerprint"):
+        if stage == "extract":
+            extract_pair(
+                missing_model, table, record, {"batch_size": 4, "max_length": 8},
+                tmp_path / "s", tmp_path / "f", tmp_path / "r",
+            )  # fmt: skip
+        else:
+            train_lora_pair(
+                missing_model, table, record, {"head_init": "random"}, "cpu", 8,
+                tmp_path / "a", None, tmp_path / "s", tmp_path / "p",
+            )  # fmt: skip
+
+
 def test_prepare_joins_columns_and_names_int_labels(tmp_path: Path) -> None:
     rows = [{"title": f"t{i}", "body": f"b{i}", "y": i % 2} for i in range(12)]
     path = _write_csv(tmp_path / "d.csv", rows)

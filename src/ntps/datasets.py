@@ -1035,7 +1035,11 @@ def write_prepared(
 def load_prepared(
     parquet_path: str | os.PathLike[str], json_path: str | os.PathLike[str]
 ) -> PreparedDataset:
-    """Read back what write_prepared wrote; DatasetError if the table does not match its fingerprint."""
+    """Read back what write_prepared wrote; DatasetError if the table does not match its fingerprint.
+
+    The one reader of a prepared table for the workflow's stages (extraction, LoRA): a table edited
+    or replaced after preparation would otherwise be scored under the record of another one.
+    """
     from ntps.io import read_json
 
     frame = pd.read_parquet(parquet_path)
@@ -1043,8 +1047,9 @@ def load_prepared(
     fingerprint = fingerprint_table(frame, meta["label_names"])
     if fingerprint != meta.get("fingerprint"):
         raise DatasetError(
-            f"dataset {meta.get('name')!r}: {parquet_path} does not match the fingerprint in "
-            f"{json_path}; re-run the dataset preparation"
+            f"dataset {meta.get('name')!r}: the table {str(parquet_path)!r} does not match the "
+            f"fingerprint recorded in {str(json_path)!r} (the table changed after it was "
+            "prepared); prepare the dataset again, e.g. `snakemake --forcerun prepare_dataset`"
         )
     return PreparedDataset(
         name=meta["name"], frame=frame, label_names=list(meta["label_names"]),

@@ -55,20 +55,22 @@ def extract_pair(
     """
     import torch
 
+    from ntps.datasets import load_prepared
     from ntps.errors import DatasetError
     from ntps.extract import extract_features
     from ntps.models import load_for_inference, resolve_device, resolve_dtype
     from ntps.text import check_prompt_format
 
-    table = pd.read_parquet(table_path)
-    dataset_record = read_json(dataset_record_path)
-    n_classes = len(dataset_record["label_names"])
+    # Checked against dataset.json's fingerprint: a table changed after preparation fails here.
+    prepared = load_prepared(table_path, dataset_record_path)
+    table = prepared.frame
+    n_classes = len(prepared.label_names)
     n_shards = int(settings.get("jackknife_shards", 0))
     n_train = int((table["split"] == "train").sum())
     if n_shards >= 2 and n_train < 2 * n_shards:
         # Before the model is loaded: nothing expensive has run yet.
         raise DatasetError(
-            f"dataset {dataset_record.get('name', table_path)!r} has {n_train} training texts, "
+            f"dataset {prepared.name!r} has {n_train} training texts, "
             f"too few for uncertainty.jackknife_shards = {n_shards} (at least two texts per "
             "shard); lower it, or set it to 0 to skip the standard errors"
         )
@@ -123,7 +125,7 @@ def extract_pair(
     meta = {
         "n_layers": str(n_layers),
         "n_classes": str(n_classes),
-        "dataset_fingerprint": str(dataset_record.get("fingerprint")),
+        "dataset_fingerprint": prepared.fingerprint,
         "model_provenance": json.dumps(
             model_record.get("provenance") if model_record else None, sort_keys=True
         ),
@@ -144,7 +146,7 @@ def extract_pair(
         "settings": {k: v for k, v in settings.items() if k != "progress"},
         "load_seconds": load_seconds,
         "splits": split_records,
-        "dataset_fingerprint": dataset_record.get("fingerprint"),
+        "dataset_fingerprint": prepared.fingerprint,
         "model": model_record,
         "provenance": provenance(),
     }
@@ -358,14 +360,17 @@ def train_lora_pair(
     ``settings.head_init`` is "probe". ``max_length`` is the extraction's, used unless the LoRA
     settings give their own.
     """
+    from ntps.datasets import load_prepared
     from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
     from ntps.models import load_for_inference, resolve_device
     from ntps.stats import splice_statistics
     from ntps.text import check_prompt_format
 
     lora_settings = LoRASettings.from_dict(dict(settings))
-    table = pd.read_parquet(table_path)
-    n_classes = len(read_json(dataset_record_path)["label_names"])
+    # The same fingerprint check as the extraction: LoRA must train on the texts that were scored.
+    prepared = load_prepared(table_path, dataset_record_path)
+    table = prepared.frame
+    n_classes = len(prepared.label_names)
     initial_head, probe_predictions = None, None
     if lora_settings.head_init == "probe":
         if probe_head_path is None:
