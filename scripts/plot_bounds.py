@@ -1,7 +1,5 @@
 """Exact excess loss against its theoretical bounds, with the held-out probe MSE alongside."""
 
-from pathlib import Path
-
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
@@ -17,4 +15,4 @@ with job_logging(snakemake.log[0]):
         on=["model", "dataset", "layer"],
         how="left",
     )
-    plot_bounds(frame, Path(snakemake.output.png).with_suffix(""))
+    plot_bounds(frame, [snakemake.output.png, snakemake.output.pdf])

@@ -1,8 +1,6 @@
 """LoRA figures: pre-LoRA NTPS (fixed setting) vs LoRA gain, and NTPS before vs after LoRA (last
 layer, fixed k)."""
 
-from pathlib import Path
-
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
@@ -13,11 +11,13 @@ with job_logging(snakemake.log[0]):
     set_dpi(snakemake.params.plots["dpi"])
     score_col = snakemake.params.analysis["score"]
     frame = pd.read_csv(snakemake.input.before_after)
-    out_dir = Path(snakemake.output.gain).parent
+    output = snakemake.output
     plot_ntps_vs_gain(
         frame.drop(columns="pre_lora").rename(columns={"ntps_fixed_setting": score_col}),
-        out_dir / "ntps_vs_gain",
+        [output.gain, output.gain_pdf],
         score_col=score_col,
     )
     wide = frame.rename(columns={"pre_lora": "ntps_before", "post_lora": "ntps_after"})
-    plot_ntps_before_after(wide, out_dir / "ntps_before_after", score_col=score_col)
+    plot_ntps_before_after(
+        wide, [output.before_after, output.before_after_pdf], score_col=score_col
+    )

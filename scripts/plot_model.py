@@ -1,7 +1,5 @@
 """Per-model figures: NTPS vs probe accuracy at the fixed setting, rho heatmap, layer profile."""
 
-from pathlib import Path
-
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
@@ -15,7 +13,7 @@ with job_logging(snakemake.log[0]):
     model = snakemake.wildcards.model
     analysis = snakemake.params.analysis
     score_col = analysis["score"]
-    out_dir = Path(snakemake.output.scatter).parent
+    output = snakemake.output
     scores = pd.read_parquet(snakemake.input.scores)
     probes = pd.read_parquet(snakemake.input.probes)
     correlations = pd.read_csv(snakemake.input.correlations)
@@ -35,16 +33,16 @@ with job_logging(snakemake.log[0]):
         "accuracy",
         fixed["rho"],
         (fixed["ci_low"], fixed["ci_high"]),
-        out_dir / "ntps_vs_accuracy",
+        [output.scatter, output.scatter_pdf],
         score_col=score_col,
         setting=f"fixed in config: layer {layer}, k = {k_label(analysis['fixed_k'])}",
     )
     plot_correlation_heatmap(
-        grid[grid["target"] == "accuracy"], model, out_dir / "correlation_heatmap"
+        grid[grid["target"] == "accuracy"], model, [output.heatmap, output.heatmap_pdf]
     )
     profile = scores[
         (scores["model"] == model)
         & (scores["stage"] == "pre_lora")
         & (scores["k_label"] == k_label(analysis["fixed_k"]))
     ]
-    plot_layer_profile(profile, out_dir / "layer_profile", score_col=score_col)
+    plot_layer_profile(profile, [output.profile, output.profile_pdf], score_col=score_col)

@@ -47,11 +47,13 @@ def extract_pair(
     model_record_path: str | Path | None = None,
     splits: Sequence[str] = ("train", "test"),
     out_shards: str | Path | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Forward pass over train (statistics + pooled features) and test (pooled features).
 
     ``settings["jackknife_shards"]`` >= 2 also writes the statistics of that many disjoint random
-    shards of the train texts to ``out_shards`` (an empty set of shards otherwise).
+    shards of the train texts to ``out_shards`` (an empty set of shards otherwise). ``model_name``
+    names the model in messages (default: the folder's name).
     """
     import torch
 
@@ -81,7 +83,8 @@ def extract_pair(
     load_seconds = time.perf_counter() - started
     LOG.info("loaded model from %s on %s (%s) in %.1f s", model_dir, device, dtype, load_seconds)
     prompt_format = str(settings.get("prompt_format", "raw"))
-    check_prompt_format(tokenizer, prompt_format, Path(model_dir).name)
+    model_name = model_name or Path(model_dir).name
+    check_prompt_format(tokenizer, prompt_format, model_name)
 
     features: dict[str, torch.Tensor] = {}
     split_records: dict[str, Any] = {}
@@ -104,6 +107,7 @@ def extract_pair(
             prompt_format=prompt_format,
             n_shards=n_shards if split == "train" else 0,
             shard_seed=int(settings.get("jackknife_seed", 0)),
+            name=model_name,
         )
         for layer in range(result.pooled.shape[0]):
             features[feature_key(split, layer)] = result.pooled[layer]
@@ -350,6 +354,7 @@ def train_lora_pair(
     probe_head_path: str | Path | None = None,
     progress: bool = True,
     prompt_format: str = "raw",
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune LoRA adapters + a linear head on one dataset, save them, and write the adapted
     model's train-split statistics (post-LoRA NTPS); return the metrics.
@@ -381,7 +386,7 @@ def train_lora_pair(
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
     base_model, tokenizer = load_for_inference(model_dir, dtype="float32", device=device)
-    check_prompt_format(tokenizer, prompt_format, Path(model_dir).name)
+    check_prompt_format(tokenizer, prompt_format, model_name or Path(model_dir).name)
     train = table[table["split"] == "train"]
     test = table[table["split"] == "test"]
     train_labels = train["label"].astype(int).tolist()
