@@ -5,7 +5,7 @@ import pandas as pd
 
 from ntps.analysis import k_label
 from ntps.plots import plot_correlation_heatmap, plot_layer_profile, plot_ntps_vs_metric, set_dpi
-from ntps.stages import fixed_setting_frame
+from ntps.tables import fixed_correlation, fixed_setting_frame, layer_profile_frame
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]):
@@ -19,11 +19,7 @@ with job_logging(snakemake.log[0]):
     correlations = pd.read_csv(snakemake.input.correlations)
     grid = pd.read_csv(snakemake.input.grid)
 
-    fixed = correlations[
-        (correlations["model"] == model)
-        & (correlations["target"] == "accuracy")
-        & (correlations["mode"] == "fixed")
-    ].iloc[0]
+    fixed = fixed_correlation(correlations, model, "accuracy")
     frame, layer = fixed_setting_frame(
         scores, probes, model, snakemake.params.fixed_layer, analysis["fixed_k"], score_col
     )
@@ -40,9 +36,5 @@ with job_logging(snakemake.log[0]):
     plot_correlation_heatmap(
         grid[grid["target"] == "accuracy"], model, [output.heatmap, output.heatmap_pdf]
     )
-    profile = scores[
-        (scores["model"] == model)
-        & (scores["stage"] == "pre_lora")
-        & (scores["k_label"] == k_label(analysis["fixed_k"]))
-    ]
+    profile = layer_profile_frame(scores, model, analysis["fixed_k"])
     plot_layer_profile(profile, [output.profile, output.profile_pdf], score_col=score_col)

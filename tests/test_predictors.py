@@ -135,7 +135,15 @@ def test_predictors_table_puts_ntps_first_with_costs(tmp_path: Path) -> None:
     paths = []
     for dataset in DATASETS:
         path = tmp_path / "predictors" / "m" / f"{dataset}.json"
-        write_json(path, {"records": [], "seconds": {"logme": 0.5, NTPS: 0.25}})
+        write_json(
+            path,
+            {
+                "model": "m",
+                "dataset": dataset,
+                "records": [],
+                "seconds": {"logme": 0.5, NTPS: 0.25},
+            },
+        )
         paths.append(path)
         for job, wall in (("score", 2.0), ("predictors", 1.0)):
             bench = tmp_path / job / "m" / f"{dataset}.tsv"

@@ -749,7 +749,10 @@ def normalise_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
 
     spec = {"name": name, **{k: v for k, v in dict(spec).items() if v is not None}}
     spec = check_definition(
-        json.loads(json.dumps(spec, default=str)), "dataset", f"dataset {name!r}", fill_defaults=True
+        json.loads(json.dumps(spec, default=str)),
+        "dataset",
+        f"dataset {name!r}",
+        fill_defaults=True,
     )
     del spec["name"]
     for key in WORKFLOW_ONLY_KEYS:
