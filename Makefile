@@ -1,6 +1,7 @@
 # Two entry points (see README.md):
 #   make study   set up .venv (pinned, CPU torch 2.13.0) and run the default study offline
 #   make test    set up .venv and run lint + format checks + the test suite
+#   (make test-fast: the unit tests only, no end-to-end workflow runs; the quick loop)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: setup study test lint unit clean-results
+.PHONY: setup study test test-fast lint unit clean-results
 .DEFAULT_GOAL := study
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -39,6 +40,9 @@ unit: $(STAMP)
 	$(BIN)/pytest --durations=15
 
 test: lint unit
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" --durations=10
 
 clean-results:
 	rm -rf results/* .snakemake

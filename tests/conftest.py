@@ -95,3 +95,18 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_texts: TinyTex
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny end-to-end study (tests/workflow_support.py) run once with every target, --cores 2.
+
+    Shared by the end-to-end, determinism and interruption tests, which read it or copy it and
+    never change its outputs: each end-to-end run costs minutes on a busy 2-core machine.
+    """
+    from workflow_support import run_snakemake, write_study
+
+    root = tmp_path_factory.mktemp("tiny-study")
+    write_study(root)
+    run_snakemake(root)
+    return root

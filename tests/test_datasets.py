@@ -376,7 +376,9 @@ def test_prepare_missing_label_column_lists_columns(tmp_path: Path) -> None:
 
 def test_prepare_all_rows_dropped(tmp_path: Path) -> None:
     path = _write_csv(tmp_path / "d.csv", [{"text": " ", "category": "fresh"}] * 3)
-    with pytest.raises(DatasetError, match="no usable rows"):
+    with pytest.raises(
+        DatasetError, match=r"dataset 'd': no usable rows left out of 3.*'empty': 3"
+    ):
         prepare_dataset("d", _reviews_spec(path), tmp_path)
 
 

@@ -1,8 +1,9 @@
 """Determinism and concurrency: the same config gives byte-identical tables whatever the core count,
 every output records its seeds and provenance, and no two rules write the same file.
 
-The reference run is shared with tests/test_interruptions.py (see `reference_study`): end-to-end runs
-cost minutes on a busy 2-core machine, so each one is made once per session.
+The reference run is the session's tiny study (the `tiny_study` fixture in conftest.py), shared with
+tests/test_workflow.py and tests/test_interruptions.py: end-to-end runs cost minutes on a busy
+2-core machine, so each one is made once per session.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from typing import Any
 
 import pytest
 import yaml
-from workflow_support import SIGNAL, read_json, run_snakemake, write_study
+from workflow_support import SIGNAL, read_json, run_snakemake
 
 MODEL = "tiny-llama"
-# Three of the four generated datasets keep the run short; only one of them gets LoRA, which is
-# enough to cover the LoRA, post-LoRA extraction and post-LoRA scoring rules.
-DATASETS = ("noisy", "medium", "strong")
+DATASETS = tuple(SIGNAL)
+# The dataset whose LoRA job the serial run and the interruption tests re-run.
 LORA_DATASET = "strong"
-LORA_STEPS, LORA_CHECKPOINT_EVERY = 60, 20
-# Everything but the plots (PDF/PNG embed creation dates and are not compared).
+# What a re-run in a copy of the study rebuilds (tests/test_interruptions.py); the plots are not
+# compared (PDF/PNG embed creation dates).
 TARGETS = (
     "results/tables/scores.csv",
     "results/tables/correlations.csv",
@@ -43,34 +43,9 @@ VOLATILE_KEYS = frozenset(
 # LoRA-derived differences of nearly equal numbers (ntps_before_after_summary.mean_change).
 RTOL, ATOL = 1e-3, 1e-5
 
-_CACHE: dict[str, Path] = {}
-
-
-def write_reliability_study(root: Path) -> Path:
-    """The tiny study of workflow_support with three datasets and LoRA for one of them."""
-    path = write_study(root)
-    config = yaml.safe_load(path.read_text())
-    config["datasets"] = [d for d in config["datasets"] if d["name"] in DATASETS]
-    for entry in config["datasets"]:
-        entry["lora"] = entry["name"] == LORA_DATASET
-    # Long enough (a few seconds) that an interruption lands between checkpoints.
-    config["lora"]["settings"].update(max_steps=LORA_STEPS, checkpoint_every=LORA_CHECKPOINT_EVERY)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
 
 def run_targets(root: Path, *args: str, configfile: Path | None = None, cores: int = 2) -> None:
     run_snakemake(root, "--cores", str(cores), *args, *TARGETS, configfile=configfile)
-
-
-def reference_study(factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run with --cores 2, made once per session."""
-    if "reference" not in _CACHE:
-        root = factory.mktemp("reference")
-        write_reliability_study(root)
-        run_targets(root)
-        _CACHE["reference"] = root
-    return _CACHE["reference"]
 
 
 def copy_study(source: Path, dest: Path) -> Path:
@@ -104,8 +79,8 @@ def pair_jsons(root: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return reference_study(tmp_path_factory)
+def reference(tiny_study: Path) -> Path:
+    return tiny_study
 
 
 # The serial run covers one dataset through every model rule (extraction, scoring, probes, LoRA
@@ -210,6 +185,10 @@ def test_outputs_record_seeds_and_provenance(reference: Path) -> None:
 
         scores = read_json(reference / "results/scores" / MODEL / f"{dataset}.json")
         assert scores["provenance"]["packages"]["ntps"]
+        # The code that ran: the package version, and the commit when run from a git checkout.
+        code = scores["provenance"]["code"]
+        assert code["version"] == scores["provenance"]["packages"]["ntps"]
+        assert code["git_revision"] is None or re.fullmatch(r"[0-9a-f]{40}", code["git_revision"])
     lora = read_json(reference / "results/lora" / MODEL / LORA_DATASET / "metrics.json")
     text = json.dumps(lora)
     assert '"seed": 0' in text  # the LoRA seed travels with its metrics

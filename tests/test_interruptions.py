@@ -1,10 +1,11 @@
 """Interruptions: a killed job leaves nothing Snakemake or the next rule would accept, and a re-run
 completes with tables byte-identical to an uninterrupted run.
 
-End-to-end cases start from a copy of the shared reference study (tests/test_determinism.py) with
-one job's outputs removed, so only that job and its downstream jobs run again: an extraction job
-stopped with SIGTERM to Snakemake, and a LoRA job killed with SIGKILL to the whole process group
-after its first checkpoint (the re-run must resume from it).
+End-to-end cases start from a copy of the session's tiny study (the `tiny_study` fixture in
+conftest.py) with one job's outputs removed, so only that job and its downstream jobs run again: an
+extraction job stopped with SIGTERM to Snakemake, and a LoRA job killed with SIGKILL to the whole
+process group after its first checkpoint (the re-run must resume from it). The re-runs build the
+tables of `TARGETS`; every table they rebuild must equal the uninterrupted run's byte for byte.
 """
 
 from __future__ import annotations
@@ -20,18 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_determinism import (
+from test_determinism import LORA_DATASET, MODEL, TARGETS, copy_study, run_targets, table_files
+from workflow_support import (
     LORA_CHECKPOINT_EVERY,
-    LORA_DATASET,
     LORA_STEPS,
-    MODEL,
-    TARGETS,
-    copy_study,
-    reference_study,
-    run_targets,
-    table_files,
+    run_snakemake,
+    snakemake_command,
+    snakemake_env,
 )
-from workflow_support import SNAKEFILE, run_snakemake
 
 from ntps.io import atomic_path, read_json, write_json
 
@@ -82,15 +79,11 @@ def test_killed_writer_leaves_no_final_file(tmp_path: Path) -> None:
 
 def start_snakemake(root: Path) -> subprocess.Popen:
     """Snakemake in its own session (process group), so the whole tree can be signalled."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(root),
-        "--configfile", str(root / "config.yaml"), "--cores", "2", *TARGETS,
-    ]  # fmt: skip
     log = open(root / "interrupted-run.log", "w")
     return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+        snakemake_command(root, *TARGETS), stdout=log, stderr=subprocess.STDOUT,
+        env=snakemake_env(), start_new_session=True,
+    )  # fmt: skip
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, root: Path) -> None:
@@ -147,9 +140,8 @@ def assert_complete_or_absent(paths: list[Path]) -> None:
 
 
 def interrupted_copy(
-    factory: pytest.TempPathFactory, name: str, remove: list[str]
+    reference: Path, factory: pytest.TempPathFactory, name: str, remove: list[str]
 ) -> tuple[Path, Path]:
-    reference = reference_study(factory)
     root = copy_study(reference, factory.mktemp(name) / "study")
     for relative in remove:
         path = root / relative
@@ -160,13 +152,22 @@ def interrupted_copy(
     return reference, root
 
 
+def assert_rebuilt_tables_match(reference: Path, root: Path) -> None:
+    """Every table the re-run built (TARGETS and the tables made with them) equals the
+    uninterrupted run's, byte for byte."""
+    expected, got = table_files(reference), table_files(root)
+    assert {Path(t).name for t in TARGETS} <= got.keys() <= expected.keys()
+    for name in got:
+        assert got[name] == expected[name], f"results/tables/{name} differs after the re-run"
+
+
 def job_started(root: Path, rule: str, pair: str) -> Callable[[], bool]:
     log = root / f"results/logs/{rule}/{pair}.log"
     return log.exists
 
 
 @pytest.fixture(scope="module")
-def sigterm_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sigterm_runs(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two stops with SIGTERM, then a run to the end.
 
     1. SIGTERM to Snakemake alone (Ctrl-C-like, or `kill <pid>`) while an extraction runs;
@@ -175,6 +176,7 @@ def sigterm_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """
     pair = f"{MODEL}/medium"
     reference, root = interrupted_copy(
+        tiny_study,
         tmp_path_factory,
         "sigterm",
         [
@@ -215,10 +217,11 @@ def sigterm_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lora_sigkill(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def lora_sigkill(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """SIGKILL to the whole process group once the LoRA job has written a checkpoint."""
     pair = f"{MODEL}/{LORA_DATASET}"
     reference, root = interrupted_copy(
+        tiny_study,
         tmp_path_factory,
         "sigkill",
         [
@@ -282,11 +285,7 @@ def test_sigterm_to_process_group_leaves_no_accepted_score(sigterm_runs: dict) -
 
 @pytest.mark.slow
 def test_sigterm_rerun_matches_uninterrupted_run(sigterm_runs: dict) -> None:
-    expected = table_files(sigterm_runs["reference"])
-    got = table_files(sigterm_runs["root"])
-    assert got.keys() == expected.keys()
-    for name in expected:
-        assert got[name] == expected[name], f"results/tables/{name} differs after the re-run"
+    assert_rebuilt_tables_match(sigterm_runs["reference"], sigterm_runs["root"])
 
 
 @pytest.mark.slow
@@ -313,8 +312,4 @@ def test_sigkill_rerun_resumes_lora_and_matches_uninterrupted_run(lora_sigkill: 
     assert "resumed from" in lora_sigkill["rerun_log"]
     assert f"at step {last}/{LORA_STEPS}" in lora_sigkill["rerun_log"]
     assert not (lora_sigkill["root"] / f"results/lora/{lora_sigkill['pair']}/checkpoints").exists()
-    expected = table_files(lora_sigkill["reference"])
-    got = table_files(lora_sigkill["root"])
-    assert got.keys() == expected.keys()
-    for name in expected:
-        assert got[name] == expected[name], f"results/tables/{name} differs after the resumed run"
+    assert_rebuilt_tables_match(lora_sigkill["reference"], lora_sigkill["root"])

@@ -210,7 +210,8 @@ def test_target_modules_auto_and_errors():
     with pytest.raises(ConfigError) as err:
         resolve_target_modules(base, ["q_proj", "bogus_proj"])
     message = str(err.value)
-    assert "bogus_proj" in message and "o_proj" in message and "gate_proj" in message
+    assert "lora.target_modules ['bogus_proj'] not found" in message
+    assert "o_proj" in message and "gate_proj" in message
     assert "'q_proj'" not in message.split("exist:")[0]  # only the missing one is named as missing
 
     class NoAttention(nn.Module):

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from workflow_support import run_snakemake
 
 from ntps.workflow import DEFAULT_N_PARAMS, model_n_params, model_resources, model_torch_threads
 
@@ -139,12 +138,7 @@ def planned_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any
         "lora": {"enabled": True},
     }  # fmt: skip
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(root), "--configfile", str(root / "config.yaml"),
-         "--dry-run", "--cores", "8"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_snakemake(root, "--dry-run", cores=8, check=False, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = parse_dry_run_jobs(result.stdout + "\n" + result.stderr)
     assert jobs, result.stdout[-3000:]

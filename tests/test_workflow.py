@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_support import SIGNAL, read_json, run_snakemake, write_study
+from workflow_support import LORA_STEPS, SIGNAL, read_json, run_snakemake
 
 from ntps.io import load_tensors
 
@@ -17,11 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("study")
-    write_study(root)
-    run_snakemake(root)
-    return root
+def study(tiny_study: Path) -> Path:
+    """The session's tiny study (conftest.py), every target run."""
+    return tiny_study
 
 
 def jobs_planned(dry_run_stdout: str) -> dict[str, int]:
@@ -120,7 +118,7 @@ def test_correlations_three_modes(study: Path) -> None:
 def test_lora_stage(study: Path) -> None:
     lora = pd.read_csv(study / "results/tables/lora.csv")
     assert set(lora["dataset"]) == set(SIGNAL)
-    assert (lora["steps"] == 12).all()
+    assert (lora["steps"] == LORA_STEPS).all()
     assert np.allclose(lora["gain"], lora["lora_accuracy"] - lora["probe_accuracy_last_layer"])
     # The head started from the last-layer probe: LoRA's first evaluation is the probe's.
     assert (lora["head_init"] == "probe").all() and (lora["first_adapted_block"] == 1).all()

@@ -1,7 +1,9 @@
-"""Build a small but real study on disk: a tiny random Llama folder and generated datasets.
+"""Build a small but real study on disk (a tiny random Llama folder and generated datasets), and
+run Snakemake on it: the one place the tests assemble a Snakemake command line.
 
 Used by the end-to-end workflow tests. Datasets differ in how much class signal their texts carry,
-so probe accuracy and NTPS vary across datasets and correlations are defined.
+so probe accuracy and NTPS vary across datasets and correlations are defined. The study run with
+every target is made once per session (the ``tiny_study`` fixture in conftest.py) and shared.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -30,6 +33,7 @@ SIGNAL = {"noisy": 0.08, "weak": 0.2, "medium": 0.4, "strong": 0.75}
 # Texts per class: the tiny model has d = 32, so "strong" (40 x 3 x 0.7 = 84 training texts)
 # has N_train >= 2d and the others (63) do not: the regime flag must tell them apart.
 TEXTS_PER_CLASS = {"noisy": 30, "weak": 30, "medium": 30, "strong": 40}
+LORA_STEPS, LORA_CHECKPOINT_EVERY = 60, 20
 
 
 def vocabulary() -> list[str]:
@@ -107,12 +111,14 @@ def write_study(root: Path, **overrides: Any) -> Path:
         "probes": {"c_grid": [0.1, 1.0], "cv_folds": 2},
         "analysis": {"fixed_layer": -1, "fixed_k": 0.5, "n_bootstrap": 200, "n_permutations": 200},
         "extraction": {"progress": False},
+        # Long enough (a few seconds) that tests/test_interruptions.py can kill the LoRA job
+        # between two checkpoints.
         "lora": {
             "enabled": True,
             "settings": {
                 "r": 4, "alpha": 8, "optimizer": "adamw", "learning_rate": 0.005,
-                "max_steps": 12, "batch_size": 8, "checkpoint_every": 5, "top_blocks": 1,
-                "warmup_ratio": 0.1, "seed": 0,
+                "max_steps": LORA_STEPS, "batch_size": 8, "checkpoint_every": LORA_CHECKPOINT_EVERY,
+                "top_blocks": 1, "warmup_ratio": 0.1, "seed": 0,
             },
         },
     }  # fmt: skip
@@ -123,19 +129,63 @@ def write_study(root: Path, **overrides: Any) -> Path:
     return path
 
 
+# Every test run is offline; tokenizers' own thread pool only adds contention on 2 cores.
+SNAKEMAKE_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def snakemake_command(
+    workdir: Path,
+    *args: str,
+    configfile: Path | Literal[False] | None = None,
+    cores: int | None = 2,
+    snakefile: Path = SNAKEFILE,
+    launcher: Sequence[str] = ("-m", "snakemake"),
+) -> list[str]:
+    """The Snakemake command line of every test: this interpreter, a Snakefile, a working folder,
+    a config file (``<workdir>/config.yaml`` unless given; none with False, for a Snakefile with
+    its own ``configfile:``), ``--cores`` unless None, then ``args``."""
+    command = [
+        sys.executable,
+        *launcher,
+        "--snakefile",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+    ]
+    if configfile is not False:
+        command += ["--configfile", str(configfile or workdir / "config.yaml")]
+    if cores is not None:
+        command += ["--cores", str(cores)]
+    return [*command, *args]
+
+
+def snakemake_env(
+    extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()
+) -> dict[str, str]:
+    env = {**os.environ, **SNAKEMAKE_ENV, **(extra or {})}
+    for name in drop:
+        env.pop(name, None)
+    return env
+
+
 def run_snakemake(
     workdir: Path,
     *args: str,
-    configfile: Path | None = None,
+    configfile: Path | Literal[False] | None = None,
     check: bool = True,
     timeout: int = 1800,
+    cores: int | None = 2,
+    snakefile: Path = SNAKEFILE,
+    launcher: Sequence[str] = ("-m", "snakemake"),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
-        "--configfile", str(configfile or workdir / "config.yaml"), "--cores", "2", *args,
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    """Run :func:`snakemake_command`; with ``check`` a failure shows Snakemake's output."""
+    command = snakemake_command(
+        workdir, *args, configfile=configfile, cores=cores, snakefile=snakefile, launcher=launcher
+    )
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=dict(env or snakemake_env()), timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
