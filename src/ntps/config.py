@@ -85,9 +85,10 @@ _PATTERN_HINTS = {
 def _best_message(error: Any) -> str:
     # oneOf failures are unreadable by default: for a tagged object ({type: ...}) report the errors
     # of the branch whose tag matches; for a scalar, say what was expected.
-    if error.validator == "oneOf" and error.context:
+    if error.validator == "oneOf":
         instance = error.instance
-        if isinstance(instance, dict) and "type" in instance:
+        # No context: more than one branch matched (e.g. a filter with include and exclude).
+        if error.context and isinstance(instance, dict) and "type" in instance:
             by_branch: dict[Any, list[Any]] = {}
             for sub in error.context:
                 by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
@@ -106,6 +107,8 @@ def _best_message(error: Any) -> str:
         expected = (error.schema.get("description") or "").strip()
         if expected:
             return f"{instance!r} is not valid: expected {expected}"
+        if not error.context:
+            return f"{instance!r} matches more than one of the allowed forms"
         return f"{instance!r} matches none of the allowed forms"
     if error.validator == "not" and isinstance(error.validator_value, dict):
         keys = error.validator_value.get("required")
