@@ -42,6 +42,10 @@ def test_outputs_exist_and_are_complete(study: Path) -> None:
             assert (results / "plots" / "tiny-llama" / f"{stem}.{ext}").stat().st_size > 1000
     # No temporary files left behind by the atomic writers.
     assert not list(results.rglob("*.tmp"))
+    # The acquired model: its folder (a directory() output) and its record beside it.
+    model = study / "resources/models/tiny-llama"
+    assert (model / "weights" / "config.json").is_file()
+    assert read_json(model / "model.json")["name"] == "tiny-llama"
 
 
 def test_scores_table_contents(study: Path) -> None:
