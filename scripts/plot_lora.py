@@ -5,6 +5,7 @@ import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.plots import plot_ntps_before_after, plot_ntps_vs_gain, set_dpi
+from ntps.tables import before_after_plot_frame, gain_plot_frame
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]):
@@ -13,11 +14,10 @@ with job_logging(snakemake.log[0]):
     frame = pd.read_csv(snakemake.input.before_after)
     output = snakemake.output
     plot_ntps_vs_gain(
-        frame.drop(columns="pre_lora").rename(columns={"ntps_fixed_setting": score_col}),
-        [output.gain, output.gain_pdf],
-        score_col=score_col,
+        gain_plot_frame(frame, score_col), [output.gain, output.gain_pdf], score_col=score_col
     )
-    wide = frame.rename(columns={"pre_lora": "ntps_before", "post_lora": "ntps_after"})
     plot_ntps_before_after(
-        wide, [output.before_after, output.before_after_pdf], score_col=score_col
+        before_after_plot_frame(frame),
+        [output.before_after, output.before_after_pdf],
+        score_col=score_col,
     )

@@ -287,3 +287,14 @@ def lora_analysis(
         "prediction": prediction.predictions,
         "prediction_summary": prediction.summary,
     }
+
+
+def gain_plot_frame(before_after: pd.DataFrame, score_col: str) -> pd.DataFrame:
+    """The NTPS-vs-gain figure's frame: pre-LoRA NTPS at the fixed setting under ``score_col``,
+    beside each pair's LoRA gain (from ``ntps_before_after.csv``)."""
+    return before_after.drop(columns="pre_lora").rename(columns={"ntps_fixed_setting": score_col})
+
+
+def before_after_plot_frame(before_after: pd.DataFrame) -> pd.DataFrame:
+    """The before/after figure's frame: last-layer NTPS as ``ntps_before`` and ``ntps_after``."""
+    return before_after.rename(columns={"pre_lora": "ntps_before", "post_lora": "ntps_after"})
