@@ -98,6 +98,16 @@ def model_mem_mb(wildcards, attempt):
     return model_resources(config, wildcards.model, attempt)["mem_mb"]
 
 
+def extract_mem_mb(wildcards, attempt):
+    # The model plus the statistics and their jackknife shards.
+    return model_resources(config, wildcards.model, attempt, "sharded")["mem_mb"]
+
+
+def lora_mem_mb(wildcards, attempt):
+    # The model plus the post-LoRA statistics of the adapted blocks.
+    return model_resources(config, wildcards.model, attempt, "single")["mem_mb"]
+
+
 def model_runtime(wildcards, attempt):
     return model_resources(config, wildcards.model, attempt)["runtime"]
 

@@ -23,7 +23,7 @@ rule extract:
     threads: model_threads
     resources:
         gpu=model_gpu,
-        mem_mb=model_mem_mb,
+        mem_mb=extract_mem_mb,
         runtime=model_runtime,
     params:
         settings=extraction_params,

@@ -24,7 +24,7 @@ rule lora:
     threads: model_threads
     resources:
         gpu=model_gpu,
-        mem_mb=model_mem_mb,
+        mem_mb=lora_mem_mb,
         runtime=model_runtime,
     params:
         settings=lora_settings,

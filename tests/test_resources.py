@@ -16,7 +16,13 @@ import pytest
 import yaml
 from workflow_support import run_snakemake
 
-from ntps.workflow import DEFAULT_N_PARAMS, model_n_params, model_resources, model_torch_threads
+from ntps.workflow import (
+    DEFAULT_N_PARAMS,
+    model_n_params,
+    model_resources,
+    model_torch_threads,
+    statistics_mb,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # Rules that load a model and therefore get model-sized resources and a GPU request.
@@ -43,6 +49,9 @@ def test_resources_scale_with_parameter_count() -> None:
     # fp32 weights x3 + 2 GB: 0.5e9 * 12 bytes = 6000 MB; 8e9 * 12 = 96000 MB.
     assert small["mem_mb"] == 2048 + 6000
     assert large["mem_mb"] == 2048 + 96000
+    # Plus one statistics accumulator (24 bytes per L d^2 ~ n_params / 12): 2 bytes per parameter.
+    with_stats = model_resources(study_config(n_params=500_000_000), "m", 1, "single")
+    assert with_stats["mem_mb"] == 2048 + 6000 + 1000
     # One hour per billion parameters, at least 30 minutes.
     assert small["runtime"] == 30
     assert large["runtime"] == 480
@@ -69,6 +78,19 @@ def test_per_model_overrides_win_and_still_scale_with_attempt() -> None:
     # A partial override keeps the computed values for the other keys.
     partial = model_resources(study_config(n_params=8_000_000_000, resources={"gpu": 0}), "m")
     assert partial["gpu"] == 0 and partial["mem_mb"] == 2048 + 96000
+
+
+def test_statistics_memory_counts_the_jackknife_shards(tmp_path: Path) -> None:
+    records = tmp_path / "resources" / "models"
+    (records / "m").mkdir(parents=True)
+    # SmolLM2-135M's shape: 30 blocks (31 hidden states), d = 576.
+    (records / "m" / "model.json").write_text(json.dumps({"n_layers": 30, "hidden_size": 576}))
+    one = 31 * 3 * 576**2 * 8 / 1e6  # 247 MB: Cxx, S0, S1 in float64 per hidden state
+    config = study_config(n_params=135_000_000)
+    assert statistics_mb(config, "m", str(records)) == pytest.approx(one, abs=1)
+    config["uncertainty"] = {"jackknife_shards": 10}
+    # Ten shards, their merged total and one intermediate merge.
+    assert statistics_mb(config, "m", str(records)) == pytest.approx(12 * one, abs=1)
 
 
 def test_parameter_count_from_config_then_record_then_default(tmp_path: Path) -> None:
@@ -153,9 +175,12 @@ def test_model_rules_request_model_sized_gpu_jobs(planned_jobs: list[dict[str, A
     for job in model_jobs:
         resources = job["resources"]
         if "model=big" in job["wildcards"]:
-            # 2048 + 7e9 * 12 / 1e6 MB and 7 hours: from the parameter count, first attempt.
+            # 2048 + 7e9 * 12 / 1e6 MB and 7 hours: from the parameter count, first attempt;
+            # plus the statistics (2 bytes per parameter each): the LoRA job's post-LoRA
+            # statistics, and for extraction 10 jackknife shards, their total and one merge.
             assert resources["gpu"] == "1", job
-            assert resources["mem_mb"] == str(2048 + 84000), job
+            copies = 12 if job["rule"] == "extract" else 1
+            assert resources["mem_mb"] == str(2048 + 84000 + copies * 14000), job
             assert resources["runtime"] == "420", job
             assert job["threads"] == 2, job
         else:

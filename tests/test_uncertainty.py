@@ -263,6 +263,7 @@ def test_graded_statistics_keep_their_full_rank_and_record_the_cutoff(massive):
         rec = score_layer(m, [0.5], released=False)[0]
         assert rec["eigen_cutoff"] == pytest.approx(cutoff)
         assert rec["rank_ar"] == rec["rank_perception"] == 32
+        assert not rec["ar_degenerate"]  # a graded spectrum is not a tie
         raw = torch.linalg.eigvalsh((m.s0 + m.s0.T) / 2)
         dropped_if_unscaled += int((raw <= cutoff * raw[-1]).sum())
     assert dropped_if_unscaled > 0
@@ -333,6 +334,16 @@ def test_balanced_classes_with_fewer_texts_than_dimensions_tie_and_are_flagged()
     assert not balanced[1]["paper_degenerate"]  # k = 2 = both: the subspace is unique
     unbalanced = score_layer(few_texts_moments([0] * 3 + [1] * 7), [1, 2], released=False)
     assert not unbalanced[0]["paper_degenerate"]
+
+
+def test_ties_are_relative_to_the_eigenvalues_themselves():
+    from ntps.scores import tied_after
+
+    graded = torch.tensor([1.0, 1e-7, 1.1e-8, 1e-9], dtype=torch.float64)
+    assert not any(tied_after(graded, k) for k in (1, 2, 3))  # small but distinct: not tied
+    tied = torch.tensor([0.5, 0.5 - 1e-9, 0.2, 0.0], dtype=torch.float64)
+    assert tied_after(tied, 1) and not tied_after(tied, 2)
+    assert not tied_after(tied, 4) and not tied_after(tied, 0)  # no (k+1)-th / no k-th
 
 
 def test_lower_bound_is_flagged_zero_when_cxx_is_rank_deficient():

@@ -182,7 +182,8 @@ def bootstrap_ci(
 
     ``x_se`` (standard errors of the x_i, e.g. the jackknife SE of each dataset's NTPS) adds
     within-dataset measurement error: each resampled x_i also gets ``x_se_i * z``, z ~ N(0, 1).
-    The observed x_i already carries its error once, so this counts it twice: conservative.
+    The observed x_i already carries its error once, so this counts it twice, and noise in x pulls
+    the statistic toward 0 (attenuation): a sensitivity check, not a calibrated interval.
     Pairs whose SE is not finite are dropped with them.
     """
     if not 0 < level < 1:

@@ -41,7 +41,7 @@ _F64 = torch.float64
 #: elementwise; the typical deviation is far smaller. Two float32 unit roundoffs bound that maximum.
 STATISTICS_PRECISION = 2 * UNIT_ROUNDOFF[torch.float32]
 
-#: Two generalized eigenvalues closer than this (relative to the largest) count as tied: the top-k
+#: Two generalized eigenvalues closer than this (relative to themselves) count as tied: the top-k
 #: subspace that splits them is not determined by the statistics.
 TIE_RTOL = 1e-6
 
@@ -165,14 +165,19 @@ def default_cutoff(hidden_size: int) -> float:
 
 
 def tied_after(lam: Tensor, k: int, rtol: float = TIE_RTOL) -> bool:
-    """Whether the k-th and (k+1)-th of ``lam`` (r,) DESCENDING tie within ``rtol`` * lam[0].
+    """Whether the k-th and (k+1)-th of ``lam`` (r,) DESCENDING tie: no top-k subspace is singled out.
 
-    Then no top-k subspace is singled out: any rotation within the tied eigenspace is as good.
+    Tied means a gap of at most ``rtol`` times the k-th eigenvalue itself (relative to the largest
+    it would call every pair of a graded spectrum's small eigenvalues tied), or within float64
+    rounding of the largest (``_ZERO_RTOL``), where the order of two values is arbitrary.
     """
     if not 0 < k < lam.numel():
         return False
     top = float(lam[0])
-    return top > 0 and float(lam[k - 1] - lam[k]) <= rtol * top
+    if not top > 0:
+        return False
+    gap = float(lam[k - 1] - lam[k])
+    return gap <= max(rtol * abs(float(lam[k - 1])), _ZERO_RTOL * top)
 
 
 def _nested_explained(

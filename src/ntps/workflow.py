@@ -66,18 +66,57 @@ def model_n_params(
 DEFAULT_MODEL_THREADS = 2
 
 
-def model_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> dict[str, int]:
+def statistics_mb(
+    config: Mapping[str, Any],
+    model: str,
+    records_dir: str = "resources/models",
+    *,
+    sharded: bool = True,
+) -> int:
+    """Memory of the extraction's float64 statistics accumulators, in MB.
+
+    One accumulator holds Cxx, S0 and S1 (3 d^2 doubles) per hidden state; with
+    ``uncertainty.jackknife_shards`` = K the job holds K shard accumulators plus their merged total
+    and one intermediate merge (``sharded=False``: one accumulator, as in the LoRA job's post-LoRA
+    statistics). Shapes come from the acquisition record when it exists; otherwise
+    from the parameter count (a transformer block has ~12 d^2 weights, so L d^2 ~ n_params / 12,
+    an overestimate for models with large embedding tables).
+    """
+    shards = int((config.get("uncertainty") or {}).get("jackknife_shards", 0)) if sharded else 0
+    copies = shards + 2 if shards >= 2 else 1
+    record = Path(records_dir) / model / "model.json"
+    layers_d2 = None
+    if record.exists():
+        import json
+
+        with contextlib.suppress(ValueError, KeyError, OSError, TypeError):
+            data = json.loads(record.read_text())
+            layers_d2 = (int(data["n_layers"]) + 1) * int(data["hidden_size"]) ** 2
+    if layers_d2 is None:
+        layers_d2 = model_n_params(config, model, records_dir) / 12
+    return math.ceil(copies * 3 * 8 * layers_d2 / 1e6)
+
+
+def model_resources(
+    config: Mapping[str, Any],
+    model: str,
+    attempt: int = 1,
+    statistics: str | None = None,
+) -> dict[str, int]:
     """Resources of a model-running job, scaled with model size and the retry attempt.
 
     Memory: fp32 weights (4 bytes/param) x3 for loading copies, activations and LoRA optimizer
-    state, plus 2 GB for the interpreter and statistics, doubled on each retry. Runtime: one hour
-    per billion parameters with a 30-minute floor, doubled on each retry. Per-model `resources:`
-    entries in the config override the computed values (before the retry scaling).
+    state, plus 2 GB for the interpreter, plus the statistics accumulators the job holds
+    (``statistics``: None for none, "single", or "sharded" with the jackknife shards; see
+    :func:`statistics_mb`), doubled on each retry. Runtime: one hour per billion parameters
+    with a 30-minute floor, doubled on each retry. Per-model `resources:` entries in the config
+    override the computed values (before the retry scaling).
     """
     entry = entry_by_name(config, "models", model)
     override = entry.get("resources", {})
     n_params = model_n_params(config, model)
-    mem_mb = override.get("mem_mb", 2048 + math.ceil(n_params * 4 * 3 / 1e6))
+    held = statistics_mb(config, model, sharded=statistics == "sharded") if statistics else 0
+    mem_mb = override.get("mem_mb", 2048 + math.ceil(n_params * 4 * 3 / 1e6) + held)
     runtime = override.get("runtime", max(30, math.ceil(60 * n_params / 1e9)))
     return {
         "mem_mb": int(mem_mb * 2 ** (attempt - 1)),
