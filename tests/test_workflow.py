@@ -70,6 +70,13 @@ def test_scores_table_contents(study: Path) -> None:
     assert (
         scores["paper_degenerate"] == (scores["k_perception"] > scores["n_nonzero_perception"])
     ).all()
+    # Jackknife SEs over 10 train-text shards before LoRA; none after (no shards there).
+    pre, post = scores[scores["stage"] == "pre_lora"], scores[scores["stage"] == "post_lora"]
+    assert (pre["jackknife_shards"] == 10).all() and (post["jackknife_shards"] == 0).all()
+    assert (pre["ntps_reg_se"] > 0).all() and (pre["ntps_reg_se"] < 0.5).all()
+    assert post["ntps_reg_se"].isna().all()
+    # The released convention's column and the precision-derived cut-off are in every row.
+    assert scores["ntps_released"].notna().any() and (scores["eigen_cutoff"] > 0).all()
 
 
 def test_regime_is_flagged_where_n_train_is_below_2d(study: Path) -> None:

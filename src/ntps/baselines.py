@@ -346,7 +346,7 @@ def perception_eigenvalues(
     import torch
 
     from ntps.eigen import generalized_eigh_lowrank, whitener
-    from ntps.scores import default_cutoff
+    from ntps.scores import resolve_cutoff
 
     x, y = _check_inputs(features, labels, n_classes)
     n = x.shape[0]
@@ -358,7 +358,7 @@ def perception_eigenvalues(
     if ridge > 0:
         cxx = cxx + ridge * torch.eye(cxx.shape[0], dtype=cxx.dtype)
     cxy = torch.from_numpy(x.T @ yy / n)
-    tol = default_cutoff(cxx.shape[0]) if eigen_cutoff == "auto" else float(eigen_cutoff)
+    tol = resolve_cutoff(eigen_cutoff, cxx.shape[0])
     lam, _, _ = generalized_eigh_lowrank(cxy, whitener(cxx, tol=tol))
     return lam.numpy()
 

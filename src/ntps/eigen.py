@@ -58,9 +58,6 @@ class Whitener(NamedTuple):
     values: Tensor  # (r,) retained eigenvalues of the scaled B', ascending, all > tol
     matrix: Tensor  # (d, r) W with W^T B W = I_r, columns in range(B)
     source: Tensor  # (d, d) B itself (symmetrized, float64)
-    tol: float  # the cut-off applied to the eigenvalues of B'
-    max_value: float  # largest eigenvalue of B'
-    min_value: float  # smallest eigenvalue of B' over all d (may be ~0 or slightly negative)
 
     @property
     def rank(self) -> int:
@@ -110,16 +107,12 @@ def whitener(b: Tensor, *, tol: float = 1e-10) -> Whitener:
     b = symmetrize(b)
     d = b.shape[0]
     values, vectors, scale = _scaled_eigh(b)
-    max_value = float(values[-1]) if values.numel() else 0.0
-    min_value = float(values[0]) if values.numel() else 0.0
-    if not max_value > 0.0 or not torch.isfinite(values).all():
+    if not (values.numel() and float(values[-1]) > 0.0) or not torch.isfinite(values).all():
         # No positive direction at all: nothing to whiten (e.g. an all-zero covariance).
-        empty = b.new_zeros(d, 0)
-        return Whitener(values[:0], empty, b, float(tol), max_value, min_value)
+        return Whitener(values[:0], b.new_zeros(d, 0), b)
     keep = values > tol
     if bool(keep.all()):
-        matrix = vectors / values.sqrt() / scale[:, None]
-        return Whitener(values, matrix, b, float(tol), max_value, min_value)
+        return Whitener(values, vectors / values.sqrt() / scale[:, None], b)
     null = vectors[:, ~keep] / scale[:, None]
     q_full, _ = torch.linalg.qr(null, mode="complete")
     complement = q_full[:, null.shape[1] :]  # (d, r) orthonormal, orthogonal to the null space
@@ -128,7 +121,7 @@ def whitener(b: Tensor, *, tol: float = 1e-10) -> Whitener:
     # guards against rounding of an eigenvalue that sat right at the cut-off.
     inner_values = inner_values.clamp(min=tol)
     matrix = complement @ (inner_vectors / inner_values.sqrt() / inner_scale[:, None])
-    return Whitener(values[keep], matrix, b, float(tol), max_value, min_value)
+    return Whitener(values[keep], matrix, b)
 
 
 def _descending(lam: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -144,9 +144,8 @@ def time_ntps(stats_path: str | Path, n_layers: int, ntps_settings: Mapping[str,
     from ntps.stats import LayerMoments
 
     spent = 0.0
-    cutoff = ntps_settings["eigen_cutoff"]
     kwargs = {
-        "tol": None if cutoff == "auto" else float(cutoff),
+        "tol": ntps_settings["eigen_cutoff"],
         "ridge": ntps_settings["ridge"],
         "centered": ntps_settings["centered"],
         "released": False,

@@ -164,6 +164,11 @@ def default_cutoff(hidden_size: int) -> float:
     return precision_cutoff(hidden_size, STATISTICS_PRECISION)
 
 
+def resolve_cutoff(spec: float | str | None, hidden_size: int) -> float:
+    """The cut-off a ``scoring.eigen_cutoff`` value means: "auto" (or None) -> :func:`default_cutoff`."""
+    return default_cutoff(hidden_size) if spec is None or spec == "auto" else float(spec)
+
+
 def tied_after(lam: Tensor, k: int, rtol: float = TIE_RTOL) -> bool:
     """Whether the k-th and (k+1)-th of ``lam`` (r,) DESCENDING tie: no top-k subspace is singled out.
 
@@ -242,7 +247,7 @@ def ntps_forms(
     m: LayerMoments,
     k_grid: Sequence[int | float] = DEFAULT_K_GRID,
     *,
-    tol: float | None = None,
+    tol: float | str | None = None,
     ridge: float = 0.0,
     centered: bool = False,
 ) -> list[tuple[float, float]]:
@@ -258,7 +263,7 @@ def score_layer(
     m: LayerMoments,
     k_grid: Sequence[int | float] = DEFAULT_K_GRID,
     *,
-    tol: float | None = None,
+    tol: float | str | None = None,
     ridge: float = 0.0,
     centered: bool = False,
     perception_solver: str = "lowrank",
@@ -266,8 +271,8 @@ def score_layer(
 ) -> list[dict[str, Any]]:
     """Score one layer for every k of ``k_grid``; one record (plain python scalars) per k.
 
-    ``tol`` is the eigenvalue cut-off in Jacobi-scaled coordinates (default
-    :func:`default_cutoff` of the layer's width). ``ridge`` replaces Cxx by Cxx + ridge*I everywhere
+    ``tol`` is the eigenvalue cut-off in Jacobi-scaled coordinates: a number, or "auto" / None for
+    :func:`default_cutoff` of the layer's width (:func:`resolve_cutoff`). ``ridge`` replaces Cxx by Cxx + ridge*I everywhere
     (solver, W*, excess loss, bounds); ``centered`` uses Cxx - mu mu^T and Cxy - mu ybar^T.
     ``perception_solver``: "lowrank" exploits rank(Cxy Cxy^T) <= c (SVD of the c-column whitened
     Cxy); "dense" is the reference solver. They agree on everything except the arbitrary basis of
@@ -290,7 +295,7 @@ def score_layer(
 def _score(
     m: LayerMoments,
     k_grid: Sequence[int | float],
-    tol: float | None,
+    tol: float | str | None,
     ridge: float,
     centered: bool,
     perception_solver: str = "lowrank",
@@ -302,7 +307,7 @@ def _score(
     where = f"layer {m.layer}" if m.layer is not None else "this layer"
     cxx, cxy = _prepared(m, ridge, centered)
     d = cxx.shape[0]
-    tol = default_cutoff(d) if tol is None else float(tol)
+    tol = resolve_cutoff(tol, d)
 
     # Perception side: one eigendecomposition of (scaled) Cxx serves W*, the whitening and the
     # excess loss.

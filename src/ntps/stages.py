@@ -213,7 +213,6 @@ def score_pair(
     from ntps.scores import REGIME_OK, ntps_forms, regime_warning, score_layer
     from ntps.stats import LayerMoments, jackknife_moments
 
-    tol = None if eigen_cutoff == "auto" else float(eigen_cutoff)
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -233,10 +232,12 @@ def score_pair(
                 k: handle.get_tensor(k) for k in keys if k.startswith(prefix) or "." not in k
             }
             moments = LayerMoments.from_tensors(tensors, layer)
-            layer_records = score_layer(moments, k_grid, tol=tol, ridge=ridge, centered=centered)
+            layer_records = score_layer(
+                moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered
+            )
             replicates = (
                 [
-                    ntps_forms(rep, k_grid, tol=tol, ridge=ridge, centered=centered)
+                    ntps_forms(rep, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered)
                     for rep in jackknife_moments(tensors, shards, layer)
                 ]
                 if n_shards >= 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -108,22 +108,34 @@ def paper_comparison(
     return pd.DataFrame(rows)
 
 
+def _fixed_setting_rows(
+    scores: pd.DataFrame, analysis: Mapping[str, Any], fixed_layers: Mapping[str, int | float]
+) -> Iterator[tuple[str, int, pd.Series]]:
+    """(model, layer, score row) per model and dataset at the model's fixed (layer, k)."""
+    for model, layer_spec in fixed_layers.items():
+        at, layer = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"])
+        for _, row in at.iterrows():
+            yield model, layer, row
+
+
 def magnitude_table(scores: pd.DataFrame, analysis: Mapping[str, Any],
                     fixed_layers: Mapping[str, int | float]) -> pd.DataFrame:  # fmt: skip
     """Per model and dataset at the fixed setting: NTPS with its jackknife SE, the released
     convention's value, the random-subspace baseline and where NTPS sits between them."""
     score_col = analysis["score"]
-    rows = []
-    for model, layer_spec in fixed_layers.items():
-        at, layer = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"])
-        for _, row in at.iterrows():
-            rows.append({
-                "model": model, "dataset": row["dataset"], "layer": layer,
-                "ntps": row[score_col], "ntps_se": row.get(f"{score_col}_se", np.nan),
-                "ntps_released": row.get("ntps_released", np.nan), "baseline": row["baseline"],
-                "position": float(baseline_position(row[score_col], row["baseline"])),
-            })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(
+        {
+            "model": model,
+            "dataset": row["dataset"],
+            "layer": layer,
+            "ntps": row[score_col],
+            "ntps_se": row.get(f"{score_col}_se", np.nan),
+            "ntps_released": row.get("ntps_released", np.nan),
+            "baseline": row["baseline"],
+            "position": float(baseline_position(row[score_col], row["baseline"])),
+        }
+        for model, layer, row in _fixed_setting_rows(scores, analysis, fixed_layers)
+    )
 
 
 def bounds_table(
@@ -131,19 +143,23 @@ def bounds_table(
 ) -> pd.DataFrame:
     """Per model and dataset at the fixed setting: exact excess loss, both bounds, their ratio and
     whether the lower bound is exactly 0 (rank-deficient Cxx)."""
-    rows = []
-    for model, layer_spec in fixed_layers.items():
-        at, layer = rows_at_setting(scores, model, layer_spec, analysis["fixed_k"])
-        for _, row in at.iterrows():
-            excess = float(row["excess_loss"])
-            rows.append({
-                "model": model, "dataset": row["dataset"], "layer": layer,
-                "excess_loss": excess, "bound_lower": row["bound_lower"],
-                "bound_upper": row["bound_upper"],
-                "upper_over_exact": float(row["bound_upper"]) / excess if excess > 0 else np.nan,
-                "lower_bound_zero": bool(row.get("lower_bound_zero", False)),
-            })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(
+        {
+            "model": model,
+            "dataset": row["dataset"],
+            "layer": layer,
+            "excess_loss": float(row["excess_loss"]),
+            "bound_lower": row["bound_lower"],
+            "bound_upper": row["bound_upper"],
+            "upper_over_exact": (
+                float(row["bound_upper"]) / float(row["excess_loss"])
+                if float(row["excess_loss"]) > 0
+                else np.nan
+            ),
+            "lower_bound_zero": bool(row.get("lower_bound_zero", False)),
+        }
+        for model, layer, row in _fixed_setting_rows(scores, analysis, fixed_layers)
+    )
 
 
 def bounds_lines(bounds: pd.DataFrame) -> list[str]:
