@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint --cores 1
 
 unit: $(STAMP)
-	$(BIN)/pytest --durations=15
+	$(BIN)/pytest -n 2 --durations=15
 
 test: lint unit
 

@@ -1,34 +1,25 @@
 """Determinism and concurrency: the same config gives byte-identical tables whatever the core count,
 every output records its seeds and provenance, and no two rules write the same file.
 
-The reference run is the session's tiny study (the `tiny_study` fixture in conftest.py), shared with
-tests/test_workflow.py and tests/test_interruptions.py: end-to-end runs cost minutes on a busy
-2-core machine, so each one is made once per session.
+The reference run is the session's tiny study (the `tiny_study` fixture in conftest.py, two cores),
+shared with tests/test_workflow.py and tests/test_interruptions.py; the one-core run is the
+session's `sigterm_study`, whose last dataset was redone on one core through the interruption
+tests' stops: end-to-end runs cost minutes on a busy 2-core machine, so each one is made once per
+session and serves every test that needs it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from workflow_support import SIGNAL, read_json, run_snakemake
+from workflow_support import LORA_DATASET, MODEL, SIGNAL, read_json, run_snakemake
 
-MODEL = "tiny-llama"
 DATASETS = tuple(SIGNAL)
-# The dataset whose LoRA job the serial run and the interruption tests re-run.
-LORA_DATASET = "strong"
-# What a re-run in a copy of the study rebuilds (tests/test_interruptions.py); the plots are not
-# compared (PDF/PNG embed creation dates).
-TARGETS = (
-    "results/tables/scores.csv",
-    "results/tables/correlations.csv",
-    "results/tables/lora.csv",
-)
 # Keys whose values differ between identical runs: wall-clock timings, and the absolute folder the
 # model was materialised in (each run has its own working folder). Nothing else may differ.
 VOLATILE_KEYS = frozenset(
@@ -42,20 +33,6 @@ VOLATILE_KEYS = frozenset(
 # in hidden states, up to ~1e-4 relative in ill-conditioned diagnostics (w_star_norm2) and in
 # LoRA-derived differences of nearly equal numbers (ntps_before_after_summary.mean_change).
 RTOL, ATOL = 1e-3, 1e-5
-
-
-def run_targets(root: Path, *args: str, configfile: Path | None = None, cores: int = 2) -> None:
-    run_snakemake(root, "--cores", str(cores), *args, *TARGETS, configfile=configfile)
-
-
-def copy_study(source: Path, dest: Path) -> Path:
-    """A copy of a finished study (outputs, Snakemake metadata, config) in a new folder."""
-    shutil.copytree(source, dest, symlinks=True)
-    return dest
-
-
-def table_files(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((root / "results/tables").glob("*.csv"))}
 
 
 def strip_volatile(data: Any) -> Any:
@@ -83,9 +60,9 @@ def reference(tiny_study: Path) -> Path:
     return tiny_study
 
 
-# The serial run covers one dataset through every model rule (extraction, scoring, probes, LoRA
-# with its post-LoRA statistics, post-LoRA scoring): enough to compare core counts at a third of
-# the cost.
+# The one-core run (tests/workflow_support.sigterm_scenario) redoes one dataset through every
+# rule of its chain (preparation, extraction, scoring, probes, LoRA with its post-LoRA statistics,
+# post-LoRA scoring), interrupted twice on the way: the outputs must not depend on the core count.
 SERIAL_TARGETS = (
     f"results/scores/{MODEL}/{LORA_DATASET}.json",
     f"results/probes/{MODEL}/{LORA_DATASET}.json",
@@ -102,11 +79,9 @@ BYTE_COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def serial_run(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same config (the reference's file: same input paths) run again from scratch, 1 core."""
-    root = tmp_path_factory.mktemp("serial")
-    run_snakemake(root, "--cores", "1", *SERIAL_TARGETS, configfile=reference / "config.yaml")
-    return root
+def serial_run(sigterm_study: dict) -> Path:
+    """The reference's LoRA dataset redone on one core (the session's `sigterm_study`)."""
+    return sigterm_study["root"]
 
 
 def assert_close_json(a: Any, b: Any, where: str = "") -> None:
@@ -140,12 +115,15 @@ def test_pair_outputs_agree_except_timings(reference: Path, serial_run: Path) ->
     """--cores 1 and --cores 2: same structure and discrete values, floats equal to rounding."""
     from ntps.io import load_tensors
 
-    expected, got = pair_jsons(reference), pair_jsons(serial_run)
+    # Only the redone dataset's outputs: the others are copies of the reference's.
+    redone = f"/{MODEL}/{LORA_DATASET}"
+    expected = pair_jsons(reference)
+    got = {path: data for path, data in pair_jsons(serial_run).items() if redone in path}
     assert len(got) >= 5 and set(got) <= set(expected)
     for path, data in got.items():
         assert_close_json(strip_volatile(expected[path]), strip_volatile(data), path)
     for kind, pattern in (("extract", "*.safetensors"), ("lora", "stats_post_lora.safetensors")):
-        for path in sorted((serial_run / "results" / kind).rglob(pattern)):
+        for path in sorted((serial_run / "results" / kind / MODEL / LORA_DATASET).rglob(pattern)):
             relative = path.relative_to(serial_run)
             theirs, mine = load_tensors(path), load_tensors(reference / relative)
             assert mine.keys() == theirs.keys(), relative

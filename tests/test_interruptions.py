@@ -2,32 +2,39 @@
 completes with tables byte-identical to an uninterrupted run.
 
 End-to-end cases start from a copy of the session's tiny study (the `tiny_study` fixture in
-conftest.py) with one job's outputs removed, so only that job and its downstream jobs run again: an
-extraction job stopped with SIGTERM to Snakemake, and a LoRA job killed with SIGKILL to the whole
-process group after its first checkpoint (the re-run must resume from it). The re-runs build the
-tables of `TARGETS`; every table they rebuild must equal the uninterrupted run's byte for byte.
+conftest.py) with one dataset's outputs removed, so only its jobs run again: an extraction stopped
+with SIGTERM to Snakemake and a scoring job stopped with SIGTERM to its process group (the
+session's `sigterm_study`, also used by tests/test_determinism.py), and a LoRA job killed with
+SIGKILL to the whole process group after its first checkpoint (the re-run must resume from it).
+The re-runs build the tables of `TARGETS`; every table they rebuild must equal the uninterrupted
+run's byte for byte.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_determinism import LORA_DATASET, MODEL, TARGETS, copy_study, run_targets, table_files
 from workflow_support import (
     LORA_CHECKPOINT_EVERY,
+    LORA_DATASET,
     LORA_STEPS,
+    MODEL,
+    TARGETS,
+    assert_complete_or_absent,
+    interrupted_copy,
+    planned_outputs,
     run_snakemake,
-    snakemake_command,
-    snakemake_env,
+    run_targets,
+    start_snakemake,
+    table_files,
+    wait_for,
+    wait_until_gone,
 )
 
 from ntps.io import atomic_path, read_json, write_json
@@ -77,81 +84,6 @@ def test_killed_writer_leaves_no_final_file(tmp_path: Path) -> None:
 # --- end to end ---------------------------------------------------------------------------------
 
 
-def start_snakemake(root: Path) -> subprocess.Popen:
-    """Snakemake in its own session (process group), so the whole tree can be signalled."""
-    log = open(root / "interrupted-run.log", "w")
-    return subprocess.Popen(
-        snakemake_command(root, *TARGETS), stdout=log, stderr=subprocess.STDOUT,
-        env=snakemake_env(), start_new_session=True,
-    )  # fmt: skip
-
-
-def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, root: Path) -> None:
-    """Poll until `condition` holds; fail with Snakemake's output if the run ends first."""
-    deadline = time.monotonic() + 600
-    while not condition():
-        if proc.poll() is not None:
-            output = (root / "interrupted-run.log").read_text()[-4000:]
-            pytest.fail(f"snakemake ended ({proc.returncode}) before the job to kill:\n{output}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("the job to interrupt never started")
-        time.sleep(0.02)
-
-
-def session_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_until_gone(proc: subprocess.Popen, seconds: float = 120) -> bool:
-    """Wait for Snakemake and every job it started; True if they all ended on their own."""
-    proc.wait(timeout=seconds)
-    deadline = time.monotonic() + seconds
-    while session_alive(proc.pid):
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def planned_outputs(root: Path) -> str:
-    """Dry run as the default profile runs it (rerun-incomplete): outputs of every planned job."""
-    result = run_snakemake(root, "--dry-run", *TARGETS, timeout=300)
-    return "\n".join(line for line in result.stdout.splitlines() if "output:" in line)
-
-
-def assert_complete_or_absent(paths: list[Path]) -> None:
-    """Whatever exists under a final name is whole (atomic writes): it parses."""
-    from safetensors import safe_open
-
-    for path in paths:
-        if not path.exists():
-            continue
-        if path.suffix == ".json":
-            read_json(path)
-        elif path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as handle:
-                assert list(handle.keys())
-
-
-def interrupted_copy(
-    reference: Path, factory: pytest.TempPathFactory, name: str, remove: list[str]
-) -> tuple[Path, Path]:
-    root = copy_study(reference, factory.mktemp(name) / "study")
-    for relative in remove:
-        path = root / relative
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    return reference, root
-
-
 def assert_rebuilt_tables_match(reference: Path, root: Path) -> None:
     """Every table the re-run built (TARGETS and the tables made with them) equals the
     uninterrupted run's, byte for byte."""
@@ -161,69 +93,21 @@ def assert_rebuilt_tables_match(reference: Path, root: Path) -> None:
         assert got[name] == expected[name], f"results/tables/{name} differs after the re-run"
 
 
-def job_started(root: Path, rule: str, pair: str) -> Callable[[], bool]:
-    log = root / f"results/logs/{rule}/{pair}.log"
-    return log.exists
-
-
 @pytest.fixture(scope="module")
-def sigterm_runs(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two stops with SIGTERM, then a run to the end.
-
-    1. SIGTERM to Snakemake alone (Ctrl-C-like, or `kill <pid>`) while an extraction runs;
-    2. SIGTERM to the whole process group (what `scancel`, a SLURM walltime or `timeout` send)
-       while the scoring job of that pair runs.
-    """
-    pair = f"{MODEL}/medium"
-    reference, root = interrupted_copy(
-        tiny_study,
-        tmp_path_factory,
-        "sigterm",
-        [
-            f"results/extract/{pair}",
-            f"results/logs/extract/{pair}.log",
-            f"results/scores/{pair}.json",
-            f"results/logs/score/{pair}.log",
-            f"results/probes/{pair}.json",
-            f"results/logs/probe/{pair}.log",
-            "results/tables",  # so that Snakemake needs the removed files again
-        ],
-    )
-    state: dict = {"reference": reference, "root": root, "pair": pair}
-    extract_outputs = [
-        root / f"results/extract/{pair}/{name}"
-        for name in ("stats.safetensors", "features.safetensors", "extract.json")
-    ]
-    proc = start_snakemake(root)
-    wait_for(job_started(root, "extract", pair), proc, root)
-    proc.send_signal(signal.SIGTERM)
-    state["main_ended_alone"] = wait_until_gone(proc)
-    state["main_returncode"] = proc.returncode
-    state["main_log"] = (root / "interrupted-run.log").read_text()
-    state["extract_outputs_exist"] = [p.exists() for p in extract_outputs]
-    assert_complete_or_absent(extract_outputs)
-    state["score_ran"] = (root / f"results/scores/{pair}.json").exists()
-
-    proc = start_snakemake(root)
-    wait_for(job_started(root, "score", pair), proc, root)
-    os.killpg(proc.pid, signal.SIGTERM)
-    state["group_ended_alone"] = wait_until_gone(proc)
-    state["group_returncode"] = proc.returncode
-    state["planned_after_group"] = planned_outputs(root)
-    assert_complete_or_absent([root / f"results/scores/{pair}.json"])
-
-    run_targets(root)
-    return state
+def sigterm_runs(sigterm_study: dict) -> dict:
+    """The session's SIGTERM scenario (workflow_support.sigterm_scenario, shared with
+    tests/test_determinism.py)."""
+    return sigterm_study
 
 
 @pytest.fixture(scope="module")
 def lora_sigkill(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """SIGKILL to the whole process group once the LoRA job has written a checkpoint."""
     pair = f"{MODEL}/{LORA_DATASET}"
-    reference, root = interrupted_copy(
+    reference = tiny_study
+    root = interrupted_copy(
         tiny_study,
-        tmp_path_factory,
-        "sigkill",
+        tmp_path_factory.mktemp("sigkill") / "study",
         [
             f"results/lora/{pair}",
             f"results/logs/lora/{pair}.log",

@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,8 +75,8 @@ def write_datasets(folder: Path) -> list[dict[str, Any]]:
 
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
-    for index, (name, signal) in enumerate(SIGNAL.items()):
-        rows = make_texts(signal, TEXTS_PER_CLASS[name], seed=index)
+    for index, (name, signal_share) in enumerate(SIGNAL.items()):
+        rows = make_texts(signal_share, TEXTS_PER_CLASS[name], seed=index)
         frame = pd.DataFrame(rows, columns=["sentence", "topic"])
         entry: dict[str, Any] = {
             "name": name,
@@ -195,3 +198,171 @@ def run_snakemake(
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+# --- re-runs and interruptions of the session's tiny study -------------------------------------
+# The tiny study's one model, and the dataset whose jobs the interrupted runs redo at --cores 1
+# (its LoRA is the one the SIGKILL test kills); TARGETS are the tables those re-runs rebuild. The
+# plots are not compared (PDF/PNG embed creation dates).
+MODEL = "tiny-llama"
+LORA_DATASET = "strong"
+TARGETS = (
+    "results/tables/scores.csv",
+    "results/tables/correlations.csv",
+    "results/tables/lora.csv",
+)
+
+
+def run_targets(root: Path, *args: str, configfile: Path | None = None, cores: int = 2) -> None:
+    run_snakemake(root, *args, *TARGETS, configfile=configfile, cores=cores)
+
+
+def copy_study(source: Path, dest: Path) -> Path:
+    """A copy of a finished study (outputs, Snakemake metadata, config) in a new folder."""
+    shutil.copytree(source, dest, symlinks=True)
+    return dest
+
+
+def table_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "results/tables").glob("*.csv"))}
+
+
+def start_snakemake(root: Path, cores: int = 2) -> subprocess.Popen:
+    """Snakemake in its own session (process group), so the whole tree can be signalled."""
+    log = open(root / "interrupted-run.log", "w")
+    return subprocess.Popen(
+        snakemake_command(root, *TARGETS, cores=cores), stdout=log, stderr=subprocess.STDOUT,
+        env=snakemake_env(), start_new_session=True,
+    )  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, root: Path) -> None:
+    """Poll until `condition` holds; fail with Snakemake's output if the run ends first."""
+    deadline = time.monotonic() + 600
+    while not condition():
+        if proc.poll() is not None:
+            output = (root / "interrupted-run.log").read_text()[-4000:]
+            raise AssertionError(
+                f"snakemake ended ({proc.returncode}) before the job to kill:\n{output}"
+            )
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the job to interrupt never started")
+        time.sleep(0.02)
+
+
+def session_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_until_gone(proc: subprocess.Popen, seconds: float = 120) -> bool:
+    """Wait for Snakemake and every job it started; True if they all ended on their own."""
+    proc.wait(timeout=seconds)
+    deadline = time.monotonic() + seconds
+    while session_alive(proc.pid):
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def planned_outputs(root: Path) -> str:
+    """Dry run as the default profile runs it (rerun-incomplete): outputs of every planned job."""
+    result = run_snakemake(root, "--dry-run", *TARGETS, timeout=300)
+    return "\n".join(line for line in result.stdout.splitlines() if "output:" in line)
+
+
+def assert_complete_or_absent(paths: list[Path]) -> None:
+    """Whatever exists under a final name is whole (atomic writes): it parses."""
+    from safetensors import safe_open
+
+    for path in paths:
+        if not path.exists():
+            continue
+        if path.suffix == ".json":
+            read_json(path)
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                assert list(handle.keys())
+
+
+def interrupted_copy(reference: Path, dest: Path, remove: list[str]) -> Path:
+    """A copy of the finished study at `dest` with the `remove` paths (files or folders) gone."""
+    root = copy_study(reference, dest)
+    for relative in remove:
+        path = root / relative
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return root
+
+
+def job_started(root: Path, rule: str, pair: str) -> Callable[[], bool]:
+    log = root / f"results/logs/{rule}/{pair}.log"
+    return log.exists
+
+
+def sigterm_scenario(reference: Path, dest: Path) -> dict[str, Any]:
+    """Two stops with SIGTERM, then a run to the end, all with ``--cores 1``.
+
+    One dataset's prepared table and every model output are removed from a copy of the finished
+    study, so the three runs redo that dataset's whole chain (preparation, extraction, scoring,
+    probes, LoRA, post-LoRA scoring) on one core:
+
+    1. SIGTERM to Snakemake alone (Ctrl-C-like, or `kill <pid>`) while the extraction runs;
+    2. SIGTERM to the whole process group (what `scancel`, a SLURM walltime or `timeout` send)
+       while the scoring job of that pair runs;
+    3. a run to the end.
+
+    The interruption tests check the stops; the determinism tests compare the pair's outputs,
+    made on one core, with the reference made on two.
+    """
+    pair = f"{MODEL}/{LORA_DATASET}"
+    root = interrupted_copy(
+        reference,
+        dest,
+        [
+            f"resources/datasets/{LORA_DATASET}",
+            f"results/extract/{pair}",
+            f"results/logs/extract/{pair}.log",
+            f"results/scores/{pair}.json",
+            f"results/logs/score/{pair}.log",
+            f"results/probes/{pair}.json",
+            f"results/probes/{pair}.head.safetensors",
+            f"results/logs/probe/{pair}.log",
+            f"results/lora/{pair}",
+            f"results/scores_post_lora/{pair}.json",
+            "results/tables",  # so that Snakemake needs the removed files again
+        ],
+    )
+    state: dict[str, Any] = {"reference": reference, "root": root, "pair": pair}
+    extract_outputs = [
+        root / f"results/extract/{pair}/{name}"
+        for name in ("stats.safetensors", "features.safetensors", "extract.json")
+    ]
+    proc = start_snakemake(root, cores=1)
+    wait_for(job_started(root, "extract", pair), proc, root)
+    proc.send_signal(signal.SIGTERM)
+    state["main_ended_alone"] = wait_until_gone(proc)
+    state["main_returncode"] = proc.returncode
+    state["main_log"] = (root / "interrupted-run.log").read_text()
+    state["extract_outputs_exist"] = [p.exists() for p in extract_outputs]
+    assert_complete_or_absent(extract_outputs)
+    state["score_ran"] = (root / f"results/scores/{pair}.json").exists()
+
+    proc = start_snakemake(root, cores=1)
+    wait_for(job_started(root, "score", pair), proc, root)
+    os.killpg(proc.pid, signal.SIGTERM)
+    state["group_ended_alone"] = wait_until_gone(proc)
+    state["group_returncode"] = proc.returncode
+    state["planned_after_group"] = planned_outputs(root)
+    assert_complete_or_absent([root / f"results/scores/{pair}.json"])
+
+    run_targets(root, cores=1)
+    return state
