@@ -3,8 +3,8 @@ every output records its seeds and provenance, and no two rules write the same f
 
 The reference run is the session's tiny study (the `tiny_study` fixture in conftest.py, two cores),
 shared with tests/test_workflow.py and tests/test_interruptions.py; the one-core run is the
-session's `sigterm_study`, whose last dataset was redone on one core through the interruption
-tests' stops: end-to-end runs cost minutes on a busy 2-core machine, so each one is made once per
+session's `interrupted_study`, whose LoRA dataset was redone on one core through the
+interruption tests' stops: end-to-end runs cost minutes on a busy 2-core machine, so each one is made once per
 session and serves every test that needs it.
 """
 
@@ -60,7 +60,7 @@ def reference(tiny_study: Path) -> Path:
     return tiny_study
 
 
-# The one-core run (tests/workflow_support.sigterm_scenario) redoes one dataset through every
+# The one-core run (tests/workflow_support.interruption_scenario) redoes one dataset through every
 # rule of its chain (preparation, extraction, scoring, probes, LoRA with its post-LoRA statistics,
 # post-LoRA scoring), interrupted twice on the way: the outputs must not depend on the core count.
 SERIAL_TARGETS = (
@@ -79,9 +79,9 @@ BYTE_COMPARED = (
 
 
 @pytest.fixture(scope="module")
-def serial_run(sigterm_study: dict) -> Path:
-    """The reference's LoRA dataset redone on one core (the session's `sigterm_study`)."""
-    return sigterm_study["root"]
+def serial_run(interrupted_study: dict) -> Path:
+    """The reference's LoRA dataset redone on one core (the session's `interrupted_study`)."""
+    return interrupted_study["root"]
 
 
 def assert_close_json(a: Any, b: Any, where: str = "") -> None:
