@@ -228,11 +228,13 @@ def table_files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "results/tables").glob("*.csv"))}
 
 
-def start_snakemake(root: Path, cores: int = 2) -> subprocess.Popen:
+def start_snakemake(
+    root: Path, cores: int = 2, targets: Sequence[str] = TARGETS
+) -> subprocess.Popen:
     """Snakemake in its own session (process group), so the whole tree can be signalled."""
     log = open(root / "interrupted-run.log", "w")
     return subprocess.Popen(
-        snakemake_command(root, *TARGETS, cores=cores), stdout=log, stderr=subprocess.STDOUT,
+        snakemake_command(root, *targets, cores=cores), stdout=log, stderr=subprocess.STDOUT,
         env=snakemake_env(), start_new_session=True,
     )  # fmt: skip
 
@@ -359,7 +361,9 @@ def interruption_scenario(reference: Path, dest: Path) -> dict[str, Any]:
     assert_complete_or_absent(extract_outputs)
     state["score_ran"] = (root / f"results/scores/{pair}.json").exists()
 
-    proc = start_snakemake(root, cores=1)
+    # Only the scoring job as target: on one core Snakemake may otherwise run probes and LoRA
+    # first, and the SIGKILL below needs LoRA still to do.
+    proc = start_snakemake(root, cores=1, targets=[f"results/scores/{pair}.json"])
     wait_for(job_started(root, "score", pair), proc, root)
     os.killpg(proc.pid, signal.SIGTERM)
     state["group_ended_alone"] = wait_until_gone(proc)
