@@ -46,7 +46,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks" / "out"
-SMOLLM2_CANDIDATES = (REPO / "resources/models/smollm2-135m", Path("/tmp/ntps-models/smollm2-135m"))
+# The workflow's folder (resources/models/<model>/weights/; before #17 the model folder itself),
+# then a scratch copy.
+SMOLLM2_CANDIDATES = (
+    REPO / "resources/models/smollm2-135m/weights",
+    REPO / "resources/models/smollm2-135m",
+    Path("/tmp/ntps-models/smollm2-135m"),
+)
 RT_TABLE = REPO / "resources/datasets/rotten_tomatoes/data.parquet"
 MIB = 1024.0**2
 
@@ -159,7 +165,7 @@ def smollm2_dir(allow_acquire: bool) -> Path | None:
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     spec = next(m["source"] for m in config["models"] if m["name"] == "smollm2-135m")
-    dest = SMOLLM2_CANDIDATES[1]
+    dest = SMOLLM2_CANDIDATES[-1]
     print(f"acquiring smollm2-135m into {dest} ...", flush=True)
     acquire_model("smollm2-135m", spec, dest, dest.parent / "cache")
     return dest

@@ -3,6 +3,9 @@
 
 rule acquire_model:
     output:
+        # The materialised model (a transformers folder) and its acquisition record beside it.
+        # Model-running rules take both: the folder to load, the record for its provenance.
+        folder=directory("resources/models/{model}/weights"),
         record="resources/models/{model}/model.json",
     log:
         "results/logs/acquire_model/{model}.log",

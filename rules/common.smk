@@ -117,6 +117,9 @@ def model_gpu(wildcards):
 
 
 def model_threads(wildcards):
+    # Both the scheduling `threads:` and `params.threads`, which the job hands to torch and BLAS:
+    # Snakemake lowers `threads` to fit --cores, and kernels round differently with another
+    # thread count, so the job uses the param (docs/performance.md).
     return model_torch_threads(config, wildcards.model)
 
 

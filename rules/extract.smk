@@ -3,7 +3,8 @@
 
 rule extract:
     input:
-        model="resources/models/{model}/model.json",
+        model="resources/models/{model}/weights",
+        model_record="resources/models/{model}/model.json",
         table="resources/datasets/{dataset}/data.parquet",
         dataset="resources/datasets/{dataset}/dataset.json",
     output:
@@ -26,6 +27,7 @@ rule extract:
         runtime=model_runtime,
     params:
         settings=extraction_params,
+        threads=model_threads,
         splits=["train", "test"],
     script:
         "../scripts/extract.py"

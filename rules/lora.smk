@@ -4,7 +4,7 @@
 
 rule lora:
     input:
-        model="resources/models/{model}/model.json",
+        model="resources/models/{model}/weights",
         table="resources/datasets/{dataset}/data.parquet",
         dataset="resources/datasets/{dataset}/dataset.json",
         probe_head="results/probes/{model}/{dataset}.head.safetensors",
@@ -28,6 +28,7 @@ rule lora:
         runtime=model_runtime,
     params:
         settings=lora_settings,
+        threads=model_threads,
         max_length=lambda wildcards: model_spec(wildcards)["max_length"],
         prompt_format=lambda wildcards: model_spec(wildcards)["prompt_format"],
         device=config["extraction"]["device"],
@@ -51,6 +52,7 @@ rule score_post_lora:
     threads: 1
     params:
         **scoring_params(),
+        threads=1,
     script:
         "../scripts/score.py"
 

@@ -19,6 +19,7 @@ rule predictors:
     threads: 1
     params:
         settings=canonical(predictor_settings(config)),
+        threads=1,
         ntps=scoring_params(),
     script:
         "../scripts/predictors.py"

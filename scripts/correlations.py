@@ -4,7 +4,7 @@ import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.io import write_table
-from ntps.stages import correlation_tables
+from ntps.tables import correlation_tables
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]) as log:

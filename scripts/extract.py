@@ -1,17 +1,14 @@
 """Extraction job: statistics and pooled features for one (model, dataset) pair."""
 
-from pathlib import Path
-
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
 from ntps.stages import extract_pair
-from ntps.workflow import job_logging, model_torch_threads
+from ntps.workflow import job_logging
 
-with job_logging(
-    snakemake.log[0], threads=model_torch_threads(snakemake.config, snakemake.wildcards.model)
-):
+with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     extract_pair(
-        model_dir=Path(snakemake.input.model).parent,
+        model_dir=snakemake.input.model,
+        model_name=snakemake.wildcards.model,
         table_path=snakemake.input.table,
         dataset_record_path=snakemake.input.dataset,
         # progress comes from the config, not a param: toggling the bar must not re-extract.
@@ -23,6 +20,6 @@ with job_logging(
         out_shards=snakemake.output.shards,
         out_features=snakemake.output.features,
         out_record=snakemake.output.record,
-        model_record_path=snakemake.input.model,
+        model_record_path=snakemake.input.model_record,
         splits=snakemake.params.splits,
     )

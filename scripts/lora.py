@@ -6,14 +6,13 @@ from pathlib import Path
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
 from ntps.stages import train_lora_pair, write_pair_json
-from ntps.workflow import job_logging, model_torch_threads
+from ntps.workflow import job_logging
 
-with job_logging(
-    snakemake.log[0], threads=model_torch_threads(snakemake.config, snakemake.wildcards.model)
-):
+with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     checkpoints = Path(snakemake.params.checkpoints)
     metrics = train_lora_pair(
-        model_dir=Path(snakemake.input.model).parent,
+        model_dir=snakemake.input.model,
+        model_name=snakemake.wildcards.model,
         table_path=snakemake.input.table,
         dataset_record_path=snakemake.input.dataset,
         settings=snakemake.params.settings,

@@ -4,13 +4,12 @@ import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.io import write_table
-from ntps.stages import lora_analysis, lora_table
+from ntps.tables import lora_analysis, lora_table
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]) as log:
-    models = {path.split("/")[-2]: path for path in snakemake.input.models}
     probes = pd.read_parquet(snakemake.input.probes)
-    lora = lora_table(snakemake.input.metrics, probes, models)
+    lora = lora_table(snakemake.input.metrics, probes, snakemake.input.models)
     results = lora_analysis(
         pd.read_parquet(snakemake.input.scores),
         lora,

@@ -1,13 +1,11 @@
 """Per-model figures: NTPS vs probe accuracy at the fixed setting, rho heatmap, layer profile."""
 
-from pathlib import Path
-
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
 from ntps.analysis import k_label
 from ntps.plots import plot_correlation_heatmap, plot_layer_profile, plot_ntps_vs_metric, set_dpi
-from ntps.stages import fixed_setting_frame
+from ntps.tables import fixed_correlation, fixed_setting_frame, layer_profile_frame
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]):
@@ -15,17 +13,13 @@ with job_logging(snakemake.log[0]):
     model = snakemake.wildcards.model
     analysis = snakemake.params.analysis
     score_col = analysis["score"]
-    out_dir = Path(snakemake.output.scatter).parent
+    output = snakemake.output
     scores = pd.read_parquet(snakemake.input.scores)
     probes = pd.read_parquet(snakemake.input.probes)
     correlations = pd.read_csv(snakemake.input.correlations)
     grid = pd.read_csv(snakemake.input.grid)
 
-    fixed = correlations[
-        (correlations["model"] == model)
-        & (correlations["target"] == "accuracy")
-        & (correlations["mode"] == "fixed")
-    ].iloc[0]
+    fixed = fixed_correlation(correlations, model, "accuracy")
     frame, layer = fixed_setting_frame(
         scores, probes, model, snakemake.params.fixed_layer, analysis["fixed_k"], score_col
     )
@@ -35,16 +29,12 @@ with job_logging(snakemake.log[0]):
         "accuracy",
         fixed["rho"],
         (fixed["ci_low"], fixed["ci_high"]),
-        out_dir / "ntps_vs_accuracy",
+        [output.scatter, output.scatter_pdf],
         score_col=score_col,
         setting=f"fixed in config: layer {layer}, k = {k_label(analysis['fixed_k'])}",
     )
     plot_correlation_heatmap(
-        grid[grid["target"] == "accuracy"], model, out_dir / "correlation_heatmap"
+        grid[grid["target"] == "accuracy"], model, [output.heatmap, output.heatmap_pdf]
     )
-    profile = scores[
-        (scores["model"] == model)
-        & (scores["stage"] == "pre_lora")
-        & (scores["k_label"] == k_label(analysis["fixed_k"]))
-    ]
-    plot_layer_profile(profile, out_dir / "layer_profile", score_col=score_col)
+    profile = layer_profile_frame(scores, model, analysis["fixed_k"])
+    plot_layer_profile(profile, [output.profile, output.profile_pdf], score_col=score_col)

@@ -7,7 +7,7 @@ from ntps.predictors import predictors_pair
 from ntps.stages import write_pair_json
 from ntps.workflow import job_logging
 
-with job_logging(snakemake.log[0], threads=snakemake.threads):
+with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     model, dataset = snakemake.wildcards.model, snakemake.wildcards.dataset
     result = predictors_pair(
         snakemake.input.features,

@@ -6,7 +6,7 @@ from ntps.io import read_json
 from ntps.stages import probe_pair, write_pair_json
 from ntps.workflow import job_logging
 
-with job_logging(snakemake.log[0], threads=snakemake.threads):
+with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     n_classes = len(read_json(snakemake.input.dataset)["label_names"])
     result = probe_pair(
         snakemake.input.features,

@@ -5,7 +5,7 @@ import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 from ntps.stages import score_pair, write_pair_json
 from ntps.workflow import job_logging
 
-with job_logging(snakemake.log[0], threads=snakemake.threads):
+with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     result = score_pair(
         snakemake.input.stats,
         snakemake.params.k_grid,

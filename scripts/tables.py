@@ -3,7 +3,7 @@
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
 from ntps.io import write_table
-from ntps.stages import probes_table, scores_table
+from ntps.tables import probes_table, scores_table
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]) as log:

@@ -95,3 +95,68 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_texts: TinyTex
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny end-to-end study (tests/workflow_support.py) run once with every target, --cores 2.
+
+    Shared by the end-to-end, determinism and interruption tests, which read it or copy it and
+    never change its outputs: each end-to-end run costs minutes on a busy 2-core machine.
+    """
+    from workflow_support import run_snakemake, write_study
+
+    root = tmp_path_factory.mktemp("tiny-study")
+    write_study(root)
+    run_snakemake(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def interrupted_study(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A copy of the tiny study whose LoRA dataset was redone on one core through two SIGTERM
+    stops, a SIGKILL during LoRA and a run to the end (workflow_support.interruption_scenario):
+    the interruption tests check the stops, the determinism tests compare its outputs with the
+    two-core reference."""
+    from workflow_support import interruption_scenario
+
+    return interruption_scenario(tiny_study, tmp_path_factory.mktemp("interrupted") / "study")
+
+
+# How `make unit` spreads the suite over two pytest-xdist workers (`-n 2`): whole modules, so a
+# module-scoped fixture (a trained LoRA, the SLURM scenario) is built once, and the three modules
+# that read the session's tiny study together, so it is built once. (xdist's own `loadgroup` mode
+# does not group under pytest 9, which ignores the node ids it rewrites.)
+TINY_STUDY_MODULES = ("test_workflow.py", "test_determinism.py", "test_interruptions.py")
+# The longest groups first, so the two workers start them at once and finish together: the SLURM
+# scenario (mostly waiting on the cluster), the tiny study and everything made from it, the module
+# deployment. The rest fills in behind them.
+LONG_GROUPS = ("test_slurm.py", "tiny_study", "test_deploy.py")
+
+
+def xdist_group(nodeid: str) -> str:
+    """The unit of work a node id belongs to: its module, or "tiny_study"."""
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return "tiny_study" if module in TINY_STUDY_MODULES else module
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        group = xdist_group(item.nodeid)
+        return LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroupScheduling(LoadScopeScheduling):
+        """xdist's per-module scheduling, with the tiny-study modules as one unit, in collection
+        order (the longest first, see LONG_GROUPS)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    config.option.loadscopereorder = False
+    return ModuleGroupScheduling(config, log)

@@ -1,7 +1,10 @@
 """Bad input, one test each: the error (or the count in the log) names the offending model, dataset,
 column or key and says what was expected, and is raised before any model is loaded where possible.
 
-docs/errors.md lists the same cases for users.
+docs/errors.md lists the same cases for users. Cases that belong to one module's unit tests are
+tested there only: missing label column, single class, class too small for a split, all texts
+empty (test_datasets.py); truncation and non-finite hidden states (test_extract.py); k above the
+rank (test_scores.py); missing LoRA target modules (test_lora.py).
 """
 
 from __future__ import annotations
@@ -15,14 +18,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from ntps.config import check_acquired_model, check_model_shapes, validate_config
 from ntps.datasets import prepare_dataset
-from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
-from ntps.extract import extract_features
-from ntps.models import acquire_model, load_for_inference
+from ntps.errors import ConfigError, DatasetError, ModelSourceError
+from ntps.models import acquire_model
 
 # --- configuration (validate_config, no model or data touched) ---------------------------------
 
@@ -313,31 +314,6 @@ def test_dataset_text_column_missing(tmp_path: Path) -> None:
     assert "available columns: ['review', 'sentiment']" in message
 
 
-def test_dataset_label_column_missing(tmp_path: Path) -> None:
-    spec = write_reviews(tmp_path / "d.csv", balanced_rows())
-    spec["label_column"] = "label"
-    with pytest.raises(DatasetError, match=r"'movies'.*\['label'\] not found.*'review', 'sentim"):
-        prepare_dataset("movies", spec, tmp_path)
-
-
-def test_dataset_single_class(tmp_path: Path) -> None:
-    spec = write_reviews(tmp_path / "d.csv", [(f"good film {i}", "pos") for i in range(8)])
-    with pytest.raises(DatasetError) as info:
-        prepare_dataset("movies", spec, tmp_path)
-    message = str(info.value)
-    assert "dataset 'movies'" in message and "at least 2 classes" in message and "pos" in message
-
-
-def test_dataset_class_too_small_for_split(tmp_path: Path) -> None:
-    rows = [(f"good film {i}", "pos") for i in range(8)] + [("bad film", "neg")]
-    spec = write_reviews(tmp_path / "d.csv", rows)
-    with pytest.raises(DatasetError) as info:
-        prepare_dataset("movies", spec, tmp_path)
-    message = str(info.value)
-    assert "dataset 'movies'" in message and "('neg', 1)" in message
-    assert "fewer than 2 examples" in message and "train/test split" in message
-
-
 def test_dataset_empty_whitespace_and_undecodable_texts_dropped_and_counted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -389,15 +365,6 @@ def test_dataset_text_that_is_not_its_format(tmp_path: Path) -> None:
     assert "cannot be read as jsonl" in message and "source.format" in message
 
 
-def test_dataset_all_texts_empty(tmp_path: Path) -> None:
-    spec = write_reviews(tmp_path / "d.csv", [(" ", "pos"), ("", "neg")] * 3)
-    with pytest.raises(DatasetError) as info:
-        prepare_dataset("movies", spec, tmp_path)
-    message = str(info.value)
-    assert "dataset 'movies'" in message and "no usable rows left out of 6" in message
-    assert "'empty': 6" in message
-
-
 def test_dataset_label_outside_declared_set(tmp_path: Path) -> None:
     rows = [*balanced_rows(), ("meh film", "neutral"), ("so-so film", "neutral")]
     spec = write_reviews(tmp_path / "d.csv", rows)
@@ -407,75 +374,3 @@ def test_dataset_label_outside_declared_set(tmp_path: Path) -> None:
     message = str(info.value)
     assert "dataset 'movies'" in message and "['neg', 'pos']" in message
     assert "'neutral' (2 rows)" in message and "label_values" in message
-
-
-# --- extraction --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir: Path) -> tuple[torch.nn.Module, Any]:
-    return load_for_inference(tiny_llama_dir, "float32", "cpu")
-
-
-def test_texts_longer_than_context_truncated_and_counted(
-    tiny: tuple[torch.nn.Module, Any], caplog: pytest.LogCaptureFixture
-) -> None:
-    base, tokenizer = tiny  # 64 positions
-    texts = ["a warm funny and moving story " * 20, "charming"]
-    with caplog.at_level(logging.WARNING, logger="ntps"):
-        result = extract_features(
-            base, tokenizer, texts, [0, 1], 2, batch_size=2, max_length=1000,
-            accumulate_statistics=True, progress=False, name="tiny",
-        )  # fmt: skip
-    assert result.n_truncated == 1 and result.max_length == 64
-    assert result.summary()["n_truncated"] == 1
-    assert "tiny: 1 of 2 texts are longer than 64 tokens" in caplog.text
-    assert "model context 64" in caplog.text
-
-
-def test_non_finite_hidden_states_name_layer_and_suggest_dtype(tiny_llama_dir: Path) -> None:
-    base, tokenizer = load_for_inference(tiny_llama_dir, "float32", "cpu")
-    with torch.no_grad():  # an overflowed weight: block 0's output (hidden state 1) is non-finite
-        base.layers[0].mlp.down_proj.weight[0].fill_(float("inf"))
-    texts = ["a warm funny and moving story", "a boring mess"]
-    for accumulate in (True, False):  # train split (accumulator) and test split (pooled check)
-        with pytest.raises(NumericalError) as info:
-            extract_features(
-                base, tokenizer, texts, [0, 1], 2, batch_size=2, max_length=16,
-                accumulate_statistics=accumulate, progress=False, name="tiny-fp16",
-            )  # fmt: skip
-        message = str(info.value)
-        assert "tiny-fp16" in message and "layer 1" in message
-        assert "bfloat16" in message and "float32" in message
-
-
-# --- scoring -----------------------------------------------------------------------------------
-
-
-def test_k_larger_than_rank_clipped_and_flagged() -> None:
-    from ntps.scores import score_layer
-    from ntps.stats import StatisticsAccumulator
-
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 12, 5, 6, generator=generator)  # 2 layers, 12 texts, d = 6
-    accumulator = StatisticsAccumulator(2, 6, 3)
-    accumulator.update(hidden, torch.ones(12, 5), torch.arange(12) % 3)
-    records = score_layer(accumulator.layer_moments(1), [2, 50])
-    small, large = records
-    assert not small["k_clipped"] and small["k_perception"] == 2
-    assert large["k_clipped"] and large["k_spec"] == 50
-    assert large["k_perception"] == large["rank_perception"] <= 6
-    assert large["k_ar"] == large["rank_ar"] <= 6
-
-
-# --- LoRA --------------------------------------------------------------------------------------
-
-
-def test_lora_target_modules_missing(tiny: tuple[torch.nn.Module, Any]) -> None:
-    from ntps.lora import resolve_target_modules
-
-    with pytest.raises(ConfigError) as info:
-        resolve_target_modules(tiny[0], ["q_proj", "query_key_value"])
-    message = str(info.value)
-    assert "lora.target_modules ['query_key_value'] not found" in message
-    assert "q_proj" in message and "down_proj" in message  # lists the modules that exist

@@ -8,7 +8,6 @@ these tests copy the workflow to a fresh folder and assert that its jobs ran the
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_support import REPO, write_study
+from workflow_support import REPO, run_snakemake, snakemake_env, write_study
 
 # What a deployed copy of the workflow consists of (a clone has the same, plus docs and tests).
 WORKFLOW_ENTRIES = ("Snakefile", "rules", "scripts", "src", "schemas", "data", "envs", "report",
@@ -58,28 +57,30 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def snakemake(
-    snakefile: Path, workdir: Path, *args: str, conda_mode: bool = False, timeout: int = 1200
+    snakefile: Path,
+    workdir: Path,
+    *args: str,
+    configfile: Path | None = None,
+    conda_mode: bool = False,
+    timeout: int = 1200,
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # The outer PYTHONPATH (this checkout's src/, set for the test run) is not what jobs use.
-    env.pop("PYTHONPATH", None)
-    launcher = ["-c", CONDA_MODE_LAUNCHER] if conda_mode else ["-m", "snakemake"]
-    command = [sys.executable, *launcher, "--snakefile", str(snakefile),
-               "--directory", str(workdir), "--cores", "2", *args]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
-            f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
-        )
-    return result
+    """Snakemake on a deployed copy; without ``configfile`` the Snakefile's own ``configfile:``."""
+    return run_snakemake(
+        workdir, *args, configfile=configfile or False, snakefile=snakefile, timeout=timeout,
+        launcher=["-c", CONDA_MODE_LAUNCHER] if conda_mode else ["-m", "snakemake"],
+        # The outer PYTHONPATH (this checkout's src/, set for the test run) is not what jobs use.
+        env=snakemake_env(drop=["PYTHONPATH"]),
+    )  # fmt: skip
 
 
 def ntps_folders_in_logs(logs: Path) -> dict[str, str]:
     """Log file -> the folder its job imported `ntps` from."""
     found = {}
     for log in logs.rglob("*.log"):
-        match = re.search(r"ntps \S+ from (\S+)", log.read_text(errors="replace"))
+        # "ntps <version> [at commit <hash> [(with uncommitted changes)]] from <folder>"
+        match = re.search(
+            r"ntps \S+(?: at commit .*?)? from (\S+)", log.read_text(errors="replace")
+        )
         # An `ntps` that does not log its folder is not this workflow's.
         found[str(log.relative_to(logs))] = match.group(1) if match else "<not logged>"
     return found
@@ -101,7 +102,7 @@ def test_job_imports_the_workflow_package_without_pythonpath(tmp_path: Path) -> 
     study = tmp_path / "study"
     config = write_study(study)
     snakemake(workflow / "Snakefile", study, "resources/datasets/strong/dataset.json",
-              "--configfile", str(config), conda_mode=True)  # fmt: skip
+              configfile=config, conda_mode=True)  # fmt: skip
     folders = ntps_folders_in_logs(study / "results" / "logs")
     assert folders == {"prepare_dataset/strong.log": str(workflow / "src" / "ntps")}
 
@@ -114,7 +115,7 @@ def test_log_and_benchmark_paths_never_collide(tmp_path: Path) -> None:
     tiny = config["models"][0]
     config["models"] = [dict(tiny, name=name) for name in ("bounds", "lora", "plot_lora")]
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = snakemake(REPO / "Snakefile", tmp_path, "--configfile", str(config_path), "--dry-run")
+    result = snakemake(REPO / "Snakefile", tmp_path, "--dry-run", configfile=config_path)
     rule, seen = None, {"log": [], "benchmark": []}
     for line in result.stdout.splitlines():
         if match := re.match(r"^(?:local)?rule (\w+):", line):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -109,15 +110,19 @@ def test_counts_and_truncation(tiny, tiny_texts):
     assert summary["tokens_per_second"] > 0
 
 
-def test_model_context_caps_max_length(tiny, tiny_texts):
+def test_model_context_caps_max_length(tiny, tiny_texts, caplog):
     base, tokenizer = tiny  # the fixture model has 64 positions
     long_text = " ".join(tiny_texts.texts * 3)
-    result = extract_features(
-        base, tokenizer, [long_text, "charming"], None, 3, batch_size=2, max_length=512,
-        accumulate_statistics=False, progress=False,
-    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="ntps"):
+        result = extract_features(
+            base, tokenizer, [long_text, "charming"], None, 3, batch_size=2, max_length=512,
+            accumulate_statistics=False, progress=False, name="tiny",
+        )  # fmt: skip
     assert result.max_length == 64 and result.n_truncated == 1
-    assert result.n_tokens == 64 + 2
+    assert result.n_tokens == 64 + 2 and result.summary()["n_truncated"] == 1
+    # Not an error: counted, and logged with the model's name and both limits.
+    assert "tiny: 1 of 2 texts are longer than 64 tokens" in caplog.text
+    assert "model context 64" in caplog.text
 
 
 def test_lm_head_is_never_called(tiny_llama_dir, tiny, tiny_texts):
@@ -139,8 +144,11 @@ def test_non_finite_features_name_the_layer(tiny_llama_dir, tiny_texts):
     base, tokenizer = load_for_inference(tiny_llama_dir, "float32", "cpu")
     with torch.no_grad():
         base.layers[1].mlp.down_proj.weight[0, 0] = float("nan")  # poisons hidden_states[2]
-    with pytest.raises(NumericalError, match="layer 2"):
+    with pytest.raises(NumericalError, match="layer 2") as info:
         run(base, tokenizer, tiny_texts, name="tiny-nan")
+    # The message names the model and suggests the dtype that avoids overflow.
+    assert "tiny-nan" in str(info.value)
+    assert "bfloat16" in str(info.value) and "float32" in str(info.value)
     with pytest.raises(NTPSError):  # on the train split the accumulator detects it
         run(base, tokenizer, tiny_texts, accumulate_statistics=True)
 

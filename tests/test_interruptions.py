@@ -1,37 +1,30 @@
 """Interruptions: a killed job leaves nothing Snakemake or the next rule would accept, and a re-run
 completes with tables byte-identical to an uninterrupted run.
 
-End-to-end cases start from a copy of the shared reference study (tests/test_determinism.py) with
-one job's outputs removed, so only that job and its downstream jobs run again: an extraction job
-stopped with SIGTERM to Snakemake, and a LoRA job killed with SIGKILL to the whole process group
-after its first checkpoint (the re-run must resume from it).
+End-to-end cases start from a copy of the session's tiny study (the `tiny_study` fixture in
+conftest.py) with one dataset's outputs removed, so only its jobs run again: an extraction stopped
+with SIGTERM to Snakemake, a scoring job stopped with SIGTERM to its process group, and a LoRA job
+killed with SIGKILL to the whole process group after its first checkpoint (the re-run must resume
+from it): the session's `interrupted_study`, also used by tests/test_determinism.py.
+The re-runs build the tables of `TARGETS`; every table they rebuild must equal the uninterrupted
+run's byte for byte.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_determinism import (
+from workflow_support import (
     LORA_CHECKPOINT_EVERY,
-    LORA_DATASET,
     LORA_STEPS,
-    MODEL,
     TARGETS,
-    copy_study,
-    reference_study,
-    run_targets,
     table_files,
 )
-from workflow_support import SNAKEFILE, run_snakemake
 
 from ntps.io import atomic_path, read_json, write_json
 
@@ -80,183 +73,28 @@ def test_killed_writer_leaves_no_final_file(tmp_path: Path) -> None:
 # --- end to end ---------------------------------------------------------------------------------
 
 
-def start_snakemake(root: Path) -> subprocess.Popen:
-    """Snakemake in its own session (process group), so the whole tree can be signalled."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(root),
-        "--configfile", str(root / "config.yaml"), "--cores", "2", *TARGETS,
-    ]  # fmt: skip
-    log = open(root / "interrupted-run.log", "w")
-    return subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-
-
-def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, root: Path) -> None:
-    """Poll until `condition` holds; fail with Snakemake's output if the run ends first."""
-    deadline = time.monotonic() + 600
-    while not condition():
-        if proc.poll() is not None:
-            output = (root / "interrupted-run.log").read_text()[-4000:]
-            pytest.fail(f"snakemake ended ({proc.returncode}) before the job to kill:\n{output}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("the job to interrupt never started")
-        time.sleep(0.02)
-
-
-def session_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_until_gone(proc: subprocess.Popen, seconds: float = 120) -> bool:
-    """Wait for Snakemake and every job it started; True if they all ended on their own."""
-    proc.wait(timeout=seconds)
-    deadline = time.monotonic() + seconds
-    while session_alive(proc.pid):
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def planned_outputs(root: Path) -> str:
-    """Dry run as the default profile runs it (rerun-incomplete): outputs of every planned job."""
-    result = run_snakemake(root, "--dry-run", *TARGETS, timeout=300)
-    return "\n".join(line for line in result.stdout.splitlines() if "output:" in line)
-
-
-def assert_complete_or_absent(paths: list[Path]) -> None:
-    """Whatever exists under a final name is whole (atomic writes): it parses."""
-    from safetensors import safe_open
-
-    for path in paths:
-        if not path.exists():
-            continue
-        if path.suffix == ".json":
-            read_json(path)
-        elif path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as handle:
-                assert list(handle.keys())
-
-
-def interrupted_copy(
-    factory: pytest.TempPathFactory, name: str, remove: list[str]
-) -> tuple[Path, Path]:
-    reference = reference_study(factory)
-    root = copy_study(reference, factory.mktemp(name) / "study")
-    for relative in remove:
-        path = root / relative
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    return reference, root
-
-
-def job_started(root: Path, rule: str, pair: str) -> Callable[[], bool]:
-    log = root / f"results/logs/{rule}/{pair}.log"
-    return log.exists
+def assert_rebuilt_tables_match(reference: Path, root: Path) -> None:
+    """Every table the re-run built (TARGETS and the tables made with them) equals the
+    uninterrupted run's, byte for byte."""
+    expected, got = table_files(reference), table_files(root)
+    assert {Path(t).name for t in TARGETS} <= got.keys() <= expected.keys()
+    for name in got:
+        assert got[name] == expected[name], f"results/tables/{name} differs after the re-run"
 
 
 @pytest.fixture(scope="module")
-def sigterm_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two stops with SIGTERM, then a run to the end.
-
-    1. SIGTERM to Snakemake alone (Ctrl-C-like, or `kill <pid>`) while an extraction runs;
-    2. SIGTERM to the whole process group (what `scancel`, a SLURM walltime or `timeout` send)
-       while the scoring job of that pair runs.
-    """
-    pair = f"{MODEL}/medium"
-    reference, root = interrupted_copy(
-        tmp_path_factory,
-        "sigterm",
-        [
-            f"results/extract/{pair}",
-            f"results/logs/extract/{pair}.log",
-            f"results/scores/{pair}.json",
-            f"results/logs/score/{pair}.log",
-            f"results/probes/{pair}.json",
-            f"results/logs/probe/{pair}.log",
-            "results/tables",  # so that Snakemake needs the removed files again
-        ],
-    )
-    state: dict = {"reference": reference, "root": root, "pair": pair}
-    extract_outputs = [
-        root / f"results/extract/{pair}/{name}"
-        for name in ("stats.safetensors", "features.safetensors", "extract.json")
-    ]
-    proc = start_snakemake(root)
-    wait_for(job_started(root, "extract", pair), proc, root)
-    proc.send_signal(signal.SIGTERM)
-    state["main_ended_alone"] = wait_until_gone(proc)
-    state["main_returncode"] = proc.returncode
-    state["main_log"] = (root / "interrupted-run.log").read_text()
-    state["extract_outputs_exist"] = [p.exists() for p in extract_outputs]
-    assert_complete_or_absent(extract_outputs)
-    state["score_ran"] = (root / f"results/scores/{pair}.json").exists()
-
-    proc = start_snakemake(root)
-    wait_for(job_started(root, "score", pair), proc, root)
-    os.killpg(proc.pid, signal.SIGTERM)
-    state["group_ended_alone"] = wait_until_gone(proc)
-    state["group_returncode"] = proc.returncode
-    state["planned_after_group"] = planned_outputs(root)
-    assert_complete_or_absent([root / f"results/scores/{pair}.json"])
-
-    run_targets(root)
-    return state
+def sigterm_runs(interrupted_study: dict) -> dict:
+    """The session's interruption scenario (workflow_support.interruption_scenario, shared with
+    tests/test_determinism.py): its two SIGTERM stops."""
+    return interrupted_study
 
 
 @pytest.fixture(scope="module")
-def lora_sigkill(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """SIGKILL to the whole process group once the LoRA job has written a checkpoint."""
-    pair = f"{MODEL}/{LORA_DATASET}"
-    reference, root = interrupted_copy(
-        tmp_path_factory,
-        "sigkill",
-        [
-            f"results/lora/{pair}",
-            f"results/logs/lora/{pair}.log",
-            f"results/scores_post_lora/{pair}.json",
-            "results/tables",
-        ],
-    )
-    checkpoints = root / f"results/lora/{pair}/checkpoints"
-    proc = start_snakemake(root)
-    # A finished checkpoint (not the temporary folder it is written in first).
-    wait_for(lambda: any(checkpoints.glob("step-*/state.pt")), proc, root)
-    os.killpg(proc.pid, signal.SIGKILL)
-    wait_until_gone(proc)
-    outputs = [root / f"results/lora/{pair}/metrics.json", root / f"results/lora/{pair}/adapter"]
-    state = {
-        "reference": reference,
-        "root": root,
-        "pair": pair,
-        "returncode": proc.returncode,
-        "outputs": outputs,
-        # Finished checkpoints only: a kill can land while one is still a temporary folder.
-        "checkpoints": sorted(
-            p.name for p in checkpoints.iterdir() if re.fullmatch(r"step-\d+", p.name)
-        ),
-        "planned": planned_outputs(root),
-    }
-    assert_complete_or_absent(outputs[:1])
-    # A killed Snakemake cannot release its lock on the folder: the next run refuses to start and
-    # says how to release it (`--unlock`), then runs (the default profile sets rerun-incomplete).
-    locked = run_snakemake(root, *TARGETS, check=False, timeout=300)
-    state["locked_returncode"] = locked.returncode
-    state["locked_output"] = locked.stdout + locked.stderr
-    run_snakemake(root, "--unlock", *TARGETS, timeout=300)
-    run_targets(root)
-    state["rerun_log"] = (root / f"results/logs/lora/{pair}.log").read_text()
-    return state
+def lora_sigkill(interrupted_study: dict) -> dict:
+    """The same scenario's SIGKILL to the whole process group once the LoRA job had written a
+    checkpoint, the locked re-run, `--unlock` and the run to the end."""
+    keys = ("reference", "root", "pair")
+    return {**{key: interrupted_study[key] for key in keys}, **interrupted_study["sigkill"]}
 
 
 @pytest.mark.slow
@@ -282,11 +120,7 @@ def test_sigterm_to_process_group_leaves_no_accepted_score(sigterm_runs: dict) -
 
 @pytest.mark.slow
 def test_sigterm_rerun_matches_uninterrupted_run(sigterm_runs: dict) -> None:
-    expected = table_files(sigterm_runs["reference"])
-    got = table_files(sigterm_runs["root"])
-    assert got.keys() == expected.keys()
-    for name in expected:
-        assert got[name] == expected[name], f"results/tables/{name} differs after the re-run"
+    assert_rebuilt_tables_match(sigterm_runs["reference"], sigterm_runs["root"])
 
 
 @pytest.mark.slow
@@ -313,8 +147,4 @@ def test_sigkill_rerun_resumes_lora_and_matches_uninterrupted_run(lora_sigkill: 
     assert "resumed from" in lora_sigkill["rerun_log"]
     assert f"at step {last}/{LORA_STEPS}" in lora_sigkill["rerun_log"]
     assert not (lora_sigkill["root"] / f"results/lora/{lora_sigkill['pair']}/checkpoints").exists()
-    expected = table_files(lora_sigkill["reference"])
-    got = table_files(lora_sigkill["root"])
-    assert got.keys() == expected.keys()
-    for name in expected:
-        assert got[name] == expected[name], f"results/tables/{name} differs after the resumed run"
+    assert_rebuilt_tables_match(lora_sigkill["reference"], lora_sigkill["root"])

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
-from ntps.io import load_tensors, save_tensors, write_json
+from ntps import __version__, io
+from ntps.io import load_tensors, provenance, save_tensors, write_json
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_safetensors_bytes_do_not_depend_on_metadata_order(tmp_path: Path) -> None:
@@ -29,3 +35,37 @@ def test_json_is_key_sorted_and_nan_becomes_null(tmp_path: Path) -> None:
         tmp_path / "a.json"
     ).read_text() == '{\n  "a": [\n    1.5,\n    null\n  ],\n  "b": null\n}\n'
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.mark.skipif(
+    shutil.which("git") is None or not (REPO / ".git").exists(), reason="not a git checkout"
+)
+def test_provenance_records_the_commit_of_the_checkout() -> None:
+    io.code_revision.cache_clear()
+    code = provenance()["code"]
+    assert code["version"] == __version__
+    assert code["git_revision"] == _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    assert code["git_dirty"] is dirty
+
+
+def test_provenance_outside_a_checkout_records_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An installed package: its folder is no git checkout, so only the version names the code.
+    monkeypatch.setattr(io, "_CHECKOUT", tmp_path)
+    io.code_revision.cache_clear()
+    try:
+        assert provenance(seed=3)["code"] == {
+            "version": __version__,
+            "git_revision": None,
+            "git_dirty": None,
+        }
+    finally:
+        io.code_revision.cache_clear()

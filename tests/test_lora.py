@@ -210,7 +210,8 @@ def test_target_modules_auto_and_errors():
     with pytest.raises(ConfigError) as err:
         resolve_target_modules(base, ["q_proj", "bogus_proj"])
     message = str(err.value)
-    assert "bogus_proj" in message and "o_proj" in message and "gate_proj" in message
+    assert "lora.target_modules ['bogus_proj'] not found" in message
+    assert "o_proj" in message and "gate_proj" in message
     assert "'q_proj'" not in message.split("exist:")[0]  # only the missing one is named as missing
 
     class NoAttention(nn.Module):
@@ -246,17 +247,20 @@ def test_settings_defaults_and_validation():
     assert (s.lr_schedule, s.warmup_ratio, s.max_steps, s.batch_size) == ("cosine", 0.05, 5000, 1)
     assert s.target_modules is None and s.num_warmup_steps() == 250
     assert (s.head_init, s.top_blocks, s.max_length) == ("probe", None, None)
-    with pytest.raises(ConfigError, match="top_blocks or layers_to_transform"):
+    # The config schema's checks and messages, whether built from a mapping or directly.
+    with pytest.raises(ConfigError, match="only one of top_blocks, layers_to_transform"):
         LoRASettings.from_dict({"top_blocks": 1, "layers_to_transform": [0]})
     with pytest.raises(ConfigError, match="head_init"):
         LoRASettings.from_dict({"head_init": "zeros"})
-    with pytest.raises(ConfigError, match=r"\['lr'\].*learning_rate"):
+    with pytest.raises(ConfigError, match=r"'lr' was unexpected.*allowed: .*learning_rate"):
         LoRASettings.from_dict({"lr": 1e-3})
     with pytest.raises(ConfigError, match="optimizer"):
         LoRASettings.from_dict({"optimizer": "sgd"})
     with pytest.raises(ConfigError, match="lr_schedule"):
-        LoRASettings.from_dict({"lr_schedule": "step"})
-    assert LoRASettings.from_dict({"target_modules": "qkv_proj"}).target_modules == ["qkv_proj"]
+        LoRASettings(lr_schedule="step")
+    with pytest.raises(ConfigError, match="warmup_ratio"):
+        LoRASettings(warmup_ratio=1.0)
+    assert LoRASettings.from_dict({"target_modules": ["qkv_proj"]}).target_modules == ["qkv_proj"]
 
 
 def test_bad_labels_raise(task):

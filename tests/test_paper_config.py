@@ -11,8 +11,6 @@ import copy
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from test_resources import MODEL_RULES, parse_dry_run_jobs
+from workflow_support import run_snakemake
 
 from ntps.config import validate_config
 from ntps.errors import ConfigError
@@ -128,11 +127,9 @@ def test_dry_run_on_slurm_without_hub_or_cluster(tmp_path: Path) -> None:
         # No cluster: a dry run must not need one.
         "SLURM_CONF": str(tmp_path / "no-cluster" / "slurm.conf"),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(PAPER),
-         "--profile", str(REPO / "profiles" / "slurm"), "--dry-run"],
-        capture_output=True, text=True, env=env, timeout=600,
+    result = run_snakemake(
+        tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "--dry-run",
+        configfile=PAPER, cores=None, env=env, check=False, timeout=600,
     )  # fmt: skip
     output = result.stdout + "\n" + result.stderr
     assert result.returncode == 0, output[-4000:]

@@ -89,6 +89,25 @@ def tables() -> dict[str, pd.DataFrame]:
     }
 
 
+def png_and_pdf(folder: Path, name: str) -> list[Path]:
+    return [folder / f"{name}.png", folder / f"{name}.pdf"]
+
+
+def test_figures_go_to_the_paths_given_and_only_png_or_pdf(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from ntps.plots import save_figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    out = tmp_path / "declared" / "any name.v2.png"
+    assert save_figure(fig, [out]) == [out] and out.stat().st_size > 0
+    with pytest.raises(ValueError, match=r"\.png or \.pdf"):
+        save_figure(fig, [tmp_path / "figure.svg"])
+    with pytest.raises(TypeError, match="list of output paths"):
+        save_figure(fig, tmp_path / "stem")  # type: ignore[arg-type]
+
+
 def _check_written(paths: list[Path], fig_size_in: tuple[float, float]) -> None:
     png, pdf = paths
     assert png.suffix == ".png" and pdf.suffix == ".pdf"
@@ -124,9 +143,9 @@ def test_ntps_vs_metric(tables, tmp_path: Path) -> None:
         "sms_spam",
         "rotten_tomatoes",
     }
-    # a stem containing dots keeps them: the suffix is appended
+    # names containing dots are kept as given: the format follows the last suffix
     paths = plot_ntps_vs_metric(
-        frame, MODELS[0], "accuracy", 0.7, (0.1, 0.95), tmp_path / "scatter_Qwen2-0.5B"
+        frame, MODELS[0], "accuracy", 0.7, (0.1, 0.95), png_and_pdf(tmp_path, "scatter_Qwen2-0.5B")
     )
     assert paths[0].name == "scatter_Qwen2-0.5B.png"
     _check_written(paths, tuple(fig.get_size_inches()))
@@ -148,7 +167,8 @@ def test_correlation_heatmap(tables, tmp_path: Path) -> None:
     assert f"max ρ = {best['rho']:.2f} at layer {best['layer']}, k" in ax.get_title()
     assert str(best["k_label"]) in ax.get_title().splitlines()[1]
     _check_written(
-        plot_correlation_heatmap(grid, MODELS[1], tmp_path / "heat"), tuple(fig.get_size_inches())
+        plot_correlation_heatmap(grid, MODELS[1], png_and_pdf(tmp_path, "heat")),
+        tuple(fig.get_size_inches()),
     )
 
 
@@ -168,7 +188,9 @@ def test_bounds(tables, tmp_path: Path) -> None:
     broken_fig = bounds_figure(broken)
     assert "bound violated" in [t.get_text() for t in broken_fig.legends[0].get_texts()]
     assert "hold in 0 of 240 rows" in broken_fig.axes[0].get_title()
-    _check_written(plot_bounds(frame, tmp_path / "bounds"), tuple(fig.get_size_inches()))
+    _check_written(
+        plot_bounds(frame, png_and_pdf(tmp_path, "bounds")), tuple(fig.get_size_inches())
+    )
 
 
 def test_ntps_vs_gain(tables, tmp_path: Path) -> None:
@@ -183,7 +205,7 @@ def test_ntps_vs_gain(tables, tmp_path: Path) -> None:
     colors = {tuple(np.round(c.get_facecolor()[0], 3)) for c in ax.collections}
     assert len(colors) == 2
     _check_written(
-        plot_ntps_vs_gain(frame, tmp_path / "gain", score_col="ntps_reg"),
+        plot_ntps_vs_gain(frame, png_and_pdf(tmp_path, "gain"), score_col="ntps_reg"),
         tuple(fig.get_size_inches()),
     )
 
@@ -197,7 +219,8 @@ def test_ntps_before_after(tables, tmp_path: Path) -> None:
     assert "[0, 1]" in visible[0].get_ylabel()
     assert [t.get_text() for t in visible[0].get_xticklabels()] == ["pre-LoRA", "post-LoRA"]
     _check_written(
-        plot_ntps_before_after(frame, tmp_path / "before_after"), tuple(fig.get_size_inches())
+        plot_ntps_before_after(frame, png_and_pdf(tmp_path, "before_after")),
+        tuple(fig.get_size_inches()),
     )
     with pytest.raises(DatasetError, match="filter to one"):
         ntps_before_after_figure(tables["scores"])
@@ -215,5 +238,7 @@ def test_layer_profile(tables, tmp_path: Path) -> None:
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "random-subspace baseline k/d" in legend and "emotion" in legend
     assert ax.lines[0].get_color().lower() == OKABE_ITO["blue"].lower()
-    _check_written(plot_layer_profile(frame, tmp_path / "profile"), tuple(fig.get_size_inches()))
+    _check_written(
+        plot_layer_profile(frame, png_and_pdf(tmp_path, "profile")), tuple(fig.get_size_inches())
+    )
     assert all(_labels(fig))

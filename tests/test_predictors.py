@@ -135,7 +135,15 @@ def test_predictors_table_puts_ntps_first_with_costs(tmp_path: Path) -> None:
     paths = []
     for dataset in DATASETS:
         path = tmp_path / "predictors" / "m" / f"{dataset}.json"
-        write_json(path, {"records": [], "seconds": {"logme": 0.5, NTPS: 0.25}})
+        write_json(
+            path,
+            {
+                "model": "m",
+                "dataset": dataset,
+                "records": [],
+                "seconds": {"logme": 0.5, NTPS: 0.25},
+            },
+        )
         paths.append(path)
         for job, wall in (("score", 2.0), ("predictors", 1.0)):
             bench = tmp_path / job / "m" / f"{dataset}.tsv"
@@ -158,7 +166,9 @@ def test_predictors_table_puts_ntps_first_with_costs(tmp_path: Path) -> None:
     cost = table.groupby("predictor")[["seconds_per_pair", "job_seconds_per_pair"]].first()
     assert cost.loc[NTPS].tolist() == [0.25, 2.0] and cost.loc["logme"].tolist() == [0.5, 1.0]
     # The plot and the summary section read the table as written.
-    written = plot_predictors(table, tmp_path / "plots" / "predictors")
+    written = plot_predictors(
+        table, [tmp_path / "plots" / "predictors.png", tmp_path / "plots" / "predictors.pdf"]
+    )
     assert all(p.stat().st_size > 1000 for p in written)
     text = "\n".join(predictor_lines(table))
     assert "cheap pre-screens" in text and "1.00 [1.00, 1.00]" in text and "2.0 (score)" in text

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from workflow_support import run_snakemake
 
-from ntps.workflow import DEFAULT_N_PARAMS, model_n_params, model_resources, statistics_mb
+from ntps.workflow import (
+    DEFAULT_N_PARAMS,
+    model_n_params,
+    model_resources,
+    model_torch_threads,
+    statistics_mb,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # Rules that load a model and therefore get model-sized resources and a GPU request.
@@ -51,7 +56,6 @@ def test_resources_scale_with_parameter_count() -> None:
     assert small["runtime"] == 30
     assert large["runtime"] == 480
     assert small["gpu"] == large["gpu"] == 1
-    assert small["threads"] == large["threads"] == 2
 
 
 def test_resources_double_on_each_retry() -> None:
@@ -60,7 +64,7 @@ def test_resources_double_on_each_retry() -> None:
     assert second["mem_mb"] == 2 * first["mem_mb"] and third["mem_mb"] == 4 * first["mem_mb"]
     assert second["runtime"] == 2 * first["runtime"] and third["runtime"] == 4 * first["runtime"]
     # A retry does not ask for more GPUs or cores, only more time and memory.
-    assert (second["gpu"], second["threads"]) == (first["gpu"], first["threads"])
+    assert second["gpu"] == first["gpu"]
 
 
 def test_per_model_overrides_win_and_still_scale_with_attempt() -> None:
@@ -68,12 +72,9 @@ def test_per_model_overrides_win_and_still_scale_with_attempt() -> None:
         n_params=8_000_000_000,
         resources={"mem_mb": 40_000, "runtime": 90, "gpu": 2, "threads": 8},
     )
-    assert model_resources(config, "m", 1) == {
-        "mem_mb": 40_000, "runtime": 90, "gpu": 2, "threads": 8,
-    }  # fmt: skip
-    assert model_resources(config, "m", 2) == {
-        "mem_mb": 80_000, "runtime": 180, "gpu": 2, "threads": 8,
-    }  # fmt: skip
+    assert model_resources(config, "m", 1) == {"mem_mb": 40_000, "runtime": 90, "gpu": 2}
+    assert model_resources(config, "m", 2) == {"mem_mb": 80_000, "runtime": 180, "gpu": 2}
+    assert model_torch_threads(config, "m") == 8
     # A partial override keeps the computed values for the other keys.
     partial = model_resources(study_config(n_params=8_000_000_000, resources={"gpu": 0}), "m")
     assert partial["gpu"] == 0 and partial["mem_mb"] == 2048 + 96000
@@ -159,12 +160,7 @@ def planned_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any
         "lora": {"enabled": True},
     }  # fmt: skip
     (root / "config.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(root), "--configfile", str(root / "config.yaml"),
-         "--dry-run", "--cores", "8"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = run_snakemake(root, "--dry-run", cores=8, check=False, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = parse_dry_run_jobs(result.stdout + "\n" + result.stderr)
     assert jobs, result.stdout[-3000:]

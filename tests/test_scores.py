@@ -16,7 +16,6 @@ from ntps.scores import (
     excess_loss,
     resolve_k,
     score_layer,
-    score_layers,
 )
 from ntps.stats import LayerMoments, StatisticsAccumulator
 
@@ -343,25 +342,21 @@ def test_invariant_to_example_order_and_orthogonal_change_of_basis():
     assert 0.0 < base[0]["ntps_reg"] < 1.0
 
 
-def test_score_layers_adds_layer_and_records_are_plain_json():
+def test_score_layer_records_are_plain_json():
     g = torch.Generator().manual_seed(9)
     d, c, n = 6, 2, 50
-    ms = []
-    for layer in (4, 7):
-        x, y = sample_problem(g, n, d, c)
-        s0, s1 = random_ar(g, d)
-        ms.append(moments(x.T @ x / n, x.T @ y / n, s0, s1, n=n, layer=layer))
-    recs = score_layers(iter(ms), [1, 0.5])
-    assert [r["layer"] for r in recs] == [4, 4, 7, 7]
-    assert set(recs[0]) == ARCH_FIELDS | {"layer"}
+    x, y = sample_problem(g, n, d, c)
+    s0, s1 = random_ar(g, d)
+    m = moments(x.T @ x / n, x.T @ y / n, s0, s1, n=n, layer=4)
+    recs = score_layer(m, [1, 0.5])
+    assert len(recs) == 2 and set(recs[0]) == ARCH_FIELDS
     json.dumps(recs)  # python scalars only
     assert all(type(v) in (int, float, bool, str) for r in recs for v in r.values())
     # n = 50 texts for d = 6: more than 2d, so the regime is fine.
     assert {(r["n_train"], r["hidden_size"], r["regime"]) for r in recs} == {(50, 6, "ok")}
-    recs2 = score_layers([(11, ms[0])], DEFAULT_K_GRID, ridge=0.1)
-    assert len(recs2) == 19 and recs2[0]["layer"] == 11
+    assert len(score_layer(m, DEFAULT_K_GRID, ridge=0.1)) == 19
     with pytest.raises(ConfigError):
-        score_layer(ms[0], [1], perception_solver="magic")
+        score_layer(m, [1], perception_solver="magic")
 
 
 def test_regime_thresholds_and_warning():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_support import SIGNAL, read_json, run_snakemake, write_study
+from workflow_support import LORA_STEPS, SIGNAL, read_json, run_snakemake
 
 from ntps.io import load_tensors
 
@@ -17,11 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("study")
-    write_study(root)
-    run_snakemake(root)
-    return root
+def study(tiny_study: Path) -> Path:
+    """The session's tiny study (conftest.py), every target run."""
+    return tiny_study
 
 
 def jobs_planned(dry_run_stdout: str) -> dict[str, int]:
@@ -44,6 +42,10 @@ def test_outputs_exist_and_are_complete(study: Path) -> None:
             assert (results / "plots" / "tiny-llama" / f"{stem}.{ext}").stat().st_size > 1000
     # No temporary files left behind by the atomic writers.
     assert not list(results.rglob("*.tmp"))
+    # The acquired model: its folder (a directory() output) and its record beside it.
+    model = study / "resources/models/tiny-llama"
+    assert (model / "weights" / "config.json").is_file()
+    assert read_json(model / "model.json")["name"] == "tiny-llama"
 
 
 def test_scores_table_contents(study: Path) -> None:
@@ -127,7 +129,7 @@ def test_correlations_three_modes(study: Path) -> None:
 def test_lora_stage(study: Path) -> None:
     lora = pd.read_csv(study / "results/tables/lora.csv")
     assert set(lora["dataset"]) == set(SIGNAL)
-    assert (lora["steps"] == 12).all()
+    assert (lora["steps"] == LORA_STEPS).all()
     assert np.allclose(lora["gain"], lora["lora_accuracy"] - lora["probe_accuracy_last_layer"])
     # The head started from the last-layer probe: LoRA's first evaluation is the probe's.
     assert (lora["head_init"] == "probe").all() and (lora["first_adapted_block"] == 1).all()

@@ -1,5 +1,10 @@
 """Configuration validation: JSON schema (draft 2020-12) plus checks a schema cannot express.
 
+``schemas/config.schema.yaml`` is the one source of every key, type, range and default. The job-side
+constructors (``LoRASettings``, ``datasets.normalise_spec``) validate against the same schema's
+definitions (:func:`check_definition`), so a value the workflow accepts is never rejected inside a
+job, and a library caller gets the same messages.
+
 All problems are collected and reported together, each prefixed with the path of the offending key
 (``models[1].batch_size``) and, where possible, the model or dataset name, so a user fixes a config
 in one pass instead of one cluster submission per typo.
@@ -8,6 +13,7 @@ in one pass instead of one cluster submission per typo.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,9 @@ from jsonschema import Draft202012Validator, validators
 
 from ntps.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+# The package's copy: a symlink to schemas/config.schema.yaml in a checkout, the file itself in an
+# installed wheel (jobs of a deployed workflow validate settings without the checkout).
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 def _extend_with_defaults(validator_class: type) -> type:
@@ -38,6 +46,11 @@ _DefaultFillingValidator = _extend_with_defaults(Draft202012Validator)
 
 
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    return copy.deepcopy(_read_schema(str(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_schema(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
 
@@ -72,9 +85,10 @@ _PATTERN_HINTS = {
 def _best_message(error: Any) -> str:
     # oneOf failures are unreadable by default: for a tagged object ({type: ...}) report the errors
     # of the branch whose tag matches; for a scalar, say what was expected.
-    if error.validator == "oneOf" and error.context:
+    if error.validator == "oneOf":
         instance = error.instance
-        if isinstance(instance, dict) and "type" in instance:
+        # No context: more than one branch matched (e.g. a filter with include and exclude).
+        if error.context and isinstance(instance, dict) and "type" in instance:
             by_branch: dict[Any, list[Any]] = {}
             for sub in error.context:
                 by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
@@ -84,20 +98,26 @@ def _best_message(error: Any) -> str:
             for branch, sub_errors in by_branch.items():
                 if tags[branch] == instance["type"]:
                     return "; ".join(
-                        f"{_format_path(list(e.path))}: {e.message}" if e.path else e.message
+                        f"{_format_path(list(e.relative_path))}: {_best_message(e)}"
+                        if e.relative_path
+                        else _best_message(e)
                         for e in sub_errors
                     )
             return f"type {instance['type']!r} is not one of {[t for t in tags if t]}"
         expected = (error.schema.get("description") or "").strip()
         if expected:
             return f"{instance!r} is not valid: expected {expected}"
+        if not error.context:
+            return f"{instance!r} matches more than one of the allowed forms"
         return f"{instance!r} matches none of the allowed forms"
     if error.validator == "not" and isinstance(error.validator_value, dict):
         keys = error.validator_value.get("required")
         if keys:
             return f"set only one of {', '.join(keys)}, not all of them"
     if error.validator == "additionalProperties":
-        return f"{error.message} (check the spelling against schemas/config.schema.yaml)"
+        allowed = sorted(error.schema.get("properties") or {})
+        listing = f"allowed: {', '.join(allowed)}; " if allowed else ""
+        return f"{error.message} ({listing}check the spelling against schemas/config.schema.yaml)"
     if error.validator == "pattern":
         expected = (
             _PATTERN_HINTS.get(error.validator_value)
@@ -113,6 +133,23 @@ def schema_errors(config: dict[str, Any], schema: Mapping[str, Any]) -> Iterator
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.path))):
         parts = list(error.path)
         yield f"{_format_path(parts)}{_describe_entry(config, parts)}: {_best_message(error)}"
+
+
+def check_definition(
+    instance: dict[str, Any], definition: str, where: str, *, fill_defaults: bool = False
+) -> dict[str, Any]:
+    """Validate ``instance`` against the schema's ``$defs/<definition>``; ConfigError listing every
+    problem, each prefixed with ``where`` (e.g. ``lora.settings``). With ``fill_defaults`` the
+    schema's defaults are filled in place. Returns ``instance``."""
+    schema = _read_schema(str(SCHEMA_PATH))
+    sub = {"$ref": f"#/$defs/{definition}", "$defs": schema["$defs"]}
+    validator = (_DefaultFillingValidator if fill_defaults else Draft202012Validator)(sub)
+    problems = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path))):
+        key = f"{where}.{_format_path(list(error.path))}" if error.path else where
+        problems.append(f"{key}: {_best_message(error)}")
+    raise_problems(problems, f"invalid {where}")
+    return instance
 
 
 def _k_values(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -171,7 +208,7 @@ def _dataset_path_errors(config: Mapping[str, Any]) -> Iterator[str]:
 
 
 def semantic_errors(config: Mapping[str, Any]) -> Iterator[str]:
-    """Checks beyond the schema: unique names, unambiguous k, existing local model paths."""
+    """Checks beyond the schema: unique names, unambiguous k, existing local paths."""
     for section in ("models", "datasets"):
         seen: dict[str, int] = {}
         for index, entry in enumerate(config.get(section) or []):
@@ -184,15 +221,6 @@ def semantic_errors(config: Mapping[str, Any]) -> Iterator[str]:
                     f"(also {section}[{seen[name.lower()]}]); names must be unique, ignoring case"
                 )
             seen.setdefault(name.lower(), index)
-    for index, entry in enumerate(config.get("datasets") or []):
-        if not isinstance(entry, dict):
-            continue
-        filt = entry.get("filter") or {}
-        if filt and not (("include" in filt) ^ ("exclude" in filt)):
-            yield (
-                f"datasets[{index}].filter (dataset {entry.get('name')!r}): give exactly one of "
-                "'include' or 'exclude'"
-            )
     for where, value in _k_values(config):
         # JSON schema counts 1.0 as an integer, but the scorer reads a float as a fraction of the
         # rank, so `1.0` would pass here and fail in every scoring job.
@@ -336,15 +364,3 @@ def validate_config(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> 
         problems = list(semantic_errors(config))
     raise_problems(problems)
     return config
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and validate it."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file {path} does not exist") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-    return validate_config(config)

@@ -173,18 +173,6 @@ def generalized_eigh(a: Tensor, b: Tensor, *, tol: float = 1e-10) -> tuple[Tenso
     return generalized_eigh_whitened(a, whitener(b, tol=tol))
 
 
-def generalized_eigh_released_order(
-    a: Tensor, b: Tensor, *, tol: float = 1e-10
-) -> tuple[Tensor, Tensor]:
-    """Compatibility only: same eigenpairs as :func:`generalized_eigh` in ASCENDING order.
-
-    This is the ordering of scipy's ``eigh`` that the released NTPS code sliced from the front,
-    i.e. it used the SMALLEST generalized eigenvectors. Do not use it for the score.
-    """
-    lam, x = generalized_eigh(a, b, tol=tol)
-    return lam.flip(0), x.flip(1)
-
-
 def generalized_eigh_lowrank(
     f: Tensor, w: Whitener, *, rtol: float = 1e-10
 ) -> tuple[Tensor, Tensor, int]:

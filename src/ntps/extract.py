@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,12 +47,6 @@ class ExtractionResult:
     seconds: float
     #: With ``n_shards``: the statistics of each jackknife shard (``statistics`` is their sum).
     shards: list[StatisticsAccumulator] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def features(self) -> torch.Tensor:
-        """Alias of ``pooled``."""
-        return self.pooled
 
     @property
     def tokens_per_second(self) -> float:
@@ -71,7 +65,6 @@ class ExtractionResult:
             "hidden_size": hidden,
             "seconds": round(self.seconds, 3),
             "tokens_per_second": round(self.tokens_per_second, 1),
-            **self.extra,
         }
 
 

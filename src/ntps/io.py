@@ -1,4 +1,4 @@
-"""Atomic output writers and provenance records.
+"""Atomic output writers and provenance records (code revision, package versions).
 
 Every writer writes to a temporary file in the destination folder and renames it into place, so a
 killed job never leaves a partial file under the final name (rename is atomic on POSIX).
@@ -7,11 +7,13 @@ killed job never leaves a partial file under the final name (rename is atomic on
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
 import platform
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -181,6 +183,52 @@ def package_versions(names: tuple[str, ...] = PROVENANCE_PACKAGES) -> dict[str, 
     return versions
 
 
+# The checkout the package runs from when it is a workflow's own src/ntps (src/ntps/io.py -> root).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in the workflow checkout, or None when git cannot answer."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(_CHECKOUT), *args],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> dict[str, Any]:
+    """Which code made an output: the git commit of the workflow checkout the package was imported
+    from, and whether tracked files differed from it (``dirty``); outside a checkout (an installed
+    package, a module loaded from a remote host) only the package version is known.
+
+    The version alone ("0.1.0") names every commit between two releases; the commit names one.
+    """
+    from ntps import __version__
+
+    record: dict[str, Any] = {"version": __version__, "git_revision": None, "git_dirty": None}
+    # Only when the package is this checkout's src/ntps: an installed copy inside some other
+    # repository (a virtual environment in a project folder) must not report that repository.
+    toplevel = _git("rev-parse", "--show-toplevel")
+    if toplevel is None or Path(toplevel).resolve() != _CHECKOUT:
+        return record
+    revision = _git("rev-parse", "HEAD")
+    # Untracked files (results/, resources/ are ignored anyway) do not change the code that ran.
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    if revision is not None:
+        record.update(git_revision=revision, git_dirty=None if status is None else bool(status))
+    return record
+
+
 def provenance(**extra: Any) -> dict[str, Any]:
-    """What produced an output: package versions, Python, plus caller-supplied seeds/hashes."""
-    return {"python": platform.python_version(), "packages": package_versions(), **extra}
+    """What produced an output: the code revision, package versions, Python, plus caller-supplied
+    seeds/hashes."""
+    return {
+        "code": code_revision(),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        **extra,
+    }

@@ -70,9 +70,6 @@ AUTO_TARGET_GROUPS: tuple[tuple[str, ...], ...] = (
     ("c_attn",),
     ("query_key_value",),
 )
-OPTIMIZERS = ("adamw", "adafactor")
-SCHEDULES = ("cosine", "linear", "constant")
-HEAD_INITS = ("probe", "random")
 # Above this size (float32) the inputs of the first adapted block are recomputed for every batch
 # instead of being kept in memory for the whole run.
 STATE_CACHE_MAX_BYTES = 4 * 2**30
@@ -111,72 +108,18 @@ class LoRASettings:
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = off
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        if self.target_modules is not None:
-            self.target_modules = [str(m) for m in self.target_modules]
-            if not self.target_modules:
-                raise ConfigError("lora.target_modules is an empty list; use null to auto-detect")
-        if self.layers_to_transform is not None:
-            if isinstance(self.layers_to_transform, int):
-                self.layers_to_transform = [self.layers_to_transform]
-            self.layers_to_transform = [int(i) for i in self.layers_to_transform]
-            if not self.layers_to_transform or min(self.layers_to_transform) < 0:
-                raise ConfigError(
-                    f"lora.layers_to_transform must be a non-empty list of layer indices >= 0, "
-                    f"got {self.layers_to_transform}"
-                )
-        positive_ints = (
-            "r",
-            "max_steps",
-            "batch_size",
-            "grad_accum_steps",
-            "eval_batch_size",
-        )
-        if self.top_blocks is not None and self.layers_to_transform is not None:
-            raise ConfigError("lora: set top_blocks or layers_to_transform, not both")
-        if self.head_init not in HEAD_INITS:
-            raise ConfigError(f"lora.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
-        for key in ("top_blocks", "max_length"):
-            if getattr(self, key) is not None and int(getattr(self, key)) < 1:
-                raise ConfigError(
-                    f"lora.{key} must be a positive integer or null, got {getattr(self, key)!r}"
-                )
-        for key in positive_ints:
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(
-                    f"lora.{key} must be a positive integer, got {getattr(self, key)!r}"
-                )
-        if self.checkpoint_every < 0:
-            raise ConfigError(
-                f"lora.checkpoint_every must be >= 0 (0 = off), got {self.checkpoint_every}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"lora.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ConfigError(
-                f"lora.lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}"
-            )
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ConfigError(f"lora.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        for key in ("learning_rate", "alpha", "max_grad_norm"):
-            if not float(getattr(self, key)) > 0:
-                raise ConfigError(f"lora.{key} must be > 0, got {getattr(self, key)!r}")
-        if self.head_lr is not None and not self.head_lr > 0:
-            raise ConfigError(f"lora.head_lr must be > 0 or null, got {self.head_lr!r}")
+        # Every key, type and range is the config schema's ($defs/lora_settings): the values the
+        # workflow accepts are exactly the ones a job accepts.
+        from ntps.config import check_definition
+
+        check_definition(dataclasses.asdict(self), "lora_settings", "lora.settings")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> LoRASettings:
         """Build from a config mapping; unknown keys are an error (catches typos like ``lr``)."""
-        data = dict(data or {})
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"unknown LoRA setting(s) {unknown}; valid keys are: {', '.join(valid)}"
-            )
+        from ntps.config import check_definition
+
+        data = check_definition(dict(data or {}), "lora_settings", "lora.settings")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

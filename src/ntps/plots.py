@@ -2,8 +2,9 @@
 
 Each ``*_figure`` builder takes a tidy frame and returns a matplotlib ``Figure`` (no pyplot global
 state, so figures are freed with their last reference and no GUI backend is touched: PNG renders
-with Agg, PDF with the pdf backend). Each ``plot_*`` function builds the figure, writes
-``<out_stem>.png`` and ``<out_stem>.pdf`` atomically and returns the two paths.
+with Agg, PDF with the pdf backend). Each ``plot_*`` function builds the figure and writes it to the paths it
+is given (the rule's declared outputs; the format follows each suffix, ``.png`` or ``.pdf``),
+atomically, and returns them.
 """
 
 from __future__ import annotations
@@ -96,18 +97,26 @@ def set_dpi(dpi: int) -> None:
     DPI = int(dpi)
 
 
-def save_figure(fig: Figure, out_stem: str | os.PathLike[str]) -> list[Path]:
-    """Write ``<out_stem>.png`` (200 dpi) and ``<out_stem>.pdf`` atomically; return both paths.
+# Timestamps are left out of the metadata so identical figures give identical files.
+_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None}}
 
-    The suffix is appended, not substituted, because stems like ``scatter_Qwen2-0.5B`` contain dots.
-    Timestamps are left out of the metadata so identical figures give identical files.
+
+def save_figure(fig: Figure, outputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Write ``fig`` to each of ``outputs`` (PNG at the set dpi, or PDF, by suffix) atomically.
+
+    The paths are the caller's (a rule's declared outputs), never derived here: renaming an output
+    in a rule then renames the file, instead of leaving the declared one unwritten.
     """
-    stem = Path(out_stem)
+    if isinstance(outputs, str | os.PathLike):
+        raise TypeError("save_figure takes a list of output paths, not a single path or stem")
     written = []
-    for fmt, metadata in (("png", {"Software": None}), ("pdf", {"CreationDate": None})):
-        path = stem.with_name(f"{stem.name}.{fmt}")
+    for output in outputs:
+        path = Path(output)
+        fmt = path.suffix.lower().lstrip(".")
+        if fmt not in _METADATA:
+            raise ValueError(f"cannot write a figure as {path.name!r}: use a .png or .pdf path")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=_METADATA[fmt])
         written.append(path)
     return written
 
@@ -209,14 +218,14 @@ def plot_ntps_vs_metric(
     metric: str,
     rho: float,
     ci: BootstrapCI | Sequence[float] | None,
-    out_stem: str | os.PathLike[str],
+    outputs: Sequence[str | os.PathLike[str]],
     *,
     score_col: str = "ntps_reg",
     setting: str = "",
 ) -> list[Path]:
     """Write the NTPS-vs-metric scatter; returns [png, pdf]."""
     fig = ntps_vs_metric_figure(frame, model, metric, rho, ci, score_col=score_col, setting=setting)
-    return save_figure(fig, out_stem)
+    return save_figure(fig, outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,10 +280,10 @@ def correlation_heatmap_figure(grid: pd.DataFrame, model: str) -> Figure:
 
 
 def plot_correlation_heatmap(
-    grid: pd.DataFrame, model: str, out_stem: str | os.PathLike[str]
+    grid: pd.DataFrame, model: str, outputs: Sequence[str | os.PathLike[str]]
 ) -> list[Path]:
     """Write the layer x k correlation heatmap; returns [png, pdf]."""
-    return save_figure(correlation_heatmap_figure(grid, model), out_stem)
+    return save_figure(correlation_heatmap_figure(grid, model), outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,10 +379,10 @@ def bounds_figure(frame: pd.DataFrame, *, mse_col: str = "probe_mse") -> Figure:
 
 
 def plot_bounds(
-    frame: pd.DataFrame, out_stem: str | os.PathLike[str], *, mse_col: str = "probe_mse"
+    frame: pd.DataFrame, outputs: Sequence[str | os.PathLike[str]], *, mse_col: str = "probe_mse"
 ) -> list[Path]:
     """Write the bound-check figure; returns [png, pdf]."""
-    return save_figure(bounds_figure(frame, mse_col=mse_col), out_stem)
+    return save_figure(bounds_figure(frame, mse_col=mse_col), outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,13 +422,13 @@ def ntps_vs_gain_figure(
 
 def plot_ntps_vs_gain(
     frame: pd.DataFrame,
-    out_stem: str | os.PathLike[str],
+    outputs: Sequence[str | os.PathLike[str]],
     *,
     score_col: str = "ntps",
     gain_col: str = "gain",
 ) -> list[Path]:
     """Write the NTPS-vs-LoRA-gain scatter; returns [png, pdf]."""
-    return save_figure(ntps_vs_gain_figure(frame, score_col=score_col, gain_col=gain_col), out_stem)
+    return save_figure(ntps_vs_gain_figure(frame, score_col=score_col, gain_col=gain_col), outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,10 +506,10 @@ def ntps_before_after_figure(frame: pd.DataFrame, *, score_col: str = "ntps_reg"
 
 
 def plot_ntps_before_after(
-    frame: pd.DataFrame, out_stem: str | os.PathLike[str], *, score_col: str = "ntps_reg"
+    frame: pd.DataFrame, outputs: Sequence[str | os.PathLike[str]], *, score_col: str = "ntps_reg"
 ) -> list[Path]:
     """Write the paired before/after figure; returns [png, pdf]."""
-    return save_figure(ntps_before_after_figure(frame, score_col=score_col), out_stem)
+    return save_figure(ntps_before_after_figure(frame, score_col=score_col), outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,10 +581,10 @@ def layer_profile_figure(frame: pd.DataFrame, *, score_col: str = "ntps_reg") ->
 
 
 def plot_layer_profile(
-    frame: pd.DataFrame, out_stem: str | os.PathLike[str], *, score_col: str = "ntps_reg"
+    frame: pd.DataFrame, outputs: Sequence[str | os.PathLike[str]], *, score_col: str = "ntps_reg"
 ) -> list[Path]:
     """Write the per-layer NTPS profile; returns [png, pdf]."""
-    return save_figure(layer_profile_figure(frame, score_col=score_col), out_stem)
+    return save_figure(layer_profile_figure(frame, score_col=score_col), outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,6 +663,6 @@ def predictors_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_predictors(table: pd.DataFrame, out_stem: str | os.PathLike[str]) -> list[Path]:
+def plot_predictors(table: pd.DataFrame, outputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Write the predictors x targets comparison; returns [png, pdf]."""
-    return save_figure(predictors_figure(table), out_stem)
+    return save_figure(predictors_figure(table), outputs)

@@ -20,7 +20,8 @@ from ntps.analysis import select_layer_k
 from ntps.baselines import PREDICTORS, SOURCE_FEATURES, predictor, preload
 from ntps.errors import NTPSError, NumericalError
 from ntps.io import provenance, read_json
-from ntps.stages import feature_key, input_provenance, n_layers_by_model
+from ntps.stages import feature_key, input_provenance
+from ntps.tables import n_layers_by_model, pair_from_path, pair_of
 
 LOG = logging.getLogger("ntps")
 
@@ -161,12 +162,6 @@ def time_ntps(stats_path: str | Path, n_layers: int, ntps_settings: Mapping[str,
 # --- tables ---------------------------------------------------------------------------------
 
 
-def _pair(path: str | Path) -> tuple[str, str]:
-    """results/<kind>/<model>/<dataset>.<ext> -> (model, dataset)."""
-    p = Path(path)
-    return p.parent.name, p.stem
-
-
 def predictor_values_table(
     paths: Iterable[str | Path], probes: pd.DataFrame, enabled: Sequence[str]
 ) -> pd.DataFrame:
@@ -177,8 +172,9 @@ def predictor_values_table(
     """
     rows = []
     for path in paths:
-        model, dataset = _pair(path)
-        for record in read_json(path)["records"]:
+        data = read_json(path)
+        model, dataset = pair_of(data)
+        for record in data["records"]:
             rows.append({"model": model, "dataset": dataset, **record})
     frame = pd.DataFrame(rows, columns=["model", "dataset", "layer", "predictor", "value"])
     parts = [frame[frame["predictor"].isin(enabled)]]
@@ -221,14 +217,15 @@ def predictor_costs_table(
     Columns: model, dataset, predictor, seconds, job, job_seconds.
     """
     walls = {
-        (job, *_pair(path)): benchmark_seconds(path)
+        (job, *pair_from_path(path)): benchmark_seconds(path)
         for job, paths in benchmarks.items()
         for path in paths
     }
     rows = []
     for path in predictor_paths:
-        model, dataset = _pair(path)
-        timed = read_json(path)["seconds"]
+        data = read_json(path)
+        model, dataset = pair_of(data)
+        timed = data["seconds"]
         for name in [NTPS, *enabled]:
             job = JOB_OF[NTPS] if name == NTPS else JOB_OF[PREDICTORS[name].source]
             rows.append(

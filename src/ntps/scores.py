@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -396,25 +396,3 @@ def _score(
             }
         )
     return records
-
-
-def score_layers(
-    moments: Iterable[LayerMoments | tuple[int, LayerMoments]],
-    k_grid: Sequence[int | float] = DEFAULT_K_GRID,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Score layers one at a time (an iterator keeps only one layer in memory); adds ``layer``.
-
-    Items are :class:`LayerMoments` (their ``layer`` attribute, else the position, names the
-    layer) or ``(layer, LayerMoments)`` pairs. Keyword arguments go to :func:`score_layer`.
-    """
-    out = []
-    for pos, item in enumerate(moments):
-        if isinstance(item, tuple):
-            layer, m = item
-        else:
-            m = item
-            layer = m.layer if m.layer is not None else pos
-        for rec in score_layer(m, k_grid, **kwargs):
-            out.append({"layer": int(layer), **rec})
-    return out

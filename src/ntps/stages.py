@@ -1,7 +1,9 @@
-"""One function per workflow stage: read inputs, call the maths, return what the script writes.
+"""Job bodies of the per-pair stages: extraction, scoring, probes, LoRA.
 
-Scripts under scripts/ only unpack the `snakemake` object and call these, so every stage can also be
-run (and tested) from Python without Snakemake.
+Each function reads one (model, dataset) pair's inputs, calls the maths and writes or returns what
+the job's script writes, so every stage can also be run (and tested) from Python without Snakemake.
+Study-level tables (across pairs) are in :mod:`ntps.tables`; the predictors stage is in
+:mod:`ntps.predictors`.
 """
 
 from __future__ import annotations
@@ -9,14 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from ntps.analysis import correlation_grid, k_label, rows_at_setting, select_layer_k
 from ntps.io import (
     load_tensor_metadata,
     load_tensors,
@@ -47,28 +47,32 @@ def extract_pair(
     model_record_path: str | Path | None = None,
     splits: Sequence[str] = ("train", "test"),
     out_shards: str | Path | None = None,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Forward pass over train (statistics + pooled features) and test (pooled features).
 
     ``settings["jackknife_shards"]`` >= 2 also writes the statistics of that many disjoint random
-    shards of the train texts to ``out_shards`` (an empty set of shards otherwise).
+    shards of the train texts to ``out_shards`` (an empty set of shards otherwise). ``model_name``
+    names the model in messages (default: the folder's name).
     """
     import torch
 
+    from ntps.datasets import load_prepared
     from ntps.errors import DatasetError
     from ntps.extract import extract_features
     from ntps.models import load_for_inference, resolve_device, resolve_dtype
     from ntps.text import check_prompt_format
 
-    table = pd.read_parquet(table_path)
-    dataset_record = read_json(dataset_record_path)
-    n_classes = len(dataset_record["label_names"])
+    # Checked against dataset.json's fingerprint: a table changed after preparation fails here.
+    prepared = load_prepared(table_path, dataset_record_path)
+    table = prepared.frame
+    n_classes = len(prepared.label_names)
     n_shards = int(settings.get("jackknife_shards", 0))
     n_train = int((table["split"] == "train").sum())
     if n_shards >= 2 and n_train < 2 * n_shards:
         # Before the model is loaded: nothing expensive has run yet.
         raise DatasetError(
-            f"dataset {dataset_record.get('name', table_path)!r} has {n_train} training texts, "
+            f"dataset {prepared.name!r} has {n_train} training texts, "
             f"too few for uncertainty.jackknife_shards = {n_shards} (at least two texts per "
             "shard); lower it, or set it to 0 to skip the standard errors"
         )
@@ -79,7 +83,8 @@ def extract_pair(
     load_seconds = time.perf_counter() - started
     LOG.info("loaded model from %s on %s (%s) in %.1f s", model_dir, device, dtype, load_seconds)
     prompt_format = str(settings.get("prompt_format", "raw"))
-    check_prompt_format(tokenizer, prompt_format, Path(model_dir).name)
+    model_name = model_name or Path(model_dir).name
+    check_prompt_format(tokenizer, prompt_format, model_name)
 
     features: dict[str, torch.Tensor] = {}
     split_records: dict[str, Any] = {}
@@ -102,6 +107,7 @@ def extract_pair(
             prompt_format=prompt_format,
             n_shards=n_shards if split == "train" else 0,
             shard_seed=int(settings.get("jackknife_seed", 0)),
+            name=model_name,
         )
         for layer in range(result.pooled.shape[0]):
             features[feature_key(split, layer)] = result.pooled[layer]
@@ -123,7 +129,7 @@ def extract_pair(
     meta = {
         "n_layers": str(n_layers),
         "n_classes": str(n_classes),
-        "dataset_fingerprint": str(dataset_record.get("fingerprint")),
+        "dataset_fingerprint": prepared.fingerprint,
         "model_provenance": json.dumps(
             model_record.get("provenance") if model_record else None, sort_keys=True
         ),
@@ -144,7 +150,7 @@ def extract_pair(
         "settings": {k: v for k, v in settings.items() if k != "progress"},
         "load_seconds": load_seconds,
         "splits": split_records,
-        "dataset_fingerprint": dataset_record.get("fingerprint"),
+        "dataset_fingerprint": prepared.fingerprint,
         "model": model_record,
         "provenance": provenance(),
     }
@@ -349,6 +355,7 @@ def train_lora_pair(
     probe_head_path: str | Path | None = None,
     progress: bool = True,
     prompt_format: str = "raw",
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune LoRA adapters + a linear head on one dataset, save them, and write the adapted
     model's train-split statistics (post-LoRA NTPS); return the metrics.
@@ -359,14 +366,17 @@ def train_lora_pair(
     ``settings.head_init`` is "probe". ``max_length`` is the extraction's, used unless the LoRA
     settings give their own.
     """
+    from ntps.datasets import load_prepared
     from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
     from ntps.models import load_for_inference, resolve_device
     from ntps.stats import splice_statistics
     from ntps.text import check_prompt_format
 
     lora_settings = LoRASettings.from_dict(dict(settings))
-    table = pd.read_parquet(table_path)
-    n_classes = len(read_json(dataset_record_path)["label_names"])
+    # The same fingerprint check as the extraction: LoRA must train on the texts that were scored.
+    prepared = load_prepared(table_path, dataset_record_path)
+    table = prepared.frame
+    n_classes = len(prepared.label_names)
     initial_head, probe_predictions = None, None
     if lora_settings.head_init == "probe":
         if probe_head_path is None:
@@ -377,7 +387,7 @@ def train_lora_pair(
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
     base_model, tokenizer = load_for_inference(model_dir, dtype="float32", device=device)
-    check_prompt_format(tokenizer, prompt_format, Path(model_dir).name)
+    check_prompt_format(tokenizer, prompt_format, model_name or Path(model_dir).name)
     train = table[table["split"] == "train"]
     test = table[table["split"] == "test"]
     train_labels = train["label"].astype(int).tolist()
@@ -435,224 +445,6 @@ def train_lora_pair(
     }
 
 
-def lora_table(metrics_paths: Iterable[str | Path], probes: pd.DataFrame,
-               model_records: Mapping[str, str | Path]) -> pd.DataFrame:  # fmt: skip
-    """One row per (model, dataset): LoRA test accuracy, last-layer probe accuracy, and the gain.
-
-    Also whether LoRA learned (mean training loss of the last quarter of steps below the first
-    quarter) and the test majority-class rate LoRA accuracy must not fall below.
-    """
-    last_layer = probes.loc[probes.groupby(["model", "dataset"])["layer"].idxmax()]
-    last_layer = last_layer.set_index(["model", "dataset"])
-    rows = []
-    for path in metrics_paths:
-        metrics = read_json(path)
-        model, dataset = metrics["model"], metrics["dataset"]
-        probe = float(last_layer.loc[(model, dataset), "accuracy"])
-        majority = float(last_layer.loc[(model, dataset), "chance_accuracy"])
-        first, last = metrics.get("loss_first_quarter"), metrics.get("loss_last_quarter")
-        rows.append(
-            {
-                "model": model,
-                "dataset": dataset,
-                "lora_accuracy": metrics["test_accuracy"],
-                "lora_macro_f1": metrics["test_macro_f1"],
-                "probe_accuracy_last_layer": probe,
-                "gain": metrics["test_accuracy"] - probe,
-                "lora_accuracy_at_start": metrics.get("initial_test_accuracy", np.nan),
-                "majority_rate": majority,
-                "above_majority": metrics["test_accuracy"] >= majority,
-                "loss_first_quarter": first if first is not None else np.nan,
-                "loss_last_quarter": last if last is not None else np.nan,
-                "learned": first is not None and last is not None and last < first,
-                "head_init": metrics.get("head_init", "random"),
-                "first_adapted_block": metrics.get("first_adapted_block"),
-                "n_params": read_json(model_records[model])["n_parameters"],
-                "steps": metrics["steps_done"],
-            }
-        )
-    return pd.DataFrame(rows).sort_values(["model", "dataset"]).reset_index(drop=True)
-
-
-#: Layer spec of the last hidden state (the one the LoRA head reads).
-LAST_LAYER = -1
-
-
-def lora_analysis(
-    scores: pd.DataFrame,
-    lora: pd.DataFrame,
-    analysis: Mapping[str, Any],
-    fixed_layers: Mapping[str, int | float],
-) -> dict[str, pd.DataFrame]:
-    """Gain correlations (three modes), NTPS before/after LoRA, and leave-one-dataset-out gain
-    prediction from pre-LoRA NTPS at the fixed setting.
-
-    Before/after compares NTPS at the fixed k on the LAST layer: the one the LoRA head reads and
-    one the adapters change whichever blocks they sit on (with adapters on the top blocks only,
-    the fixed middle layer is unchanged by construction).
-    """
-    from ntps.analysis import paired_change, predict_gain_lodo
-
-    score_col = analysis["score"]
-    fixed = {model: (layer, analysis["fixed_k"]) for model, layer in fixed_layers.items()}
-    pre = scores[scores["stage"] == "pre_lora"]
-    correlations = select_layer_k(
-        pre, lora, score_col=score_col, target_col="gain", sign=-1, fixed=fixed,
-        n_layers=n_layers_by_model(pre), n_boot=analysis["n_bootstrap"],
-        n_perm=analysis["n_permutations"], seed=analysis["seed"],
-    )  # fmt: skip
-    at_fixed = []
-    for model in fixed_layers:
-        for stage in ("pre_lora", "post_lora"):
-            chosen, _ = rows_at_setting(scores, model, LAST_LAYER, analysis["fixed_k"], stage)
-            if chosen.empty:
-                continue
-            at_fixed.append(chosen[["model", "dataset", "stage", "layer", "k_label", score_col]])
-    fixed_frame = pd.concat(at_fixed, ignore_index=True)
-    wide = fixed_frame.pivot_table(
-        index=["model", "dataset", "layer", "k_label"], columns="stage", values=score_col
-    ).reset_index()
-    # The gain is predicted from NTPS at the fixed (layer, k), as in the correlations' fixed mode.
-    fixed_pre = pd.concat(
-        [
-            rows_at_setting(scores, model, layer_spec, analysis["fixed_k"], "pre_lora")[0]
-            for model, layer_spec in fixed_layers.items()
-        ],
-        ignore_index=True,
-    )[["model", "dataset", score_col]]
-    before_after = wide.merge(
-        fixed_pre.rename(columns={score_col: "ntps_fixed_setting"}), on=["model", "dataset"]
-    ).merge(lora, on=["model", "dataset"], how="inner")
-    paired_rows = []
-    for model, group in before_after.groupby("model"):
-        if "post_lora" in group:
-            paired_rows.append(
-                {"model": model, **paired_change(group["pre_lora"], group["post_lora"])}
-            )
-    prediction = predict_gain_lodo(
-        fixed_pre.merge(lora, on=["model", "dataset"], how="inner"), ntps_col=score_col
-    )
-    return {
-        "correlations": correlations,
-        "before_after": before_after,
-        "paired": pd.DataFrame(paired_rows),
-        "prediction": prediction.predictions,
-        "prediction_summary": prediction.summary,
-    }
-
-
-# --- tables ---------------------------------------------------------------------------------
-
-
-def pair_from_path(path: str | Path) -> tuple[str, str]:
-    """results/<kind>/<model>/<dataset>.json -> (model, dataset)."""
-    p = Path(path)
-    return p.parent.name, p.stem
-
-
-def records_table(paths: Iterable[str | Path], **constant: Any) -> pd.DataFrame:
-    rows = []
-    for path in paths:
-        model, dataset = pair_from_path(path)
-        for record in read_json(path)["records"]:
-            if "k_spec" in record:  # label before pandas turns integer k into floats
-                record = {**record, "k_label": k_label(record["k_spec"])}
-            rows.append({"model": model, "dataset": dataset, **constant, **record})
-    return pd.DataFrame(rows)
-
-
-# Column order of the scores table (README, "Tables"): keys first, then the scores, then diagnostics.
-SCORE_COLUMNS = (
-    "model", "dataset", "stage", "layer", "k_label", "k_spec", "k_perception", "k_ar",
-    "ntps_paper", "ntps_reg", "ntps_paper_se", "ntps_reg_se", "ntps_released", "baseline",
-    "excess_loss", "bound_lower", "bound_upper", "lower_bound_zero", "paper_degenerate",
-    "ar_degenerate", "k_clipped", "eigen_cutoff", "rank_perception", "rank_ar",
-    "n_nonzero_perception", "jackknife_shards", "lam_min_cxx", "lam_max_cxx", "w_star_norm2",
-)  # fmt: skip
-PROBE_COLUMNS = (
-    "model", "dataset", "layer", "accuracy", "macro_f1", "mse", "train_accuracy", "train_mse",
-    "chance_accuracy", "n_train", "n_test", "n_classes", "logistic_c", "ridge_alpha",
-)  # fmt: skip
-
-
-def _ordered(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    first = [c for c in columns if c in frame.columns]
-    return frame[first + [c for c in frame.columns if c not in first]]
-
-
-def scores_table(
-    paths: Iterable[str | Path], post_lora_paths: Iterable[str | Path] = ()
-) -> pd.DataFrame:
-    frame = pd.concat(
-        [records_table(paths, stage="pre_lora"), records_table(post_lora_paths, stage="post_lora")],
-        ignore_index=True,
-    )
-    frame = frame.sort_values(["model", "dataset", "stage", "layer"], kind="stable")
-    return _ordered(frame, SCORE_COLUMNS).reset_index(drop=True)
-
-
-def probes_table(paths: Iterable[str | Path]) -> pd.DataFrame:
-    frame = records_table(paths).sort_values(["model", "dataset", "layer"], kind="stable")
-    return _ordered(frame, PROBE_COLUMNS).reset_index(drop=True)
-
-
-# --- correlations ---------------------------------------------------------------------------
-
-# Targets NTPS is compared with: (probe column, sign). Sign -1 where lower is better, so a positive
-# correlation always means "NTPS agrees with the task being easy".
-PROBE_TARGETS: tuple[tuple[str, int], ...] = (("accuracy", 1), ("mse", -1))
-
-
-def n_layers_by_model(scores: pd.DataFrame) -> dict[str, int]:
-    return {m: int(g["layer"].max()) + 1 for m, g in scores.groupby("model")}
-
-
-def correlation_tables(
-    scores: pd.DataFrame,
-    probes: pd.DataFrame,
-    analysis: Mapping[str, Any],
-    fixed_layers: Mapping[str, int | float],
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Correlations under the three selection modes, and the full (layer, k) grid, per target."""
-    score_col = analysis["score"]
-    fixed = {model: (layer, analysis["fixed_k"]) for model, layer in fixed_layers.items()}
-    n_layers = n_layers_by_model(scores)
-    selections, grids = [], []
-    for target, sign in PROBE_TARGETS:
-        selections.append(
-            select_layer_k(
-                scores,
-                probes,
-                score_col=score_col,
-                target_col=target,
-                sign=sign,
-                fixed=fixed,
-                n_layers=n_layers,
-                n_boot=analysis["n_bootstrap"],
-                n_perm=analysis["n_permutations"],
-                seed=analysis["seed"],
-            )
-        )
-        grids.append(correlation_grid(scores, probes, score_col, target, sign))
-    return pd.concat(selections, ignore_index=True), pd.concat(grids, ignore_index=True)
-
-
-def fixed_setting_frame(
-    scores: pd.DataFrame,
-    probes: pd.DataFrame,
-    model: str,
-    layer_spec: int | float,
-    k_spec: int | float,
-    score_col: str,
-) -> tuple[pd.DataFrame, int]:
-    """Per-dataset NTPS at the model's fixed (layer, k) beside the probe metrics of that layer."""
-    chosen, layer = rows_at_setting(scores, model, layer_spec, k_spec)
-    if layer is None:
-        raise ValueError(f"no pre-LoRA scores for model '{model}'")
-    merged = chosen.merge(probes, on=["model", "dataset", "layer"], how="inner")
-    return merged.sort_values("dataset").reset_index(drop=True), layer
-
-
 def write_pair_json(path: str | Path, model: str, dataset: str, payload: dict[str, Any]) -> None:
     write_json(path, {"model": model, "dataset": dataset, **payload})
 
@@ -660,10 +452,9 @@ def write_pair_json(path: str | Path, model: str, dataset: str, payload: dict[st
 __all__ = [
     "extract_pair",
     "feature_key",
-    "load_tensors",
+    "input_provenance",
     "probe_pair",
-    "probes_table",
     "score_pair",
-    "scores_table",
+    "train_lora_pair",
     "write_pair_json",
 ]

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import signal
 import sys
 from collections.abc import Iterator, Mapping
@@ -123,7 +122,6 @@ def model_resources(
         "mem_mb": int(mem_mb * 2 ** (attempt - 1)),
         "runtime": int(runtime * 2 ** (attempt - 1)),
         "gpu": int(override.get("gpu", 1)),
-        "threads": model_torch_threads(config, model),
     }
 
 
@@ -162,9 +160,9 @@ def job_logging(
         # says why the job stopped instead of ending empty.
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
         try:
-            # Which code ran: the package's version and folder (a module deployment, a conda
-            # environment or a stray installed copy would each show here).
-            logger.info("ntps %s from %s", _package_version(), Path(__file__).resolve().parent)
+            # Which code ran: the package's version, commit and folder (a module deployment, a
+            # conda environment or a stray installed copy would each show here).
+            logger.info("ntps %s from %s", _code_revision(), Path(__file__).resolve().parent)
             set_threads(threads)
             yield logger
         except Exception:
@@ -176,10 +174,14 @@ def job_logging(
             logger.removeHandler(handler)
 
 
-def _package_version() -> str:
-    from ntps import __version__
+def _code_revision() -> str:
+    from ntps.io import code_revision
 
-    return __version__
+    code = code_revision()
+    if code["git_revision"] is None:
+        return code["version"]
+    dirty = " (with uncommitted changes)" if code["git_dirty"] else ""
+    return f"{code['version']} at commit {code['git_revision']}{dirty}"
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:
@@ -201,12 +203,3 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
     # Process-wide and for the rest of the job: the object returned need not be kept.
     threadpool_limits(limits=threads)
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002 - third-party code draws from the legacy global RNG
-    torch.manual_seed(seed)
