@@ -433,12 +433,29 @@ class StatisticsAccumulator:
 
     __add__ = merge
 
+    def symmetrize_(self) -> StatisticsAccumulator:
+        """Replace Cxx and S0 by their symmetric parts (A + A^T)/2, in place, one layer at a time.
+
+        Both are symmetric by definition; float GEMMs can leave them asymmetric in the last bit
+        (Gemma-3-270M's Cxx, measured). Every score reads the symmetric part anyway
+        (``eigen.symmetrize``); storing it makes the full and the compact form
+        (:func:`pack_statistics`) hold the very same matrices. A no-op for symmetric sums.
+        """
+        for name in SYMMETRIC_SUMS:
+            sums = getattr(self, name)
+            for layer in range(self.n_layers):
+                matrix = sums[layer]
+                matrix.add_(matrix.T.clone()).mul_(0.5)
+        return self
+
     def to_tensors(self, *, compact: bool = False) -> dict[str, Tensor]:
         """Safetensors-ready dict with per-layer keys (``layer{l}.cxx_sum`` ...) and global counts.
 
-        ``compact``: Cxx and S0 as their upper triangles (:func:`pack_statistics`)."""
+        Cxx and S0 are made exactly symmetric first (:meth:`symmetrize_`); ``compact``: stored as
+        their upper triangles (:func:`pack_statistics`)."""
         if compact:
             return pack_statistics(self.to_tensors())
+        self.symmetrize_()
         out: dict[str, Tensor] = {}
         for li in range(self.n_layers):
             for name in _LAYER_SUMS:
@@ -526,6 +543,7 @@ def splice_statistics(
     if not torch.equal(base["label_counts"].to(torch.int64).cpu(), upper.label_counts.cpu()):
         raise NTPSError("label counts differ between the base and the upper statistics")
     get = _getter(base)
+    upper.symmetrize_()  # as every stored statistic (StatisticsAccumulator.to_tensors)
     out = {key: value for key, value in base.items() if not key.startswith("layer")}
     for layer in layers:
         for name in _LAYER_SUMS:
