@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -184,9 +183,8 @@ def test_estimate_matches_the_tiny_study(tiny_study: Path) -> None:
     for stage in ("statistics", "jackknife shards", "pooled features", "post-LoRA statistics"):
         assert measured[stage] > 0, stage
         assert estimates[stage].bytes == pytest.approx(measured[stage], rel=0.03), stage
-    assert estimates["models"].bytes == measured["models"] or math.isclose(
-        estimates["models"].bytes, measured["models"], rel_tol=0.1
-    )
+    # The local model is linked, not copied: only its record and the links take space.
+    assert estimates["models"].bytes == 0 and 0 < measured["models"] < 10_000
     # The adapter formula is an upper bound (q, k, v counted as d -> d), at most 2x here.
     assert measured["LoRA adapters"] <= estimates["LoRA adapters"].bytes
     assert estimates["LoRA adapters"].bytes <= 2 * measured["LoRA adapters"] + 20_000

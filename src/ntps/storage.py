@@ -17,9 +17,9 @@ The size formulas live here and nowhere else (:func:`statistics_bytes` is also w
 * texts per dataset: the prepared ``dataset.json``; else :data:`HUB_DATASET_SIZES` (the paper's
   datasets, sizes from their dataset cards, marked ``~`` where the card gives them rounded) capped
   by ``max_train`` / ``max_test``; else the caps; else 10,000 / 2,000 texts, marked ``assumed``;
-* weights on disk: the record's ``size_bytes``; else ``n_params`` x 4 bytes (GGUF and local
-  folders are stored as float32) or x 2 (hub checkpoints as published in bf16; the hub cache under
-  ``resources/cache`` holds a second copy).
+* weights on disk: the record's ``size_bytes``; else 0 for a local folder (linked, not copied);
+  else ``n_params`` x 4 bytes (GGUF is stored dequantised to float32) or x 2 (hub checkpoints as published in bf16; the
+  hub cache under ``resources/cache`` holds a second copy).
 
 What the formulas count (bytes; ``S = L + 1`` hidden states, ``c`` classes, ``K`` jackknife shards,
 ``N`` texts of both splits):
@@ -88,6 +88,8 @@ PER_PAIR_REPORT_BYTES = 790_000
 # Bytes of a prepared dataset (parquet) per text, when it is not prepared yet: a rough figure.
 PREPARED_BYTES_PER_TEXT = 150
 LORA_MODULES_PER_BLOCK = 3
+# The adapter folder's small files (peft README and config, head config) and metrics.json.
+LORA_FILES_BYTES = 16_000
 
 STAGES = (
     "models",
@@ -202,6 +204,8 @@ def model_shape(entry: Mapping[str, Any], workdir: Path) -> ModelShape:
         shape, basis = (ASSUMED_BLOCKS, d), "assumed from n_params"
     if "size_bytes" in record:
         weights = int(record["size_bytes"])
+    elif source.get("type") == "local":
+        weights = 0  # linked into resources/models, not copied
     else:
         if n_params is None:
             n_blocks, d = shape
@@ -322,7 +326,9 @@ def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, Stag
             stages = 1
             if (model, dataset) in lora:
                 out["LoRA adapters"].add(
-                    pair, lora_adapter_bytes(d, shape.n_blocks, c, config["lora"]["settings"])
+                    pair,
+                    lora_adapter_bytes(d, shape.n_blocks, c, config["lora"]["settings"])
+                    + LORA_FILES_BYTES,
                 )
                 out["post-LoRA statistics"].add(pair, stats)
                 stages = 2
@@ -340,10 +346,12 @@ def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, Stag
 
 
 def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
+    """Bytes a file or folder takes itself: symbolic links count as links (local models are
+    linked into resources/models, not copied)."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
     if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_symlink() or p.is_file())
     return 0
 
 
