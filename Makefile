@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 
-.PHONY: setup study test test-fast lint unit clean-results
+.PHONY: setup study test test-fast lint unit clean-results storage-plan
 .DEFAULT_GOAL := study
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -43,6 +43,11 @@ test: lint unit
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" --durations=10
+
+# Estimated disk per stage of a study (docs/cluster.md, "Disk"): make storage-plan CONFIG=config/paper.yaml
+CONFIG ?= config/config.yaml
+storage-plan: $(STAMP)
+	$(BIN)/python -m ntps.storage $(CONFIG) --verbose
 
 clean-results:
 	rm -rf results/* .snakemake

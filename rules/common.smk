@@ -116,6 +116,12 @@ def extraction_params(wildcards):
         "prompt_format": spec["prompt_format"],
         "jackknife_shards": config["uncertainty"]["jackknife_shards"],
         "jackknife_seed": config["uncertainty"]["seed"],
+        # Only when on: the default keeps the params of earlier runs, which re-extract nothing.
+        **(
+            {"compact_statistics": True}
+            if config["storage"]["compact_statistics"]
+            else {}
+        ),
     }
 
 
@@ -158,6 +164,12 @@ def scoring_params():
 def shard_statistics(path):
     """The jackknife shard statistics: deleted after scoring unless the config keeps them."""
     return path if config["uncertainty"]["keep_shard_statistics"] else temp(path)
+
+
+def statistics_output(path):
+    """Pre- and post-LoRA statistics: kept, or deleted once every job reading them ran
+    (storage.statistics: temp)."""
+    return temp(path) if config["storage"]["statistics"] == "temp" else path
 
 
 def lora_enabled():

@@ -10,7 +10,7 @@ rule extract:
         table="resources/datasets/{dataset}/data.parquet",
         dataset="resources/datasets/{dataset}/dataset.json",
     output:
-        stats="results/extract/{model}/{dataset}/stats.safetensors",
+        stats=statistics_output("results/extract/{model}/{dataset}/stats.safetensors"),
         shards=shard_statistics(
             "results/extract/{model}/{dataset}/stats_shards.safetensors"
         ),
@@ -81,7 +81,7 @@ rule merge_extract:
         model_record="resources/models/{model}/model.json",
         dataset="resources/datasets/{dataset}/dataset.json",
     output:
-        stats="results/extract/{model}/{dataset}/stats.safetensors",
+        stats=statistics_output("results/extract/{model}/{dataset}/stats.safetensors"),
         shards=shard_statistics(
             "results/extract/{model}/{dataset}/stats_shards.safetensors"
         ),

@@ -14,7 +14,9 @@ rule lora:
         metrics="results/lora/{model}/{dataset}/metrics.json",
         # Train-split statistics of the adapted model (post-LoRA NTPS): hidden states below the
         # first adapted block are copied from the pre-LoRA statistics, the rest recomputed.
-        stats="results/lora/{model}/{dataset}/stats_post_lora.safetensors",
+        stats=statistics_output(
+            "results/lora/{model}/{dataset}/stats_post_lora.safetensors"
+        ),
     log:
         "results/logs/lora/{model}/{dataset}.log",
     benchmark:

@@ -85,7 +85,7 @@ def test_statistics_memory_counts_the_jackknife_shards(tmp_path: Path) -> None:
     (records / "m").mkdir(parents=True)
     # SmolLM2-135M's shape: 30 blocks (31 hidden states), d = 576.
     (records / "m" / "model.json").write_text(json.dumps({"n_layers": 30, "hidden_size": 576}))
-    one = 31 * 3 * 576**2 * 8 / 1e6  # 247 MB: Cxx, S0, S1 in float64 per hidden state
+    one = 31 * (3 * 576**2 + 576) * 8 / 1e6  # 247 MB: Cxx, S0, S1, sum x; float64, per state
     config = study_config(n_params=135_000_000)
     assert statistics_mb(config, "m", str(records)) == pytest.approx(one, abs=1)
     config["uncertainty"] = {"jackknife_shards": 10}

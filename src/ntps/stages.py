@@ -214,11 +214,13 @@ def _write_extraction(
             model_record.get("provenance") if model_record else None, sort_keys=True
         ),
     }
-    save_tensors(out_stats, accumulator.to_tensors(), meta)
+    # storage.compact_statistics: Cxx and S0 as upper triangles (read back transparently).
+    compact = bool(settings.get("compact_statistics", False))
+    save_tensors(out_stats, accumulator.to_tensors(compact=compact), meta)
     if out_shards is not None:
         from ntps.stats import shards_to_tensors
 
-        save_tensors(out_shards, shards_to_tensors(shards), meta)
+        save_tensors(out_shards, shards_to_tensors(shards, compact=compact), meta)
     save_tensors(out_features, features, meta)
     full_record = {
         "n_layers": n_layers,
@@ -718,7 +720,7 @@ def train_lora_pair(
     from ntps.datasets import load_prepared
     from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
     from ntps.models import load_for_inference, resolve_device
-    from ntps.stats import splice_statistics
+    from ntps.stats import is_packed, pack_statistics, splice_statistics
     from ntps.text import check_prompt_format
 
     lora_settings = LoRASettings.from_dict(dict(settings))
@@ -762,10 +764,12 @@ def train_lora_pair(
         result.classifier, result.train_inputs, train_labels, lora_settings.eval_batch_size
     )
     # Read only now: the pre-LoRA sums (0.25 GB for SmolLM2) need not sit in memory during training.
-    stats = splice_statistics(load_tensors(stats_path), upper, first_state)
+    base = load_tensors(stats_path)
+    stats = splice_statistics(base, upper, first_state)
     save_tensors(
         out_stats,
-        stats,
+        # The pre-LoRA statistics' storage form (storage.compact_statistics) carries over.
+        pack_statistics(stats) if is_packed(base) else stats,
         {**load_tensor_metadata(stats_path), "first_recomputed_state": str(first_state)},
     )
     LOG.info(

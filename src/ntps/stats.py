@@ -9,6 +9,7 @@ is O(L d^2) whatever the number of texts, and two accumulators merge exactly by 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -146,15 +147,83 @@ class LayerMoments:
 
 
 def _getter(tensors: Any):
+    """``get(key)`` over a dict or an open safetensors handle: THE reader of stored statistics.
+
+    A symmetric sum stored compactly (``<key>.triu``, see :func:`pack_statistics`) is unpacked to
+    its full (d, d) matrix here, so every consumer reads full and compact files alike.
+    """
     if hasattr(tensors, "get_tensor"):
+        keys = set(tensors.keys())
+        raw = tensors.get_tensor
+    else:
+        keys, raw = tensors, tensors.__getitem__
 
-        def get(key: str) -> Tensor:
-            if key not in set(tensors.keys()):
-                raise KeyError(key)
-            return tensors.get_tensor(key)
+    def get(key: str) -> Tensor:
+        if key in keys:
+            return raw(key)
+        if key + PACKED_SUFFIX in keys:
+            return unpack_symmetric(raw(key + PACKED_SUFFIX))
+        raise KeyError(key)
 
-        return get
-    return lambda key: tensors[key]
+    return get
+
+
+# --- compact storage: the upper triangle of the symmetric sums ---------------------------------
+
+# Cxx and S0 are symmetric: stored compactly, each keeps its upper triangle only (d(d+1)/2 of d^2
+# values), under the key ``<name>.triu``.
+SYMMETRIC_SUMS = ("cxx_sum", "s0_sum")
+PACKED_SUFFIX = ".triu"
+
+
+def _triu_size_to_d(n: int) -> int:
+    d = math.isqrt(8 * n + 1) // 2
+    if d * (d + 1) // 2 != n:
+        raise NTPSError(f"a packed symmetric matrix has {n} values, not d(d+1)/2 for any d")
+    return d
+
+
+def pack_symmetric(matrix: Tensor) -> Tensor:
+    """Upper triangle (row-major, diagonal included) of a symmetric (d, d) matrix -> (d(d+1)/2,).
+
+    The matrix is symmetrised first ((A + A^T)/2, which is A itself for the exactly symmetric sums
+    the accumulator writes), so unpacking returns exactly what scoring uses.
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {tuple(matrix.shape)}")
+    d = matrix.shape[0]
+    rows, cols = torch.triu_indices(d, d, device=matrix.device)
+    return ((matrix + matrix.T) * 0.5)[rows, cols].contiguous()
+
+
+def unpack_symmetric(packed: Tensor) -> Tensor:
+    """Inverse of :func:`pack_symmetric`: (d(d+1)/2,) -> the full symmetric (d, d) matrix."""
+    d = _triu_size_to_d(int(packed.numel()))
+    rows, cols = torch.triu_indices(d, d, device=packed.device)
+    out = torch.zeros((d, d), dtype=packed.dtype, device=packed.device)
+    out[rows, cols] = packed
+    out[cols, rows] = packed
+    return out
+
+
+def pack_statistics(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Statistics tensors (``to_tensors`` or ``shards_to_tensors`` keys) with every Cxx and S0 sum
+    replaced by its upper triangle (``<key>.triu``); other keys unchanged. Read back through the
+    package's one reader (:func:`_getter`: ``LayerMoments.from_tensors``,
+    ``StatisticsAccumulator.from_tensors``, :func:`jackknife_moments`, :func:`splice_statistics`).
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        if key.rsplit(".", 1)[-1] in SYMMETRIC_SUMS:
+            out[key + PACKED_SUFFIX] = pack_symmetric(value)
+        else:
+            out[key] = value
+    return out
+
+
+def is_packed(keys: Any) -> bool:
+    """Whether stored statistics (their key set) use the compact form."""
+    return any(str(key).endswith(PACKED_SUFFIX) for key in keys)
 
 
 def stored_layers(keys: Any) -> list[int]:
@@ -372,8 +441,29 @@ class StatisticsAccumulator:
         for name in _COUNTS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def to_tensors(self) -> dict[str, Tensor]:
-        """Safetensors-ready dict with per-layer keys (``layer{l}.cxx_sum`` ...) and global counts."""
+    def symmetrize_(self) -> StatisticsAccumulator:
+        """Replace Cxx and S0 by their symmetric parts (A + A^T)/2, in place, one layer at a time.
+
+        Both are symmetric by definition; float GEMMs can leave them asymmetric in the last bit
+        (Gemma-3-270M's Cxx, measured). Every score reads the symmetric part anyway
+        (``eigen.symmetrize``); storing it makes the full and the compact form
+        (:func:`pack_statistics`) hold the very same matrices. A no-op for symmetric sums.
+        """
+        for name in SYMMETRIC_SUMS:
+            sums = getattr(self, name)
+            for layer in range(self.n_layers):
+                matrix = sums[layer]
+                matrix.add_(matrix.T.clone()).mul_(0.5)
+        return self
+
+    def to_tensors(self, *, compact: bool = False) -> dict[str, Tensor]:
+        """Safetensors-ready dict with per-layer keys (``layer{l}.cxx_sum`` ...) and global counts.
+
+        Cxx and S0 are made exactly symmetric first (:meth:`symmetrize_`); ``compact``: stored as
+        their upper triangles (:func:`pack_statistics`)."""
+        if compact:
+            return pack_statistics(self.to_tensors())
+        self.symmetrize_()
         out: dict[str, Tensor] = {}
         for li in range(self.n_layers):
             for name in _LAYER_SUMS:
@@ -391,7 +481,7 @@ class StatisticsAccumulator:
         device: torch.device | str | None = None,
         product_dtype: torch.dtype = torch.float32,
     ) -> StatisticsAccumulator:
-        """Inverse of :meth:`to_tensors` (all layers are loaded)."""
+        """Inverse of :meth:`to_tensors` (all layers are loaded; full or compact form)."""
         layers = stored_layers(tensors.keys())
         if not layers or layers != list(range(len(layers))):
             raise NTPSError(
@@ -400,6 +490,7 @@ class StatisticsAccumulator:
         for name in ("label_counts", "n_examples", "n_pairs"):
             if name not in tensors:
                 raise NTPSError(f"statistics have no key {name!r}")
+        get = _getter(tensors)
         first = tensors["layer0.cxy_sum"]
         d, c = first.shape
         dev = torch.device(device) if device is not None else first.device
@@ -410,7 +501,7 @@ class StatisticsAccumulator:
             target = getattr(acc, name)
             for li in layers:
                 try:
-                    value = tensors[f"layer{li}.{name}"]
+                    value = get(f"layer{li}.{name}")
                 except KeyError as exc:
                     raise NTPSError(f"statistics have no key {exc.args[0]!r}") from None
                 if value.shape != target.shape[1:]:
@@ -463,12 +554,14 @@ def splice_statistics(
             )
     if not torch.equal(base["label_counts"].to(torch.int64).cpu(), upper.label_counts.cpu()):
         raise NTPSError("label counts differ between the base and the upper statistics")
-    out = {key: value for key, value in base.items() if not _KEY_RE.match(key)}
+    get = _getter(base)
+    upper.symmetrize_()  # as every stored statistic (StatisticsAccumulator.to_tensors)
+    out = {key: value for key, value in base.items() if not key.startswith("layer")}
     for layer in layers:
         for name in _LAYER_SUMS:
             key = f"layer{layer}.{name}"
             if layer < first_state:
-                out[key] = base[key]
+                out[key] = get(key)
             else:
                 out[key] = getattr(upper, name)[layer - first_state].cpu().contiguous()
     return out
@@ -563,13 +656,18 @@ def check_partition(index_sets: Sequence[Sequence[int]], n: int, what: str) -> N
         )
 
 
-def shards_to_tensors(shards: Sequence[StatisticsAccumulator]) -> dict[str, Tensor]:
+def shards_to_tensors(
+    shards: Sequence[StatisticsAccumulator], *, compact: bool = False
+) -> dict[str, Tensor]:
     """Safetensors-ready dict of K shard accumulators: ``shard{j}.layer{l}.{name}`` and counts.
 
     Layer sums are stored in float32: a leave-one-shard-out replicate is ``total - shard_j`` with
     ``total`` in float64, so the rounding (u32 of one shard, ~u32 / K of the total) stays below
     the precision the scores assume for the statistics (``ntps.scores.STATISTICS_PRECISION``).
+    ``compact``: Cxx and S0 as their upper triangles (:func:`pack_statistics`).
     """
+    if compact:
+        return pack_statistics(shards_to_tensors(shards))
     out: dict[str, Tensor] = {"n_shards": torch.tensor([len(shards)], dtype=torch.int64)}
     for j, shard in enumerate(shards):
         for key, value in shard.to_tensors().items():

@@ -79,22 +79,25 @@ def statistics_mb(
     ``uncertainty.jackknife_shards`` = K the job holds K shard accumulators plus their merged total
     and one intermediate merge (``sharded=False``: one accumulator, as in the LoRA job's post-LoRA
     statistics). Shapes come from the acquisition record when it exists; otherwise
-    from the parameter count (a transformer block has ~12 d^2 weights, so L d^2 ~ n_params / 12,
-    an overestimate for models with large embedding tables).
+    from the parameter count. The formulas are :mod:`ntps.storage`'s (disk and memory alike).
     """
+    from ntps.storage import statistics_bytes, statistics_bytes_from_params
+
     shards = int((config.get("uncertainty") or {}).get("jackknife_shards", 0)) if sharded else 0
     copies = shards + 2 if shards >= 2 else 1
     record = Path(records_dir) / model / "model.json"
-    layers_d2 = None
+    one = None
     if record.exists():
         import json
 
         with contextlib.suppress(ValueError, KeyError, OSError, TypeError):
             data = json.loads(record.read_text())
-            layers_d2 = (int(data["n_layers"]) + 1) * int(data["hidden_size"]) ** 2
-    if layers_d2 is None:
-        layers_d2 = model_n_params(config, model, records_dir) / 12
-    return math.ceil(copies * 3 * 8 * layers_d2 / 1e6)
+            one = statistics_bytes(
+                int(data["n_layers"]) + 1, int(data["hidden_size"]), 0, header=False
+            )
+    if one is None:
+        one = statistics_bytes_from_params(model_n_params(config, model, records_dir))
+    return math.ceil(copies * one / 1e6)
 
 
 def extraction_shards(config: Mapping[str, Any], dataset: str) -> int:
