@@ -32,6 +32,7 @@ rule lora:
         max_length=lambda wildcards: model_spec(wildcards)["max_length"],
         prompt_format=lambda wildcards: model_spec(wildcards)["prompt_format"],
         device=config["extraction"]["device"],
+        released=config["scoring"]["released_column"],
         # Not an output: Snakemake must not delete it when a job dies, so a re-run resumes.
         checkpoints=lora_checkpoint_dir,
     script:

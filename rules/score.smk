@@ -20,6 +20,7 @@ rule score:
     params:
         **scoring_params(),
         device=config["extraction"]["device"],
+        released=config["scoring"]["released_column"],
         threads=score_threads,
     script:
         "../scripts/score.py"

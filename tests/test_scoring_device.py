@@ -86,3 +86,18 @@ def test_cuda_scores_equal_cpu_scores_within_float64_rounding(statistics) -> Non
                 assert b[key] == pytest.approx(value, rel=1e-8, abs=1e-10), key
             elif not isinstance(value, float):
                 assert b[key] == value, key
+
+
+def test_without_the_released_column_only_that_column_changes(statistics) -> None:
+    stats_path, shards_path, _, _ = statistics
+    full = score(statistics, "cpu")
+    bare = score_pair(
+        stats_path, K_GRID, ridge=0.0, centered=False, shards_path=shards_path, released=False
+    )
+    assert bare["settings"]["released_column"] is False and full["settings"]["released_column"]
+    assert any(not math.isnan(r["ntps_released"]) for r in full["records"])
+    for a, b in zip(full["records"], bare["records"], strict=True):
+        assert math.isnan(b["ntps_released"])
+        assert {k: v for k, v in a.items() if k != "ntps_released"} == {
+            k: v for k, v in b.items() if k != "ntps_released"
+        }

@@ -224,13 +224,14 @@ def score_layer_with_se(
     centered: bool,
     eigen_cutoff: float | str = "auto",
     device: Any = "cpu",
+    released: bool = True,
 ) -> list[dict[str, Any]]:
     """One layer's score records with their jackknife SEs (the body of :func:`score_pair`).
 
     ``tensors`` holds the layer's :meth:`ntps.stats.StatisticsAccumulator.to_tensors` keys and
     ``shards`` the :func:`ntps.stats.shards_to_tensors` keys (or None); either may be a dict or an
-    open safetensors handle. The eigendecompositions run in float64 on ``device`` (the released
-    column always on the CPU, with scipy, as the authors ran it).
+    open safetensors handle. The eigendecompositions run in float64 on ``device``; the released
+    column (``released``, else NaN) always on the CPU, with scipy, as the authors ran it.
     """
     import dataclasses
 
@@ -243,7 +244,9 @@ def score_layer_with_se(
         get = shards.get_tensor if hasattr(shards, "get_tensor") else shards.__getitem__
         n_shards = int(get("n_shards").reshape(-1)[0])
     moments = LayerMoments.from_tensors(tensors, layer, device=device)
-    layer_records = score_layer(moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered)
+    layer_records = score_layer(
+        moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered, released=released
+    )
     replicates = []
     if n_shards >= 2:
         for rep in jackknife_moments(tensors, shards, layer):
@@ -278,6 +281,7 @@ def score_pair(
     eigen_cutoff: float | str = "auto",
     shards_path: str | Path | None = None,
     device: str = "cpu",
+    released: bool = True,
 ) -> dict[str, Any]:
     """NTPS records for every layer and k, loading one layer's statistics at a time.
 
@@ -285,7 +289,8 @@ def score_pair(
     :func:`ntps.stats.shards_to_tensors`) every record gets ``ntps_paper_se`` and ``ntps_reg_se``,
     the leave-one-shard-out jackknife standard errors over the train texts (NaN without shards).
     ``device`` ("auto", "cpu", "cuda"; see :func:`scoring_device`) is where the float64
-    eigendecompositions run; the device used is recorded as ``device``.
+    eigendecompositions run; the device used is recorded as ``device``. ``released`` False leaves
+    ``ntps_released`` NaN (``scoring.released_column``).
     """
     from contextlib import ExitStack
 
@@ -321,6 +326,7 @@ def score_pair(
                 centered=centered,
                 eigen_cutoff=eigen_cutoff,
                 device=torch_device,
+                released=released,
             )
     if records and records[0]["regime"] != REGIME_OK:
         LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
@@ -337,6 +343,7 @@ def score_pair(
             "ridge": ridge,
             "centered": centered,
             "jackknife_shards": n_shards,
+            "released_column": released,
         },
         "device": str(torch_device),
         "records": records,
