@@ -32,7 +32,6 @@ rule lora:
         max_length=lambda wildcards: model_spec(wildcards)["max_length"],
         prompt_format=lambda wildcards: model_spec(wildcards)["prompt_format"],
         device=config["extraction"]["device"],
-        released=config["scoring"]["released_column"],
         # Not an output: Snakemake must not delete it when a job dies, so a re-run resumes.
         checkpoints=lora_checkpoint_dir,
     script:
@@ -57,6 +56,7 @@ rule score_post_lora:
     params:
         **scoring_params(),
         device=config["extraction"]["device"],
+        released=config["scoring"]["released_column"],
         threads=score_threads,
     script:
         "../scripts/score.py"
