@@ -101,3 +101,22 @@ def test_without_the_released_column_only_that_column_changes(statistics) -> Non
         assert {k: v for k, v in a.items() if k != "ntps_released"} == {
             k: v for k, v in b.items() if k != "ntps_released"
         }
+
+
+def test_one_shard_view_gives_exactly_the_jackknife_replicate(statistics) -> None:
+    from safetensors import safe_open
+
+    from ntps.stages import OneShard
+    from ntps.stats import jackknife_moments
+
+    _, shards_path, tensors, shard_tensors = statistics
+    with safe_open(str(shards_path), framework="pt") as handle:
+        for shards in (shard_tensors, handle):
+            for layer in range(2):
+                everything = jackknife_moments(tensors, shards, layer)
+                assert len(everything) == 4
+                for j, expected in enumerate(everything):
+                    (got,) = jackknife_moments(tensors, OneShard(shards, j), layer)
+                    for name in ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean"):
+                        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+                    assert (got.n_examples, got.n_pairs) == (expected.n_examples, expected.n_pairs)

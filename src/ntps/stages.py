@@ -190,6 +190,36 @@ def input_provenance(meta: Mapping[str, str]) -> dict[str, Any]:
 # --- scoring --------------------------------------------------------------------------------
 
 
+class OneShard:
+    """Shard ``j`` of a set of jackknife shards, seen as a set of one shard.
+
+    ``jackknife_moments(total, OneShard(shards, j), layer)`` is ``[total - shard_j]``: the same
+    arithmetic as the j-th element of ``jackknife_moments(total, shards, layer)``, without holding
+    the other K - 1 replicates. ``shards`` is a dict or an open safetensors handle.
+    """
+
+    def __init__(self, shards: Any, j: int) -> None:
+        self._get = shards.get_tensor if hasattr(shards, "get_tensor") else shards.__getitem__
+        self._prefix = f"shard{j}."
+        self._keys = {"n_shards"} | {
+            "shard0." + key[len(self._prefix) :]
+            for key in shards.keys()
+            if key.startswith(self._prefix)
+        }
+
+    def keys(self) -> set[str]:
+        return self._keys
+
+    def get_tensor(self, key: str) -> Any:
+        import torch
+
+        if key == "n_shards":
+            return torch.tensor([1], dtype=torch.int64)
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._get(self._prefix + key.removeprefix("shard0."))
+
+
 #: The tensor fields of :class:`ntps.stats.LayerMoments`, moved to the scoring device.
 _MOMENT_TENSORS = ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean")
 
@@ -249,7 +279,9 @@ def score_layer_with_se(
     )
     replicates = []
     if n_shards >= 2:
-        for rep in jackknife_moments(tensors, shards, layer):
+        for j in range(n_shards):
+            # One replicate in memory at a time (K of them are K x the layer's statistics).
+            (rep,) = jackknife_moments(tensors, OneShard(shards, j), layer)
             on_device = dataclasses.replace(
                 rep, **{name: getattr(rep, name).to(device) for name in _MOMENT_TENSORS}
             )
