@@ -49,13 +49,7 @@ import torch
 from ntps.io import code_revision, write_json
 from ntps.released import released_scores
 from ntps.scores import ntps_forms, score_layer
-from ntps.stats import (
-    LayerMoments,
-    StatisticsAccumulator,
-    jackknife_moments,
-    merge_all,
-    shards_to_tensors,
-)
+from ntps.stats import LayerMoments, jackknife_moments
 
 F64 = torch.float64
 #: The default study's and the paper config's k grid (schemas/config.schema.yaml).
@@ -93,7 +87,10 @@ def synthetic_statistics(
     recur = torch.randn(d, d, generator=g, dtype=F64) * (0.5 / d**0.5)
     parts = max(n_shards, 1)
     shard_of = torch.arange(n) % parts
-    accumulators = []
+    # The float64 total as a running sum and the shards in float32, as the extraction stores
+    # them (shards_to_tensors): K float64 accumulators would need K x 0.4 GB at d = 4096.
+    total: dict[str, torch.Tensor] = {}
+    shards: dict[str, torch.Tensor] = {"n_shards": torch.tensor([parts], dtype=torch.int64)}
     for j in range(parts):
         idx = torch.nonzero(shard_of == j).flatten()
         m = idx.numel()
@@ -110,15 +107,25 @@ def synthetic_statistics(
             "layer0.s0_sum": s.T @ s,
             "layer0.s1_sum": s.T @ h,
             "label_counts": torch.bincount(labels[idx], minlength=n_classes),
-            "n_examples": torch.tensor([m]),
-            "n_pairs": torch.tensor([2 * m]),
-            "n_texts": torch.tensor([m]),
+            "n_examples": torch.tensor([m], dtype=torch.int64),
+            "n_pairs": torch.tensor([2 * m], dtype=torch.int64),
+            "n_texts": torch.tensor([m], dtype=torch.int64),
         }
-        accumulators.append(StatisticsAccumulator.from_tensors(sums))
-        del z, x, s, h, sums
-    total = merge_all(accumulators).to_tensors()
-    shards = shards_to_tensors(accumulators) if n_shards >= 2 else None
-    return total, shards
+        del z, x, s, h
+        for key, value in sums.items():
+            total[key] = total[key] + value if key in total else value
+            layer_sum = key.startswith("layer")
+            shards[f"shard{j}.{key}"] = value.to(torch.float32) if layer_sum else value
+        del sums
+    return total, (shards if n_shards >= 2 else None)
+
+
+def one_shard(shards: dict[str, torch.Tensor], j: int) -> dict[str, torch.Tensor]:
+    """Shard j as a set of one shard: ``jackknife_moments`` then builds only ``total - shard_j``
+    (the score job's own way since #15; here so that older code is timed the same way)."""
+    prefix = f"shard{j}."
+    view = {"shard0." + k[len(prefix) :]: v for k, v in shards.items() if k.startswith(prefix)}
+    return {"n_shards": torch.tensor([1], dtype=torch.int64), **view}
 
 
 def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float]:
@@ -152,7 +159,8 @@ def time_layer(total, shards, device: torch.device) -> dict[str, Any]:
     out["jackknife_s"] = out["jackknife_cpu_s"] = 0.0
     out["replicates"] = 0
     if shards is not None:
-        for rep in jackknife_moments(total, shards, 0):
+        for j in range(int(shards["n_shards"][0])):
+            (rep,) = jackknife_moments(total, one_shard(shards, j), 0)
             _, wall, cpu = timed(lambda rep=rep: ntps_forms(on_device(rep, device), K_GRID), device)
             out["jackknife_s"] += wall
             out["jackknife_cpu_s"] += cpu
@@ -172,7 +180,7 @@ def profile_layer(total, shards, device: torch.device, rows: int = 12) -> dict[s
         "main": lambda: score_layer(moments, K_GRID, released=False)
     }
     if shards is not None:
-        rep = on_device(jackknife_moments(total, shards, 0)[0], device)
+        rep = on_device(jackknife_moments(total, one_shard(shards, 0), 0)[0], device)
         parts["one jackknife replicate"] = lambda: ntps_forms(rep, K_GRID)
     out: dict[str, Any] = {}
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
