@@ -247,11 +247,14 @@ def main() -> None:
         f"{args.threads} thread(s), device {device}, load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    started = time.perf_counter()
-    total, shards = synthetic_statistics(args.d, args.classes, args.shards)
-    print(
-        f"  statistics generated in {time.perf_counter() - started:.1f} s (not timed)", flush=True
-    )
+    total = shards = None
+    if args.profile or not args.skip_timing:
+        started = time.perf_counter()
+        total, shards = synthetic_statistics(args.d, args.classes, args.shards)
+        print(
+            f"  statistics generated in {time.perf_counter() - started:.1f} s (not timed)",
+            flush=True,
+        )
     result: dict[str, Any] = {
         "d": args.d,
         "n_classes": args.classes,
