@@ -30,6 +30,7 @@ from ntps.workflow import (
     model_names,
     model_resources,
     model_torch_threads,
+    score_resources,
 )
 
 # Files of this workflow that rules read, through Snakemake's source cache: valid when the workflow
@@ -159,6 +160,19 @@ def scoring_params():
     return {
         key: scoring[key] for key in ("k_grid", "eigen_cutoff", "ridge", "centered")
     }
+
+
+def score_gpu(wildcards):
+    return score_resources(config, wildcards.model)["gpu"]
+
+
+def score_runtime(wildcards, attempt):
+    return score_resources(config, wildcards.model, attempt)["runtime"]
+
+
+def score_threads(wildcards):
+    # Scheduling `threads:` and `params.threads` alike, as for the model rules.
+    return score_resources(config, wildcards.model)["threads"]
 
 
 def shard_statistics(path):

@@ -165,3 +165,9 @@ def test_dry_run_on_slurm_without_hub_or_cluster(tmp_path: Path) -> None:
         assert job["resources"]["gpu"] == "1"
         assert job["resources"]["mem_mb"] == str(2048 + 96360 + 16060)
         assert job["resources"]["runtime"] == "482"
+    # Score jobs: one GPU for the models of >= 2e9 parameters (scoring.gpu_min_params).
+    scored = [job for job in jobs if job["rule"] == "score"]
+    for job in scored:
+        model = re.search(r"\bmodel=([\w.-]+)", job["wildcards"]).group(1)
+        large = model in {"openelm-3b", "qwen2-7b", "llama3-8b"}
+        assert job["resources"]["gpu"] == ("1" if large else "0"), job

@@ -541,6 +541,120 @@ def input_provenance(meta: Mapping[str, str]) -> dict[str, Any]:
 # --- scoring --------------------------------------------------------------------------------
 
 
+class OneShard:
+    """Shard ``j`` of a set of jackknife shards, seen as a set of one shard.
+
+    ``jackknife_moments(total, OneShard(shards, j), layer)`` is ``[total - shard_j]``: the same
+    arithmetic as the j-th element of ``jackknife_moments(total, shards, layer)``, without holding
+    the other K - 1 replicates. ``shards`` is a dict or an open safetensors handle.
+    """
+
+    def __init__(self, shards: Any, j: int) -> None:
+        self._get = shards.get_tensor if hasattr(shards, "get_tensor") else shards.__getitem__
+        self._prefix = f"shard{j}."
+        self._keys = {"n_shards"} | {
+            "shard0." + key[len(self._prefix) :]
+            for key in shards.keys()
+            if key.startswith(self._prefix)
+        }
+
+    def keys(self) -> set[str]:
+        return self._keys
+
+    def get_tensor(self, key: str) -> Any:
+        import torch
+
+        if key == "n_shards":
+            return torch.tensor([1], dtype=torch.int64)
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._get(self._prefix + key.removeprefix("shard0."))
+
+
+#: The tensor fields of :class:`ntps.stats.LayerMoments`, moved to the scoring device.
+_MOMENT_TENSORS = ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean")
+
+
+def scoring_device(spec: str | None = "auto") -> Any:
+    """The torch device a scoring job runs on: ``auto`` = CUDA when the job sees a GPU, else CPU.
+
+    ``spec`` is the config's ``extraction.device`` (one setting for every job that can use a GPU).
+    ``cuda`` without a usable GPU raises :class:`ntps.errors.ConfigError` before any work.
+    """
+    import torch
+
+    from ntps.errors import ConfigError
+    from ntps.models import resolve_device
+
+    device = resolve_device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "extraction.device is 'cuda' but this scoring job sees no CUDA device "
+            "(set it to 'auto' to fall back to the CPU)"
+        )
+    return device
+
+
+def score_layer_with_se(
+    tensors: Any,
+    shards: Any,
+    layer: int,
+    k_grid: Sequence[int | float],
+    *,
+    ridge: float,
+    centered: bool,
+    eigen_cutoff: float | str = "auto",
+    device: Any = "cpu",
+    released: bool = True,
+) -> list[dict[str, Any]]:
+    """One layer's score records with their jackknife SEs (the body of :func:`score_pair`).
+
+    ``tensors`` holds the layer's :meth:`ntps.stats.StatisticsAccumulator.to_tensors` keys and
+    ``shards`` the :func:`ntps.stats.shards_to_tensors` keys (or None); either may be a dict or an
+    open safetensors handle. The eigendecompositions run in float64 on ``device``; the released
+    column (``released``, else NaN) always on the CPU, with scipy, as the authors ran it.
+    """
+    import dataclasses
+
+    from ntps.analysis import jackknife_se
+    from ntps.scores import ntps_forms, score_layer
+    from ntps.stats import LayerMoments, jackknife_moments
+
+    n_shards = 0
+    if shards is not None:
+        get = shards.get_tensor if hasattr(shards, "get_tensor") else shards.__getitem__
+        n_shards = int(get("n_shards").reshape(-1)[0])
+    moments = LayerMoments.from_tensors(tensors, layer, device=device)
+    layer_records = score_layer(
+        moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered, released=released
+    )
+    replicates = []
+    if n_shards >= 2:
+        for j in range(n_shards):
+            # One replicate in memory at a time (K of them are K x the layer's statistics).
+            (rep,) = jackknife_moments(tensors, OneShard(shards, j), layer)
+            on_device = dataclasses.replace(
+                rep, **{name: getattr(rep, name).to(device) for name in _MOMENT_TENSORS}
+            )
+            replicates.append(
+                ntps_forms(on_device, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered)
+            )
+    records = []
+    for i, record in enumerate(layer_records):
+        paper = [rep[i][0] for rep in replicates]
+        reg = [rep[i][1] for rep in replicates]
+        records.append(
+            {
+                "layer": layer,
+                **record,
+                "ntps_paper_se": jackknife_se(paper),
+                "ntps_reg_se": jackknife_se(reg),
+                "jackknife_shards": n_shards,
+            }
+        )
+    return records
+
+
 def score_pair(
     stats_path: str | Path,
     k_grid: Sequence[int | float],
@@ -549,21 +663,25 @@ def score_pair(
     centered: bool,
     eigen_cutoff: float | str = "auto",
     shards_path: str | Path | None = None,
+    device: str = "cpu",
+    released: bool = True,
 ) -> dict[str, Any]:
     """NTPS records for every layer and k, loading one layer's statistics at a time.
 
     With jackknife shards (``shards_path`` holding K >= 2 shards, see
     :func:`ntps.stats.shards_to_tensors`) every record gets ``ntps_paper_se`` and ``ntps_reg_se``,
     the leave-one-shard-out jackknife standard errors over the train texts (NaN without shards).
+    ``device`` ("auto", "cpu", "cuda"; see :func:`scoring_device`) is where the float64
+    eigendecompositions run; the device used is recorded as ``device``. ``released`` False leaves
+    ``ntps_released`` NaN (``scoring.released_column``).
     """
     from contextlib import ExitStack
 
     from safetensors import safe_open
 
-    from ntps.analysis import jackknife_se
-    from ntps.scores import REGIME_OK, ntps_forms, regime_warning, score_layer
-    from ntps.stats import LayerMoments, jackknife_moments
+    from ntps.scores import REGIME_OK, regime_warning
 
+    torch_device = scoring_device(device)
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     with ExitStack() as stack:
@@ -582,36 +700,23 @@ def score_pair(
             tensors = {
                 k: handle.get_tensor(k) for k in keys if k.startswith(prefix) or "." not in k
             }
-            moments = LayerMoments.from_tensors(tensors, layer)
-            layer_records = score_layer(
-                moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered
+            records += score_layer_with_se(
+                tensors,
+                shards,
+                layer,
+                k_grid,
+                ridge=ridge,
+                centered=centered,
+                eigen_cutoff=eigen_cutoff,
+                device=torch_device,
+                released=released,
             )
-            replicates = (
-                [
-                    ntps_forms(rep, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered)
-                    for rep in jackknife_moments(tensors, shards, layer)
-                ]
-                if n_shards >= 2
-                else []
-            )
-            for i, record in enumerate(layer_records):
-                paper = [rep[i][0] for rep in replicates]
-                reg = [rep[i][1] for rep in replicates]
-                records.append(
-                    {
-                        "layer": layer,
-                        **record,
-                        "ntps_paper_se": jackknife_se(paper),
-                        "ntps_reg_se": jackknife_se(reg),
-                        "jackknife_shards": n_shards,
-                    }
-                )
     if records and records[0]["regime"] != REGIME_OK:
         LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
     # Timings go to the log, not the output: score JSONs are byte-identical across runs.
     LOG.info(
-        "scored %d layers (%d jackknife replicates each) in %.2f s",
-        n_layers, n_shards, time.perf_counter() - started,
+        "scored %d layers (%d jackknife replicates each) on %s in %.2f s",
+        n_layers, n_shards, torch_device, time.perf_counter() - started,
     )  # fmt: skip
     return {
         "n_layers": n_layers,
@@ -621,7 +726,9 @@ def score_pair(
             "ridge": ridge,
             "centered": centered,
             "jackknife_shards": n_shards,
+            "released_column": released,
         },
+        "device": str(torch_device),
         "records": records,
         "provenance": provenance(**input_provenance(meta)),
     }
@@ -809,7 +916,9 @@ __all__ = [
     "input_provenance",
     "merge_extract_parts",
     "probe_pair",
+    "score_layer_with_se",
     "score_pair",
+    "scoring_device",
     "train_lora_pair",
     "write_pair_json",
 ]

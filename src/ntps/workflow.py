@@ -159,6 +159,34 @@ def model_resources(
     }
 
 
+def score_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> dict[str, int]:
+    """GPU, runtime and threads of a model's score jobs (``score``, ``score_post_lora``).
+
+    Scoring costs ~L d^3 per pair (float64 eigendecompositions of every layer, docs/cluster.md),
+    which grows with the parameter count: models with ``n_params >= scoring.gpu_min_params`` get
+    one GPU (null: none do); a model's ``resources: {score_gpu: n}`` overrides the threshold,
+    and its ``resources: {gpu: 0}`` (no GPU for its model jobs) means none for scoring either.
+    Runtime: the model jobs' one hour per 1e9 parameters, at least 120 minutes (the profiles'
+    default), doubled on each retry. Threads: ``scoring.threads``.
+    """
+    scoring = config.get("scoring") or {}
+    override = entry_by_name(config, "models", model).get("resources", {})
+    threshold = scoring.get("gpu_min_params")
+    n_params = model_n_params(config, model)
+    if "score_gpu" in override:
+        gpu = int(override["score_gpu"])
+    elif override.get("gpu") == 0:
+        gpu = 0
+    else:
+        gpu = int(threshold is not None and n_params >= int(threshold))
+    runtime = max(120, math.ceil(60 * n_params / 1e9))
+    return {
+        "gpu": gpu,
+        "runtime": int(runtime * 2 ** (attempt - 1)),
+        "threads": int(scoring.get("threads", 1)),
+    }
+
+
 def model_torch_threads(config: Mapping[str, Any], model: str) -> int:
     """Intra-op threads for a model job, from the config rather than from Snakemake's grant.
 
