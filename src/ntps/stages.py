@@ -214,8 +214,9 @@ def _write_extraction(
             model_record.get("provenance") if model_record else None, sort_keys=True
         ),
     }
-    # storage.compact_statistics: Cxx and S0 as upper triangles (read back transparently).
-    compact = bool(settings.get("compact_statistics", False))
+    # storage.compact_statistics (in the job's settings): Cxx and S0 as upper triangles, read back
+    # transparently.
+    compact = bool(record["settings"].get("compact_statistics", False))
     save_tensors(out_stats, accumulator.to_tensors(compact=compact), meta)
     if out_shards is not None:
         from ntps.stats import shards_to_tensors
