@@ -11,7 +11,7 @@ Builds, under a working folder:
 - ``inputs/data/<dataset>/``: the paper's 12 datasets under their names, with their class counts,
   text and label columns, label encodings (strings, letters, declared values) and split layout
   (source train/test, train/validation, or one table split 70/30), ``TRAIN``/``TEST`` texts
-  per dataset (at least a few per class), as local files.
+  (at least ``MIN_PER_CLASS`` per class in train, one in test), as local Parquet files.
 - ``config.yaml``: config/paper.yaml with every setting kept except the sources (local folders and
   files), the sizes (``n_params`` of the tiny models, ``max_length`` 64, LoRA steps) and, when the
   workflow has it, sharded extraction on.
@@ -53,7 +53,7 @@ from workflow_support import REPO, snakemake_command, snakemake_env  # noqa: E40
 
 PAPER_CONFIG = REPO / "config" / "paper.yaml"
 SCHEMA = REPO / "schemas" / "config.schema.yaml"
-# Texts per dataset (at least MIN_PER_CLASS per class in train and 1 in test).
+# Texts per dataset and split (at least MIN_PER_CLASS per class in train and 1 in test).
 TRAIN, TEST, MIN_PER_CLASS = 60, 30, 4
 CONTEXT = 64
 LORA_STEPS, LORA_CHECKPOINT_EVERY = 4, 2
@@ -97,16 +97,16 @@ def label_value(dataset: dict[str, Any], code: int) -> Any:
 
 
 def make_rows(
-    dataset: dict[str, Any], n_texts: int, rng: random.Random, signal: float
+    dataset: dict[str, Any], n_texts: int, rng: random.Random, signal: float, min_per_class: int
 ) -> list[dict[str, Any]]:
-    """``n_texts`` rows (every class at least MIN_PER_CLASS times when n_texts allows) with the
-    dataset's text columns and label column."""
+    """About ``n_texts`` rows, balanced, at least ``min_per_class`` per class (banking77's 77
+    classes get more rows than asked), with the dataset's text columns and label column."""
     n_classes = CLASSES[dataset["name"]]
     words = class_words(n_classes)
-    per_class = max(MIN_PER_CLASS, math.ceil(n_texts / n_classes))
+    per_class = max(min_per_class, math.ceil(n_texts / n_classes))
     rows = []
     for code in range(n_classes):
-        for _ in range(per_class if n_texts >= n_classes else 1):
+        for _ in range(per_class):
             row: dict[str, Any] = {}
             for column in dataset["text_columns"]:
                 length = rng.randint(3, 12)
@@ -131,14 +131,15 @@ def write_dataset(folder: Path, dataset: dict[str, Any], index: int) -> dict[str
     entry = {k: v for k, v in dataset.items() if k != "source"}
     if split and "test_fraction" in split:  # one table, split by the workflow
         path = folder / "all.parquet"
-        pd.DataFrame(make_rows(dataset, TRAIN + TEST, rng, signal)).to_parquet(path)
+        rows = make_rows(dataset, TRAIN + TEST, rng, signal, MIN_PER_CLASS + 1)
+        pd.DataFrame(rows).to_parquet(path)
         entry["source"] = {"type": "files", "path": str(path), "format": "parquet"}
         return entry
     names = {"train": "train", "test": "test"} if not split else split
     paths = {}
-    for role, size in (("train", TRAIN), ("test", TEST)):
+    for role, size, least in (("train", TRAIN, MIN_PER_CLASS), ("test", TEST, 1)):
         path = folder / f"{names[role]}.parquet"
-        pd.DataFrame(make_rows(dataset, size, rng, signal)).to_parquet(path)
+        pd.DataFrame(make_rows(dataset, size, rng, signal, least)).to_parquet(path)
         paths[names[role]] = str(path)
     entry["source"] = {"type": "files", "path": paths, "format": "parquet"}
     return entry
