@@ -19,7 +19,8 @@ Builds, under a working folder:
 then runs Snakemake on it with the given profile (default ``profiles/default``; ``profiles/slurm``
 for the cluster) and records the wall time in ``rehearsal.json``. Command line (docs/cluster.md)::
 
-    python tests/rehearsal.py [--workdir DIR] [--profile profiles/slurm] [-- SNAKEMAKE ARGS...]
+    python tests/rehearsal.py [--workdir DIR] [--profile profiles/slurm] [--models NAME ...]
+                              [-- SNAKEMAKE ARGS...]
 
 ``make rehearsal`` runs it with the local profile.
 """
@@ -187,14 +188,22 @@ def has_sharded_extraction() -> bool:
     return "shards" in extraction
 
 
-def rehearsal_config(root: Path, shards: int = SHARDS) -> dict[str, Any]:
-    """config/paper.yaml with local sources and small sizes; writes models and data under root."""
+def rehearsal_config(
+    root: Path, shards: int = SHARDS, models_kept: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """config/paper.yaml with local sources and small sizes; writes models and data under root.
+    ``models_kept``: only these of the paper's models (default: all eight)."""
     config = yaml.safe_load(PAPER_CONFIG.read_text())
     inputs = root / "inputs"
     tokenizer_dir = write_tokenizer(inputs / "tokenizer", [" ".join(vocabulary())])
     models = write_models(inputs / "models", tokenizer_dir)
     if set(models) != {m["name"] for m in config["models"]}:
         raise SystemExit(f"config/paper.yaml's models changed; update ARCHITECTURES in {__file__}")
+    if models_kept:
+        unknown = sorted(set(models_kept) - set(models))
+        if unknown:
+            raise SystemExit(f"--models {unknown}: not in config/paper.yaml ({sorted(models)})")
+        config["models"] = [m for m in config["models"] if m["name"] in models_kept]
     for model in config["models"]:
         model.update(models[model["name"]])
         model["max_length"] = CONTEXT
@@ -219,10 +228,12 @@ def rehearsal_config(root: Path, shards: int = SHARDS) -> dict[str, Any]:
     return config
 
 
-def write_rehearsal(root: Path, shards: int = SHARDS) -> Path:
+def write_rehearsal(
+    root: Path, shards: int = SHARDS, models_kept: Sequence[str] | None = None
+) -> Path:
     """Models, datasets and config.yaml under ``root``; returns the config path."""
     root.mkdir(parents=True, exist_ok=True)
-    config = rehearsal_config(root, shards)
+    config = rehearsal_config(root, shards, models_kept)
     path = root / "config.yaml"
     header = "# Written by tests/rehearsal.py from config/paper.yaml: local tiny models and data.\n"
     path.write_text(header + yaml.safe_dump(config, sort_keys=False))
@@ -241,12 +252,13 @@ def run_rehearsal(
     *,
     cores: int | None = 2,
     shards: int = SHARDS,
+    models_kept: Sequence[str] | None = None,
     timeout: int = 4 * 3600,
 ) -> dict[str, Any]:
     """Write the rehearsal under ``root`` and run the whole paper DAG (Snakemake's output goes to
     this process's stdout/stderr); return the run record, also written to rehearsal.json."""
     started = time.perf_counter()
-    config = write_rehearsal(root, shards)
+    config = write_rehearsal(root, shards, models_kept)
     prepared = time.perf_counter() - started
     command = snakemake_command(
         root, *profile_args(profile), *extra, configfile=config, cores=cores
@@ -257,6 +269,7 @@ def run_rehearsal(
     record = {
         "returncode": result.returncode,
         "profile": profile,
+        "models": [m["name"] for m in yaml.safe_load(config.read_text())["models"]],
         "extra_args": list(extra),
         "extraction_shards": yaml.safe_load(config.read_text())["extraction"].get("shards"),
         "inputs_seconds": round(prepared, 1),
@@ -278,12 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Snakemake --cores (default: 2 with a local profile, unset with the SLURM one)",
     )  # fmt: skip
     parser.add_argument("--shards", type=int, default=SHARDS, help="extraction.shards (0: off)")
+    parser.add_argument(
+        "--models", nargs="+", metavar="NAME",
+        help="only these paper models (default: all 8), e.g. one per architecture: "
+        "qwen2-0.5b openelm-270m llama3-8b",
+    )  # fmt: skip
     parser.add_argument("snakemake_args", nargs="*", help="after --: passed to Snakemake")
     args = parser.parse_args(argv)
     cores = args.cores if args.cores is not None else (None if "slurm" in args.profile else 2)
     record = run_rehearsal(
         Path(args.workdir).resolve(), args.profile, args.snakemake_args, cores=cores,
-        shards=args.shards,
+        shards=args.shards, models_kept=args.models,
     )  # fmt: skip
     print(json.dumps(record, indent=2))
     return record["returncode"]
