@@ -24,7 +24,9 @@ from ntps.workflow import (
     canonical,
     dataset_names,
     entry_by_name,
+    extraction_shards,
     fixed_layer_spec,
+    merge_extract_mb,
     model_names,
     model_resources,
     model_torch_threads,
@@ -49,12 +51,35 @@ CONDA_ENV = (
 
 MODELS = model_names(config)
 DATASETS = dataset_names(config)
-WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description")
+WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description", "extraction_shards")
+# Datasets extracted in S > 1 jobs per model (extract_shard, then merge_extract) and in one
+# (extract): extraction.shards, or a dataset's extraction_shards.
+SHARDED_DATASETS = [d for d in DATASETS if extraction_shards(config, d) > 1]
+UNSHARDED_DATASETS = [d for d in DATASETS if d not in SHARDED_DATASETS]
 
 
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     dataset="|".join(map(re.escape, DATASETS)),
+
+
+def names_regex(names):
+    """A wildcard constraint matching exactly `names` ("(?!)", matching nothing, for none)."""
+    return "|".join(map(re.escape, names)) if names else "(?!)"
+
+
+def extract_shard_files(wildcards):
+    count = extraction_shards(config, wildcards.dataset)
+    return [
+        f"results/extract/{wildcards.model}/{wildcards.dataset}/shards/{i}-of-{count}.safetensors"
+        for i in range(count)
+    ]
+
+
+def merge_extract_mem_mb(wildcards, input, attempt):
+    # Evaluated once the records exist (Snakemake shows <TBD> before).
+    mb = merge_extract_mb(config, wildcards.model, input.dataset, input.model_record)
+    return mb * 2 ** (attempt - 1)
 
 
 def conda_env(wildcards):

@@ -8,10 +8,12 @@ Study-level tables (across pairs) are in :mod:`ntps.tables`; the predictors stag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,55 @@ def extract_pair(
     shards of the train texts to ``out_shards`` (an empty set of shards otherwise). ``model_name``
     names the model in messages (default: the folder's name).
     """
+    run = _run_extraction(
+        model_dir, table_path, dataset_record_path, settings, splits, model_name, (0, 1)
+    )
+    train = run.results["train"]
+    assert train.statistics is not None
+    return _write_extraction(
+        train.statistics,
+        train.shards or [],
+        run.features,
+        n_classes=run.n_classes,
+        fingerprint=run.fingerprint,
+        model_record=read_json(model_record_path) if model_record_path else None,
+        record={
+            "device": str(run.device),
+            "dtype": str(run.dtype).replace("torch.", ""),
+            "settings": {k: v for k, v in settings.items() if k != "progress"},
+            "load_seconds": run.load_seconds,
+            "splits": {split: result.summary() for split, result in run.results.items()},
+        },
+        out_stats=out_stats,
+        out_shards=out_shards,
+        out_features=out_features,
+        out_record=out_record,
+    )
+
+
+@dataclass
+class _Extraction:
+    """What one extraction job (the whole pair or one extraction shard) computed."""
+
+    results: dict[str, Any]  # split -> ntps.extract.ExtractionResult
+    features: dict[str, Any]  # feature_key(split, layer) and "{split}.labels" -> tensors
+    n_classes: int
+    fingerprint: str
+    device: Any
+    dtype: Any
+    load_seconds: float
+
+
+def _run_extraction(
+    model_dir: str | Path,
+    table_path: str | Path,
+    dataset_record_path: str | Path,
+    settings: Mapping[str, Any],
+    splits: Sequence[str],
+    model_name: str | None,
+    part: tuple[int, int],
+) -> _Extraction:
+    """Load the prepared table and the model, and extract ``splits`` (all of each, or one part)."""
     import torch
 
     from ntps.datasets import load_prepared
@@ -76,6 +127,18 @@ def extract_pair(
             f"too few for uncertainty.jackknife_shards = {n_shards} (at least two texts per "
             "shard); lower it, or set it to 0 to skip the standard errors"
         )
+    n_parts = part[1]
+    batch_size = int(settings["batch_size"])
+    for split in splits if n_parts > 1 else ():
+        n_split = int((table["split"] == split).sum())
+        # Each split makes at least ceil(n / batch_size) batches: enough for one per part.
+        if -(-n_split // batch_size) < n_parts:
+            raise DatasetError(
+                f"dataset {prepared.name!r}: {n_split} {split} texts in batches of {batch_size} "
+                f"(model {model_name or Path(model_dir).name!r}) are too few for "
+                f"{n_parts} extraction shards (extraction.shards or the dataset's "
+                "extraction_shards); lower it"
+            )
     device = resolve_device(settings.get("device", "auto"))
     dtype = resolve_dtype(settings.get("dtype", "auto"), device)
     model_name = model_name or Path(model_dir).name
@@ -91,9 +154,7 @@ def extract_pair(
     check_prompt_format(tokenizer, prompt_format, model_name)
 
     features: dict[str, torch.Tensor] = {}
-    split_records: dict[str, Any] = {}
-    accumulator = None
-    shards = None
+    results: dict[str, Any] = {}
     for split in splits:
         rows = table[table["split"] == split]
         labels = rows["label"].to_numpy(dtype=np.int64)
@@ -103,7 +164,7 @@ def extract_pair(
             rows["text"].tolist(),
             labels.tolist(),
             n_classes,
-            batch_size=int(settings["batch_size"]),
+            batch_size=batch_size,
             max_length=int(settings["max_length"]),
             accumulate_statistics=(split == "train"),
             device=device,
@@ -112,16 +173,36 @@ def extract_pair(
             n_shards=n_shards if split == "train" else 0,
             shard_seed=int(settings.get("jackknife_seed", 0)),
             name=model_name,
+            part=part,
         )
         for layer in range(result.pooled.shape[0]):
             features[feature_key(split, layer)] = result.pooled[layer]
+        if result.indices is not None:
+            labels = labels[result.indices]
+            features[f"{split}.index"] = torch.tensor(result.indices, dtype=torch.int64)
         features[f"{split}.labels"] = torch.from_numpy(labels.copy())
-        if split == "train":
-            accumulator, shards = result.statistics, result.shards
-        split_records[split] = result.summary()
-        LOG.info("%s: %s", split, split_records[split])
+        results[split] = result
+        LOG.info("%s: %s", split, result.summary())
+    return _Extraction(
+        results, features, n_classes, prepared.fingerprint, device, dtype, load_seconds
+    )
 
-    assert accumulator is not None
+
+def _write_extraction(
+    accumulator: Any,
+    shards: Sequence[Any],
+    features: Mapping[str, Any],
+    *,
+    n_classes: int,
+    fingerprint: str,
+    model_record: Mapping[str, Any] | None,
+    record: Mapping[str, Any],
+    out_stats: str | Path,
+    out_shards: str | Path | None,
+    out_features: str | Path,
+    out_record: str | Path,
+) -> dict[str, Any]:
+    """Write the four outputs of a pair's extraction (one job, or the merge of its shards)."""
     n_layers = sum(1 for key in features if key.startswith("train.layer"))
     hidden_size = int(features[feature_key("train", 0)].shape[1])
     diagnostics = regime_diagnostics(accumulator, hidden_size)
@@ -132,7 +213,7 @@ def extract_pair(
     meta = {
         "n_layers": str(n_layers),
         "n_classes": str(n_classes),
-        "dataset_fingerprint": prepared.fingerprint,
+        "dataset_fingerprint": fingerprint,
         "model_provenance": json.dumps(
             model_record.get("provenance") if model_record else None, sort_keys=True
         ),
@@ -141,24 +222,293 @@ def extract_pair(
     if out_shards is not None:
         from ntps.stats import shards_to_tensors
 
-        save_tensors(out_shards, shards_to_tensors(shards or []), meta)
+        save_tensors(out_shards, shards_to_tensors(shards), meta)
     save_tensors(out_features, features, meta)
-    record = {
+    full_record = {
         "n_layers": n_layers,
         "hidden_size": hidden_size,
         "n_classes": n_classes,
         **diagnostics,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "settings": {k: v for k, v in settings.items() if k != "progress"},
-        "load_seconds": load_seconds,
-        "splits": split_records,
-        "dataset_fingerprint": prepared.fingerprint,
+        **record,
+        "dataset_fingerprint": fingerprint,
         "model": model_record,
         "provenance": provenance(),
     }
-    write_json(out_record, record)
+    write_json(out_record, full_record)
+    return full_record
+
+
+# --- extraction in shards: one job per part of the batch plan, then a merge ------------------
+
+#: Safetensors metadata key of an extraction shard's record (JSON).
+PART_RECORD_KEY = "extraction_shard"
+_JACKKNIFE_PREFIX = "jk{}."
+
+
+def extract_part(
+    model_dir: str | Path,
+    table_path: str | Path,
+    dataset_record_path: str | Path,
+    settings: Mapping[str, Any],
+    part: tuple[int, int],
+    out_part: str | Path,
+    model_record_path: str | Path | None = None,
+    splits: Sequence[str] = ("train", "test"),
+    model_name: str | None = None,
+) -> dict[str, Any]:
+    """One extraction shard: part ``part = (index, count)`` of every split, into one file.
+
+    Every part plans the same batches as :func:`extract_pair` (the plan depends only on token
+    lengths and the jackknife assignment of the whole train split) and runs its own cost-balanced
+    range of them (:func:`ntps.extract.extract_features`). ``out_part`` (safetensors, written
+    atomically: a killed job leaves no file) holds the part's pooled features and labels with
+    their positions in the split (``{split}.index``), the float64 statistics of each jackknife
+    shard it fed (``jk{j}.layer{l}.*``; ``jk0`` without jackknife), the jackknife shard of each
+    train text (``train.jackknife``), and in its metadata the provenance record: model,
+    dataset fingerprint, settings, part index/count and batch ranges. Returns that record.
+    """
+    import torch
+
+    index, count = part
+    if not 0 <= index < count or count < 2:
+        raise ValueError(
+            f"extraction shard {index} of {count} does not exist (at least 2 shards; "
+            "extract_pair extracts a pair in one job)"
+        )
+    run = _run_extraction(
+        model_dir, table_path, dataset_record_path, settings, splits, model_name, part
+    )
+    tensors = dict(run.features)
+    train = run.results["train"]
+    n_jackknife = int(settings.get("jackknife_shards", 0))
+    fed = [j for j, acc in enumerate(train.shards or []) if acc.n_texts > 0]
+    for j in fed:
+        for key, value in train.shards[j].to_tensors().items():
+            tensors[_JACKKNIFE_PREFIX.format(j) + key] = value
+    if n_jackknife >= 2:
+        from ntps.stats import shard_assignment
+
+        n_train = train.n_texts_split
+        assignment = torch.tensor(
+            shard_assignment(n_train, n_jackknife, int(settings.get("jackknife_seed", 0)))
+        )
+        tensors["train.jackknife"] = assignment[tensors["train.index"]]
+    model_record = read_json(model_record_path) if model_record_path else None
+    record = {
+        "part": index,
+        "parts": count,
+        "jackknife_shards_fed": fed,
+        "device": str(run.device),
+        "dtype": str(run.dtype).replace("torch.", ""),
+        "settings": {k: v for k, v in settings.items() if k != "progress"},
+        "load_seconds": run.load_seconds,
+        "splits": {
+            split: {
+                **result.summary(),
+                "n_texts_split": result.n_texts_split,
+                "batch_range": list(result.batch_range),
+                "n_batches_split": result.n_batches_total,
+            }
+            for split, result in run.results.items()
+        },
+        "dataset_fingerprint": run.fingerprint,
+        "model_provenance": model_record.get("provenance") if model_record else None,
+        "provenance": provenance(),
+    }
+    meta = {
+        "n_layers": str(train.pooled.shape[0]),
+        "n_classes": str(run.n_classes),
+        "dataset_fingerprint": run.fingerprint,
+        PART_RECORD_KEY: json.dumps(record, sort_keys=True),
+    }
+    save_tensors(out_part, tensors, meta)
+    LOG.info(
+        "extraction shard %d of %d: %s",
+        index, count, {s: r["batch_range"] for s, r in record["splits"].items()},
+    )  # fmt: skip
     return record
+
+
+class _PrefixedTensors(Mapping[str, Any]):
+    """The tensors of a safetensors handle under ``prefix``, without it, read on access."""
+
+    def __init__(self, handle: Any, prefix: str) -> None:
+        self._handle, self._prefix = handle, prefix
+        self._keys = [k[len(prefix) :] for k in handle.keys() if k.startswith(prefix)]
+        self._known = set(self._keys)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._known:
+            raise KeyError(key)
+        return self._handle.get_tensor(self._prefix + key)
+
+    def __iter__(self) -> Any:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def merge_extract_parts(
+    part_paths: Sequence[str | Path],
+    dataset_record_path: str | Path,
+    settings: Mapping[str, Any],
+    out_stats: str | Path,
+    out_features: str | Path,
+    out_record: str | Path,
+    model_record_path: str | Path | None = None,
+    out_shards: str | Path | None = None,
+    pair: str = "this pair",
+) -> dict[str, Any]:
+    """Combine a pair's extraction shards into the outputs of :func:`extract_pair`.
+
+    Checks first that the parts are the ``0..S-1`` of S, made from the current dataset
+    (fingerprint in ``dataset_record_path``), the current model (provenance in
+    ``model_record_path``) and the current ``settings``, with one dtype, and that they cover every
+    text of every split exactly once with the global jackknife assignment (NTPSError naming
+    ``pair`` and the offending part otherwise). Then features are put back in table order
+    (identical to one job's) and statistics summed per jackknife shard
+    (:func:`ntps.stats.merge_parts`). ``extract.json`` adds ``extraction_shards``: each part's
+    device, batch ranges, times and provenance.
+    """
+    import torch
+    from safetensors import safe_open
+
+    from ntps.errors import NTPSError
+    from ntps.stats import StatisticsAccumulator, check_partition, merge_parts, shard_assignment
+
+    settings = {k: v for k, v in settings.items() if k != "progress"}
+    records = []
+    for path in part_paths:
+        meta = load_tensor_metadata(path)
+        if PART_RECORD_KEY not in meta:
+            raise NTPSError(f"{pair}: {str(path)!r} is not an extraction shard (no record)")
+        records.append(json.loads(meta[PART_RECORD_KEY]))
+    count = len(part_paths)
+    found = [(r["part"], r["parts"]) for r in records]
+    if found != [(i, count) for i in range(count)]:
+        raise NTPSError(
+            f"{pair}: expected extraction shards 0..{count - 1} of {count} in order, got "
+            f"(index, count) {found}"
+        )
+    dataset_record = read_json(dataset_record_path)
+    model_record = read_json(model_record_path) if model_record_path else None
+    expected = {
+        "dataset_fingerprint": dataset_record["fingerprint"],
+        "settings": settings,
+        "dtype": records[0]["dtype"],
+    }
+    if model_record_path:
+        expected["model_provenance"] = model_record.get("provenance") if model_record else None
+    for record in records:
+        for key, want in expected.items():
+            if record.get(key) != want:
+                raise NTPSError(
+                    f"{pair}: extraction shard {record['part']} of {count} has {key} "
+                    f"{record.get(key)!r}, expected {want!r} (from "
+                    f"{'the first shard' if key == 'dtype' else 'the current inputs'}); "
+                    "delete the stale shard files and re-run"
+                )
+    splits = list(records[0]["splits"])
+    for split in splits:
+        for name in ("n_texts_split", "n_batches_split", "max_length", "n_truncated"):
+            values = {r["splits"][split][name] for r in records}
+            if len(values) != 1:
+                raise NTPSError(f"{pair}: extraction shards disagree on {split} {name}: {values}")
+
+    n_layers = int(load_tensor_metadata(part_paths[0])["n_layers"])
+    n_jackknife = int(settings.get("jackknife_shards", 0))
+    features: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(p), framework="pt")) for p in part_paths]
+        for split in splits:
+            n = records[0]["splits"][split]["n_texts_split"]
+            indices = [h.get_tensor(f"{split}.index") for h in handles]
+            check_partition([i.tolist() for i in indices], n, f"{pair}: {split} texts")
+            if split == "train" and n_jackknife >= 2:
+                want = torch.tensor(
+                    shard_assignment(n, n_jackknife, int(settings.get("jackknife_seed", 0)))
+                )
+                for number, (h, idx) in enumerate(zip(handles, indices, strict=True)):
+                    if not torch.equal(h.get_tensor("train.jackknife"), want[idx]):
+                        raise NTPSError(
+                            f"{pair}: extraction shard {number} assigned its train texts to "
+                            "other jackknife shards than the whole split's assignment"
+                        )
+            for layer in range(n_layers):
+                key = feature_key(split, layer)
+                rows = [h.get_tensor(key) for h in handles]
+                out = torch.empty(n, rows[0].shape[1], dtype=rows[0].dtype)
+                for idx, part_rows in zip(indices, rows, strict=True):
+                    out[idx] = part_rows
+                features[key] = out
+            labels = torch.empty(n, dtype=torch.int64)
+            for h, idx in zip(handles, indices, strict=True):
+                labels[idx] = h.get_tensor(f"{split}.labels")
+            features[f"{split}.labels"] = labels
+
+        def parts():  # one accumulator read at a time, layer by layer, beside the running sums
+            for h, record in zip(handles, records, strict=True):
+                for j in record["jackknife_shards_fed"]:
+                    lazy = _PrefixedTensors(h, _JACKKNIFE_PREFIX.format(j))
+                    yield {j: StatisticsAccumulator.from_tensors(lazy)}
+
+        total, shards = merge_parts(parts(), n_jackknife)
+    if n_jackknife >= 2:
+        sizes = torch.bincount(want, minlength=n_jackknife).tolist()
+        got = [shard.n_texts for shard in shards]
+        if got != sizes:
+            raise NTPSError(
+                f"{pair}: jackknife shard sizes {got} after the merge, expected {sizes}"
+            )
+
+    split_records = {}
+    for split in splits:
+        parts_of_split = [r["splits"][split] for r in records]
+        first = parts_of_split[0]
+        seconds = sum(p["seconds"] for p in parts_of_split)
+        n_tokens = sum(p["n_tokens"] for p in parts_of_split)
+        split_records[split] = {
+            "n_texts": sum(p["n_texts"] for p in parts_of_split),
+            "n_tokens": n_tokens,
+            "n_truncated": first["n_truncated"],
+            "n_batches": sum(p["n_batches"] for p in parts_of_split),
+            "max_length": first["max_length"],
+            "n_layers": first["n_layers"],
+            "hidden_size": first["hidden_size"],
+            "seconds": round(seconds, 3),
+            "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
+        }
+    devices = sorted({r["device"] for r in records})
+    return _write_extraction(
+        total,
+        shards,
+        features,
+        n_classes=int(load_tensor_metadata(part_paths[0])["n_classes"]),
+        fingerprint=dataset_record["fingerprint"],
+        model_record=model_record,
+        record={
+            "device": ",".join(devices),
+            "dtype": records[0]["dtype"],
+            "settings": settings,
+            "load_seconds": sum(r["load_seconds"] for r in records),
+            "splits": split_records,
+            "extraction_shards": {
+                "count": count,
+                "parts": [
+                    {
+                        key: r[key]
+                        for key in ("part", "device", "load_seconds", "splits", "provenance")
+                    }
+                    for r in records
+                ],
+            },
+        },
+        out_stats=out_stats,
+        out_shards=out_shards,
+        out_features=out_features,
+        out_record=out_record,
+    )
 
 
 def regime_diagnostics(accumulator: Any, hidden_size: int) -> dict[str, Any]:
@@ -463,8 +813,10 @@ def write_pair_json(path: str | Path, model: str, dataset: str, payload: dict[st
 
 __all__ = [
     "extract_pair",
+    "extract_part",
     "feature_key",
     "input_provenance",
+    "merge_extract_parts",
     "probe_pair",
     "score_pair",
     "train_lora_pair",

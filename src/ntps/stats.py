@@ -10,7 +10,7 @@ is O(L d^2) whatever the number of texts, and two accumulators merge exactly by 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,6 +364,14 @@ class StatisticsAccumulator:
 
     __add__ = merge
 
+    def _add_(self, other: StatisticsAccumulator) -> None:
+        """Add ``other``'s sums into this accumulator in place (the numbers of :meth:`merge`)."""
+        self._check_compatible(other)
+        for name in (*_LAYER_SUMS, "label_counts"):
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def to_tensors(self) -> dict[str, Tensor]:
         """Safetensors-ready dict with per-layer keys (``layer{l}.cxx_sum`` ...) and global counts."""
         out: dict[str, Tensor] = {}
@@ -397,16 +405,20 @@ class StatisticsAccumulator:
         dev = torch.device(device) if device is not None else first.device
         acc = cls(len(layers), d, c, device=dev, product_dtype=product_dtype)
         for name in _LAYER_SUMS:
-            try:
-                stacked = torch.stack([tensors[f"layer{li}.{name}"].to(dev, _F64) for li in layers])
-            except KeyError as exc:
-                raise NTPSError(f"statistics have no key {exc.args[0]!r}") from None
-            if stacked.shape != getattr(acc, name).shape:
-                raise NTPSError(
-                    f"statistics key '*.{name}' has shape {tuple(stacked.shape[1:])}, "
-                    f"expected {tuple(getattr(acc, name).shape[1:])}"
-                )
-            setattr(acc, name, stacked)
+            # Layer by layer into the accumulator's own tensor: with a lazy mapping (e.g. over a
+            # safetensors handle) at most one layer is held beside it.
+            target = getattr(acc, name)
+            for li in layers:
+                try:
+                    value = tensors[f"layer{li}.{name}"]
+                except KeyError as exc:
+                    raise NTPSError(f"statistics have no key {exc.args[0]!r}") from None
+                if value.shape != target.shape[1:]:
+                    raise NTPSError(
+                        f"statistics key '*.{name}' has shape {tuple(value.shape)}, "
+                        f"expected {tuple(target.shape[1:])}"
+                    )
+                target[li].copy_(value)
         acc.label_counts = tensors["label_counts"].to(dev, torch.int64).clone()
         acc.n_examples = int(tensors["n_examples"].reshape(-1)[0])
         acc.n_pairs = int(tensors["n_pairs"].reshape(-1)[0])
@@ -488,6 +500,67 @@ def merge_all(accumulators: Sequence[StatisticsAccumulator]) -> StatisticsAccumu
     for other in accumulators[1:]:
         total = total.merge(other)
     return total
+
+
+# --- extraction shards (parts of one split, run as separate jobs) ------------------------------
+
+
+def merge_parts(
+    parts: Iterable[Mapping[int, StatisticsAccumulator]], n_jackknife: int
+) -> tuple[StatisticsAccumulator, list[StatisticsAccumulator]]:
+    """Statistics of a whole split from its extraction shards ("parts"), per jackknife shard.
+
+    ``parts`` yields, for each part in order, a mapping jackknife shard ``j`` -> statistics of the
+    part's texts in shard ``j`` (``j`` in ``0..n_jackknife-1``; only ``0`` when
+    ``n_jackknife`` < 2; a part may leave out shards it fed no text). Returns ``(total, shards)``:
+    ``shards[j]`` is the sum over parts of their shard-``j`` statistics, in part order, and
+    ``total = merge_all(shards)`` as one extraction job computes it; the same numbers as one
+    accumulation over all texts up to the order of float64 summation. ``shards`` is empty without
+    jackknife. Parts are consumed (the first part's accumulator of a shard is added into); an
+    iterator of parts loaded one at a time holds one part in memory beside the running sums.
+    """
+    n_slots = n_jackknife if n_jackknife >= 2 else 1
+    running: dict[int, StatisticsAccumulator] = {}
+    for number, part in enumerate(parts):
+        for j, acc in sorted(part.items()):
+            if not 0 <= j < n_slots:
+                raise NTPSError(
+                    f"extraction shard {number} holds statistics of jackknife shard {j}, "
+                    f"expected 0..{n_slots - 1} (uncertainty.jackknife_shards = {n_jackknife})"
+                )
+            if j in running:
+                running[j]._add_(acc)
+            else:
+                running[j] = acc
+    missing = [j for j in range(n_slots) if j not in running]
+    if missing:
+        raise NTPSError(f"no extraction shard holds statistics of jackknife shard(s) {missing}")
+    shards = [running[j] for j in range(n_slots)]
+    if n_jackknife >= 2:
+        return merge_all(shards), shards
+    return shards[0], []
+
+
+def check_partition(index_sets: Sequence[Sequence[int]], n: int, what: str) -> None:
+    """Raise NTPSError unless ``index_sets`` (one per part) cover ``0..n-1`` exactly once.
+
+    ``what`` names the split in the message (e.g. "train texts of llama/sst2").
+    """
+    seen = torch.zeros(n, dtype=torch.int64)
+    for number, indices in enumerate(index_sets):
+        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise NTPSError(
+                f"{what}: extraction shard {number} holds text positions outside 0..{n - 1}"
+            )
+        seen += torch.bincount(idx, minlength=n)
+    twice = torch.nonzero(seen > 1).flatten().tolist()
+    never = torch.nonzero(seen == 0).flatten().tolist()
+    if twice or never:
+        raise NTPSError(
+            f"{what}: the extraction shards do not cover every text exactly once "
+            f"({len(never)} missing, e.g. {never[:5]}; {len(twice)} repeated, e.g. {twice[:5]})"
+        )
 
 
 def shards_to_tensors(shards: Sequence[StatisticsAccumulator]) -> dict[str, Tensor]:

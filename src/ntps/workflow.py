@@ -97,6 +97,37 @@ def statistics_mb(
     return math.ceil(copies * 3 * 8 * layers_d2 / 1e6)
 
 
+def extraction_shards(config: Mapping[str, Any], dataset: str) -> int:
+    """Extraction jobs per model for `dataset`: its `extraction_shards`, else extraction.shards."""
+    entry = entry_by_name(config, "datasets", dataset)
+    default = (config.get("extraction") or {}).get("shards", 1)
+    return int(entry.get("extraction_shards", default))
+
+
+def merge_extract_mb(
+    config: Mapping[str, Any],
+    model: str,
+    dataset_record: str | os.PathLike[str],
+    model_record: str | os.PathLike[str],
+) -> int:
+    """Memory of the job merging a pair's extraction shards, in MB (before retry doubling).
+
+    It holds the statistics accumulators an extraction job holds (:func:`statistics_mb`), one
+    more being read from a shard, and the pooled features of every text (train and test, every
+    hidden state, float32), plus 1 GB.
+    Reads the dataset and model records (FileNotFoundError until they exist: Snakemake then
+    decides the value once the job's inputs are there).
+    """
+    import json
+
+    n_rows = int(json.loads(Path(dataset_record).read_text())["n_rows"])
+    shape = json.loads(Path(model_record).read_text())
+    states = int(shape["n_layers"]) + 1
+    features = n_rows * states * int(shape["hidden_size"]) * 4
+    held = statistics_mb(config, model) + statistics_mb(config, model, sharded=False)
+    return 1024 + held + math.ceil(features / 1e6)
+
+
 def model_resources(
     config: Mapping[str, Any],
     model: str,
