@@ -58,8 +58,9 @@ def extract_pair(
     names the model in messages (default: the folder's name).
     """
     run = _run_extraction(
-        model_dir, table_path, dataset_record_path, settings, splits, model_name, (0, 1)
-    )
+        model_dir, table_path, dataset_record_path, settings, splits, model_name, (0, 1),
+        model_record_path,
+    )  # fmt: skip
     train = run.results["train"]
     assert train.statistics is not None
     return _write_extraction(
@@ -104,8 +105,10 @@ def _run_extraction(
     splits: Sequence[str],
     model_name: str | None,
     part: tuple[int, int],
+    model_record_path: str | Path | None = None,
 ) -> _Extraction:
-    """Load the prepared table and the model, and extract ``splits`` (all of each, or one part)."""
+    """Load the prepared table and the model, and extract ``splits`` (all of each, or one part).
+    The acquisition record (``model_record_path``) gives the model's load options."""
     import torch
 
     from ntps.datasets import load_prepared
@@ -276,8 +279,9 @@ def extract_part(
             "extract_pair extracts a pair in one job)"
         )
     run = _run_extraction(
-        model_dir, table_path, dataset_record_path, settings, splits, model_name, part
-    )
+        model_dir, table_path, dataset_record_path, settings, splits, model_name, part,
+        model_record_path,
+    )  # fmt: skip
     tensors = dict(run.features)
     train = run.results["train"]
     n_jackknife = int(settings.get("jackknife_shards", 0))
