@@ -4,7 +4,8 @@ models of the paper's architectures and small datasets shaped like the paper's, 
 Marked ``rehearsal`` (deselected by default in pyproject.toml; run it with
 ``pytest -m rehearsal tests/test_rehearsal.py``) and ``slow``: hundreds of jobs, most of their time
 Python and torch start-up. ``NTPS_REHEARSAL_PROFILE=profiles/slurm`` runs it through the SLURM
-profile instead of the local one (plus ``NTPS_REHEARSAL_ARGS``, split on spaces, for site options).
+profile instead of the local one (plus ``NTPS_REHEARSAL_ARGS``, split on spaces, for site options);
+``NTPS_REHEARSAL_MODELS`` (names split on spaces) keeps a subset of the paper's models.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ pytestmark = [pytest.mark.rehearsal, pytest.mark.slow]
 
 PROFILE = os.environ.get("NTPS_REHEARSAL_PROFILE", "profiles/default")
 EXTRA = os.environ.get("NTPS_REHEARSAL_ARGS", "").split()
+MODELS = os.environ.get("NTPS_REHEARSAL_MODELS", "").split() or None
 
 
 def planned_rules(workdir: Path, config: Path) -> Counter:
@@ -39,7 +41,7 @@ def planned_rules(workdir: Path, config: Path) -> Counter:
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("rehearsal")
     cores = None if "slurm" in PROFILE else 2
-    record = run_rehearsal(root, PROFILE, EXTRA, cores=cores)
+    record = run_rehearsal(root, PROFILE, EXTRA, cores=cores, models_kept=MODELS)
     print(f"rehearsal: {record}")
     assert record["returncode"] == 0, "the rehearsal's Snakemake run failed (output above)"
     return root, record
@@ -50,6 +52,7 @@ def test_rehearsal_runs_the_paper_dag(rehearsal: tuple[Path, dict], tmp_path: Pa
     config = yaml.safe_load((root / "config.yaml").read_text())
     # Same DAG as config/paper.yaml (with the rehearsal's sharding), rule by rule.
     paper = yaml.safe_load(PAPER_CONFIG.read_text())
+    paper["models"] = [m for m in paper["models"] if m["name"] in record["models"]]
     if record["extraction_shards"]:
         paper["extraction"]["shards"] = record["extraction_shards"]
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(paper))
@@ -61,9 +64,10 @@ def test_rehearsal_runs_the_paper_dag(rehearsal: tuple[Path, dict], tmp_path: Pa
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
     scores = pd.read_csv(root / "results/tables/scores.csv")
     pairs = scores.groupby(["stage", "model"])["dataset"].nunique()
-    assert set(scores["model"]) == set(ARCHITECTURES)
+    assert set(scores["model"]) == set(record["models"])
     assert (pairs == len(CLASSES)).all() and set(scores["stage"]) == {"pre_lora", "post_lora"}
-    for model, (architecture, blocks) in ARCHITECTURES.items():
+    for model in record["models"]:
+        architecture, blocks = ARCHITECTURES[model]
         acquired = read_json(root / f"resources/models/{model}/model.json")
         assert acquired["n_layers"] == blocks
         expected = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
@@ -73,6 +77,6 @@ def test_rehearsal_runs_the_paper_dag(rehearsal: tuple[Path, dict], tmp_path: Pa
         prepared = read_json(root / f"resources/datasets/{name}/dataset.json")
         assert len(prepared["label_names"]) == n_classes, name
     lora = pd.read_csv(root / "results/tables/lora.csv")
-    assert len(lora) == len(ARCHITECTURES) * len(CLASSES)
+    assert len(lora) == len(record["models"]) * len(CLASSES)
     assert (lora["steps"] == config["lora"]["settings"]["max_steps"]).all()
     assert (root / "results/summary.md").stat().st_size > 0
