@@ -104,8 +104,8 @@ def test_untrusted_remote_code_fails_early_naming_model_and_key(
 
 @pytest.mark.slow
 def test_workflow_runs_remote_code_model(remote_folders: tuple[Path, Path], tmp_path: Path) -> None:
-    """Acquisition from a local folder, extraction, probes, LoRA and the post-LoRA scores of the
-    real workflow on the remote-code model (one dataset of the tiny study)."""
+    """Acquisition from a local folder, sharded extraction, probes, LoRA and the post-LoRA scores
+    of the real workflow on the remote-code model (one dataset of the tiny study)."""
     datasets = write_datasets(tmp_path / "inputs" / "data")
     config = {
         "study": "remote code",
@@ -115,7 +115,8 @@ def test_workflow_runs_remote_code_model(remote_folders: tuple[Path, Path], tmp_
         "datasets": datasets,
         "scoring": {"k_grid": [0.5, 2]},
         "probes": {"c_grid": [1.0], "cv_folds": 2},
-        "extraction": {"progress": False},
+        # Two extraction shards and their merge: every extraction job loads the model too.
+        "extraction": {"progress": False, "shards": 2},
         "lora": {
             "enabled": True,
             "settings": {
@@ -137,6 +138,9 @@ def test_workflow_runs_remote_code_model(remote_folders: tuple[Path, Path], tmp_
     # The override's tokenizer replaced the (missing) own one; the code files came along.
     assert (weights / "tokenizer.json").is_file() and not (weights / "tokenizer.json").is_symlink()
     assert (weights / "modeling_tiny_elm.py").exists()
+    for shard in (0, 1):
+        log = tmp_path / f"results/logs/extract_shard/{MODEL}/strong/{shard}-of-2.log"
+        assert "loaded model" in log.read_text()
     extract = read_json(tmp_path / f"results/extract/{MODEL}/strong/extract.json")
     assert extract["n_layers"] == 3 and extract["hidden_size"] == 32
     metrics = read_json(tmp_path / f"results/lora/{MODEL}/strong/metrics.json")
