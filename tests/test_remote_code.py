@@ -16,7 +16,7 @@ import yaml
 from model_factories import write_remote_code_model, write_tokenizer
 from workflow_support import read_json, run_snakemake, vocabulary, write_datasets
 
-from ntps.config import load_options, validate_config
+from ntps.config import load_options, remote_code_error, validate_config
 from ntps.errors import ConfigError, ModelSourceError
 from ntps.models import acquire_model, load_for_inference
 
@@ -100,6 +100,22 @@ def test_untrusted_remote_code_fails_early_naming_model_and_key(
     from transformers import AutoTokenizer
 
     assert tokenizer.get_vocab() == AutoTokenizer.from_pretrained(remote_folders[1]).get_vocab()
+
+
+def test_auto_map_of_a_native_architecture_needs_no_trust(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """Folders of natively supported models that still carry an auto_map (e.g. Phi-3 repos) load
+    without remote code, so they are not refused."""
+    import shutil
+
+    folder = shutil.copytree(tiny_llama_dir, tmp_path / "llama")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_llama.LlamaForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert remote_code_error("llama", folder, {"trust_remote_code": False}) is None
+    base, _ = load_for_inference(folder, "float32", "cpu", name="llama")
+    assert type(base).__name__ == "LlamaModel"
 
 
 @pytest.mark.slow

@@ -181,15 +181,22 @@ def load_options(source: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def remote_code_error(name: str, folder: str | Path, options: Mapping[str, Any]) -> str | None:
     """Why ``folder`` cannot be loaded with ``options``: its config.json maps Auto classes to
-    Python files shipped with the weights (``auto_map``, as OpenELM does) but remote code is not
-    trusted. None when it can."""
+    Python files shipped with the weights (``auto_map``, as OpenELM does) for a ``model_type``
+    transformers does not know, but remote code is not trusted. None when it can."""
     if options.get("trust_remote_code"):
         return None
     try:
-        auto_map = json.loads((Path(folder) / "config.json").read_text()).get("auto_map")
+        data = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
     if not auto_map:
+        return None
+    # Architectures transformers knows natively load without the shipped code (e.g. Phi-3 folders
+    # that still carry auto_map); the registry is imported only for folders with an auto_map.
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if data.get("model_type") in CONFIG_MAPPING_NAMES:
         return None
     files = sorted({str(ref).split(".")[0] + ".py" for ref in auto_map.values()})
     return (
