@@ -220,9 +220,9 @@ def rehearsal_config(
     settings.update(
         max_steps=LORA_STEPS, checkpoint_every=LORA_CHECKPOINT_EVERY, max_length=CONTEXT
     )
-    # Sharded extraction (issue #15, branch i15-shards): every dataset's train texts in `shards`
-    # extraction jobs and a merge. Set only when the workflow has the key, so the rehearsal also
-    # runs on a checkout without it.
+    # Sharded extraction (issue #15): every pair's extraction in `shards` extract_shard jobs and
+    # a merge_extract. Guarded by the schema so that the rehearsal still runs on a checkout
+    # without sharded extraction.
     if shards and has_sharded_extraction():
         config["extraction"]["shards"] = shards
     return config
