@@ -11,7 +11,8 @@ Builds, under a working folder:
 - ``inputs/data/<dataset>/``: the paper's 12 datasets under their names, with their class counts,
   text and label columns, label encodings (strings, letters, declared values) and split layout
   (source train/test, train/validation, or one table split 70/30), ``TRAIN``/``TEST`` texts
-  (at least ``MIN_PER_CLASS`` per class in train, one in test), as local Parquet files.
+  (at least ``MIN_PER_CLASS`` per class in train, one in test, and one batch per extraction shard:
+  the paper config's per-dataset ``extraction_shards`` are kept), as local Parquet files.
 - ``config.yaml``: config/paper.yaml with every setting kept except the sources (local folders and
   files), the sizes (``n_params`` of the tiny models, ``max_length`` 64, LoRA steps) and, when the
   workflow has it, sharded extraction on.
@@ -121,18 +122,27 @@ def make_rows(
     return rows
 
 
-def write_dataset(folder: Path, dataset: dict[str, Any], index: int) -> dict[str, Any]:
-    """Write one paper dataset's local files; return its config entry with a `files` source."""
+def write_dataset(
+    folder: Path, dataset: dict[str, Any], index: int, shards: int, max_batch: int
+) -> dict[str, Any]:
+    """Write one paper dataset's local files; return its config entry with a `files` source.
+
+    Each split gets at least one batch (of the largest ``batch_size``) per extraction shard of the
+    dataset (its own ``extraction_shards``, as in config/paper.yaml, else ``shards``), so the
+    paper's shard counts are kept."""
     import pandas as pd
 
     rng = random.Random(index)
     signal = 0.15 + 0.6 * index / (len(CLASSES) - 1)  # datasets from noisy to clean
     split = dataset.get("split")
+    need = int(dataset.get("extraction_shards") or shards or 1) * max_batch
     folder.mkdir(parents=True, exist_ok=True)
     entry = {k: v for k, v in dataset.items() if k != "source"}
     if split and "test_fraction" in split:  # one table, split by the workflow
+        fraction = float(split["test_fraction"])
+        total = max(TRAIN + TEST, math.ceil(need / min(fraction, 1 - fraction)) + 10)
         path = folder / "all.parquet"
-        rows = make_rows(dataset, TRAIN + TEST, rng, signal, MIN_PER_CLASS + 1)
+        rows = make_rows(dataset, total, rng, signal, MIN_PER_CLASS + 1)
         pd.DataFrame(rows).to_parquet(path)
         entry["source"] = {"type": "files", "path": str(path), "format": "parquet"}
         return entry
@@ -140,7 +150,8 @@ def write_dataset(folder: Path, dataset: dict[str, Any], index: int) -> dict[str
     paths = {}
     for role, size, least in (("train", TRAIN, MIN_PER_CLASS), ("test", TEST, 1)):
         path = folder / f"{names[role]}.parquet"
-        pd.DataFrame(make_rows(dataset, size, rng, signal, least)).to_parquet(path)
+        rows = make_rows(dataset, max(size, need), rng, signal, least)
+        pd.DataFrame(rows).to_parquet(path)
         paths[names[role]] = str(path)
     entry["source"] = {"type": "files", "path": paths, "format": "parquet"}
     return entry
@@ -210,8 +221,11 @@ def rehearsal_config(
         # One torch thread per model job (the paper config leaves the default, 2): tiny models
         # gain nothing from more, and two model jobs then share a 2-core machine.
         model["resources"] = {"threads": 1}
+    use_shards = shards if shards and has_sharded_extraction() else 1
+    max_batch = max(int(m["batch_size"]) for m in config["models"])
     config["datasets"] = [
-        write_dataset(inputs / "data" / d["name"], d, i) for i, d in enumerate(config["datasets"])
+        write_dataset(inputs / "data" / d["name"], d, i, use_shards, max_batch)
+        for i, d in enumerate(config["datasets"])
     ]
     if set(CLASSES) != {d["name"] for d in config["datasets"]}:
         raise SystemExit(f"config/paper.yaml's datasets changed; update CLASSES in {__file__}")

@@ -29,7 +29,13 @@ from ntps.datasets import prepare_dataset, write_prepared
 from ntps.errors import NTPSError
 from ntps.extract import balanced_ranges, batch_costs, plan_batches
 from ntps.io import load_tensor_metadata, load_tensors
-from ntps.stages import PART_RECORD_KEY, extract_pair, extract_part, merge_extract_parts
+from ntps.stages import (
+    PART_RECORD_KEY,
+    extract_pair,
+    extract_part,
+    merge_extract_parts,
+    score_pair,
+)
 from ntps.stats import (
     StatisticsAccumulator,
     check_partition,
@@ -259,6 +265,18 @@ def test_sharded_extraction_writes_what_one_job_writes(
                 scale = float(value.abs().max()) or 1.0
                 torch.testing.assert_close(got[key], value, rtol=0, atol=tol * scale)
     assert load_tensors(b / "stats_shards.safetensors")["n_shards"].item() == n_jackknife
+    # Scores and their jackknife SEs: the same up to float64 summation order.
+    scores = [
+        score_pair(root / "stats.safetensors", [0.25, 0.5, 2], ridge=0.0, centered=False,
+                   shards_path=root / "stats_shards.safetensors")["records"]
+        for root in (a, b)
+    ]  # fmt: skip
+    for want, got in zip(*scores, strict=True):
+        for key in ("ntps_paper", "ntps_reg", "excess_loss", "ntps_paper_se", "ntps_reg_se"):
+            if math.isnan(want[key]):
+                assert math.isnan(got[key]) and not n_jackknife and key.endswith("_se")
+            else:
+                assert got[key] == pytest.approx(want[key], rel=1e-10, abs=1e-15), key
     sharding = merged.pop("extraction_shards")
     assert sharding["count"] == 3 and [p["part"] for p in sharding["parts"]] == [0, 1, 2]
     assert strip_timing(merged) == strip_timing(whole)
@@ -417,8 +435,10 @@ def test_sharded_workflow_equals_unsharded_and_resumes(tiny_study: Path, tmp_pat
     assert re.search(r"shard=1, shards=3", dry.stdout) and "dataset=medium" in dry.stdout
     assert planned.get("merge_extract") == 4 and "acquire_model" not in planned, planned
     run_snakemake(tmp_path, *pair_targets())
-    # Merged: the shard files were temporary.
+    # Merged: the shard files were temporary, and their absence re-runs nothing.
     assert not list((tmp_path / "results/extract").rglob("shards/*.safetensors"))
+    again = run_snakemake(tmp_path, "--dry-run", *pair_targets())
+    assert "Nothing to be done" in again.stdout + again.stderr
 
     for dataset in SIGNAL:
         a = tiny_study / "results/extract" / MODEL / dataset
