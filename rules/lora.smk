@@ -5,6 +5,7 @@
 rule lora:
     input:
         model="resources/models/{model}/weights",
+        model_record="resources/models/{model}/model.json",
         table="resources/datasets/{dataset}/data.parquet",
         dataset="resources/datasets/{dataset}/dataset.json",
         probe_head="results/probes/{model}/{dataset}.head.safetensors",

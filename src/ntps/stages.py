@@ -58,8 +58,9 @@ def extract_pair(
     names the model in messages (default: the folder's name).
     """
     run = _run_extraction(
-        model_dir, table_path, dataset_record_path, settings, splits, model_name, (0, 1)
-    )
+        model_dir, table_path, dataset_record_path, settings, splits, model_name, (0, 1),
+        model_record_path,
+    )  # fmt: skip
     train = run.results["train"]
     assert train.statistics is not None
     return _write_extraction(
@@ -104,8 +105,10 @@ def _run_extraction(
     splits: Sequence[str],
     model_name: str | None,
     part: tuple[int, int],
+    model_record_path: str | Path | None = None,
 ) -> _Extraction:
-    """Load the prepared table and the model, and extract ``splits`` (all of each, or one part)."""
+    """Load the prepared table and the model, and extract ``splits`` (all of each, or one part).
+    The acquisition record (``model_record_path``) gives the model's load options."""
     import torch
 
     from ntps.datasets import load_prepared
@@ -141,12 +144,16 @@ def _run_extraction(
             )
     device = resolve_device(settings.get("device", "auto"))
     dtype = resolve_dtype(settings.get("dtype", "auto"), device)
+    model_name = model_name or Path(model_dir).name
+    # The acquisition record carries the model's source, hence its load options (remote code).
+    model_record = read_json(model_record_path) if model_record_path else None
     started = time.perf_counter()
-    base_model, tokenizer = load_for_inference(model_dir, dtype=dtype, device=device)
+    base_model, tokenizer = load_for_inference(
+        model_dir, dtype=dtype, device=device, source=model_record, name=model_name
+    )
     load_seconds = time.perf_counter() - started
     LOG.info("loaded model from %s on %s (%s) in %.1f s", model_dir, device, dtype, load_seconds)
     prompt_format = str(settings.get("prompt_format", "raw"))
-    model_name = model_name or Path(model_dir).name
     check_prompt_format(tokenizer, prompt_format, model_name)
 
     features: dict[str, torch.Tensor] = {}
@@ -275,8 +282,9 @@ def extract_part(
             "extract_pair extracts a pair in one job)"
         )
     run = _run_extraction(
-        model_dir, table_path, dataset_record_path, settings, splits, model_name, part
-    )
+        model_dir, table_path, dataset_record_path, settings, splits, model_name, part,
+        model_record_path,
+    )  # fmt: skip
     tensors = dict(run.features)
     train = run.results["train"]
     n_jackknife = int(settings.get("jackknife_shards", 0))
@@ -815,6 +823,7 @@ def train_lora_pair(
     progress: bool = True,
     prompt_format: str = "raw",
     model_name: str | None = None,
+    model_record_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune LoRA adapters + a linear head on one dataset, save them, and write the adapted
     model's train-split statistics (post-LoRA NTPS); return the metrics.
@@ -823,7 +832,8 @@ def train_lora_pair(
     unchanged by LoRA and are copied from there; the others are accumulated from the adapted model.
     ``probe_head_path`` (the probe stage's last-layer head) starts the head when
     ``settings.head_init`` is "probe". ``max_length`` is the extraction's, used unless the LoRA
-    settings give their own.
+    settings give their own. ``model_record_path`` (the acquisition record) gives the model's load
+    options (remote code), as for the extraction.
     """
     from ntps.datasets import load_prepared
     from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
@@ -845,8 +855,15 @@ def train_lora_pair(
         probe_predictions = head["test_predictions"].tolist()
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
-    base_model, tokenizer = load_for_inference(model_dir, dtype="float32", device=device)
-    check_prompt_format(tokenizer, prompt_format, model_name or Path(model_dir).name)
+    model_name = model_name or Path(model_dir).name
+    base_model, tokenizer = load_for_inference(
+        model_dir,
+        dtype="float32",
+        device=device,
+        source=read_json(model_record_path) if model_record_path else None,
+        name=model_name,
+    )
+    check_prompt_format(tokenizer, prompt_format, model_name)
     train = table[table["split"] == "train"]
     test = table[table["split"] == "test"]
     train_labels = train["label"].astype(int).tolist()
