@@ -83,13 +83,14 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sigterm_study(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def interrupted_study(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A copy of the tiny study whose LoRA dataset was redone on one core through two SIGTERM
-    stops and a run to the end (workflow_support.sigterm_scenario): the interruption tests check
-    the stops, the determinism tests compare its outputs with the two-core reference."""
-    from workflow_support import sigterm_scenario
+    stops, a SIGKILL during LoRA and a run to the end (workflow_support.interruption_scenario):
+    the interruption tests check the stops, the determinism tests compare its outputs with the
+    two-core reference."""
+    from workflow_support import interruption_scenario
 
-    return sigterm_scenario(tiny_study, tmp_path_factory.mktemp("sigterm") / "study")
+    return interruption_scenario(tiny_study, tmp_path_factory.mktemp("interrupted") / "study")
 
 
 # How `make unit` spreads the suite over two pytest-xdist workers (`-n 2`): whole modules, so a

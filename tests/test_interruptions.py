@@ -3,16 +3,15 @@ completes with tables byte-identical to an uninterrupted run.
 
 End-to-end cases start from a copy of the session's tiny study (the `tiny_study` fixture in
 conftest.py) with one dataset's outputs removed, so only its jobs run again: an extraction stopped
-with SIGTERM to Snakemake and a scoring job stopped with SIGTERM to its process group (the
-session's `sigterm_study`, also used by tests/test_determinism.py), and a LoRA job killed with
-SIGKILL to the whole process group after its first checkpoint (the re-run must resume from it).
+with SIGTERM to Snakemake, a scoring job stopped with SIGTERM to its process group, and a LoRA job
+killed with SIGKILL to the whole process group after its first checkpoint (the re-run must resume
+from it): the session's `interrupted_study`, also used by tests/test_determinism.py.
 The re-runs build the tables of `TARGETS`; every table they rebuild must equal the uninterrupted
 run's byte for byte.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -22,19 +21,9 @@ from pathlib import Path
 import pytest
 from workflow_support import (
     LORA_CHECKPOINT_EVERY,
-    LORA_DATASET,
     LORA_STEPS,
-    MODEL,
     TARGETS,
-    assert_complete_or_absent,
-    interrupted_copy,
-    planned_outputs,
-    run_snakemake,
-    run_targets,
-    start_snakemake,
     table_files,
-    wait_for,
-    wait_until_gone,
 )
 
 from ntps.io import atomic_path, read_json, write_json
@@ -94,56 +83,18 @@ def assert_rebuilt_tables_match(reference: Path, root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def sigterm_runs(sigterm_study: dict) -> dict:
-    """The session's SIGTERM scenario (workflow_support.sigterm_scenario, shared with
-    tests/test_determinism.py)."""
-    return sigterm_study
+def sigterm_runs(interrupted_study: dict) -> dict:
+    """The session's interruption scenario (workflow_support.interruption_scenario, shared with
+    tests/test_determinism.py): its two SIGTERM stops."""
+    return interrupted_study
 
 
 @pytest.fixture(scope="module")
-def lora_sigkill(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """SIGKILL to the whole process group once the LoRA job has written a checkpoint."""
-    pair = f"{MODEL}/{LORA_DATASET}"
-    reference = tiny_study
-    root = interrupted_copy(
-        tiny_study,
-        tmp_path_factory.mktemp("sigkill") / "study",
-        [
-            f"results/lora/{pair}",
-            f"results/logs/lora/{pair}.log",
-            f"results/scores_post_lora/{pair}.json",
-            "results/tables",
-        ],
-    )
-    checkpoints = root / f"results/lora/{pair}/checkpoints"
-    proc = start_snakemake(root)
-    # A finished checkpoint (not the temporary folder it is written in first).
-    wait_for(lambda: any(checkpoints.glob("step-*/state.pt")), proc, root)
-    os.killpg(proc.pid, signal.SIGKILL)
-    wait_until_gone(proc)
-    outputs = [root / f"results/lora/{pair}/metrics.json", root / f"results/lora/{pair}/adapter"]
-    state = {
-        "reference": reference,
-        "root": root,
-        "pair": pair,
-        "returncode": proc.returncode,
-        "outputs": outputs,
-        # Finished checkpoints only: a kill can land while one is still a temporary folder.
-        "checkpoints": sorted(
-            p.name for p in checkpoints.iterdir() if re.fullmatch(r"step-\d+", p.name)
-        ),
-        "planned": planned_outputs(root),
-    }
-    assert_complete_or_absent(outputs[:1])
-    # A killed Snakemake cannot release its lock on the folder: the next run refuses to start and
-    # says how to release it (`--unlock`), then runs (the default profile sets rerun-incomplete).
-    locked = run_snakemake(root, *TARGETS, check=False, timeout=300)
-    state["locked_returncode"] = locked.returncode
-    state["locked_output"] = locked.stdout + locked.stderr
-    run_snakemake(root, "--unlock", *TARGETS, timeout=300)
-    run_targets(root)
-    state["rerun_log"] = (root / f"results/logs/lora/{pair}.log").read_text()
-    return state
+def lora_sigkill(interrupted_study: dict) -> dict:
+    """The same scenario's SIGKILL to the whole process group once the LoRA job had written a
+    checkpoint, the locked re-run, `--unlock` and the run to the end."""
+    keys = ("reference", "root", "pair")
+    return {**{key: interrupted_study[key] for key in keys}, **interrupted_study["sigkill"]}
 
 
 @pytest.mark.slow

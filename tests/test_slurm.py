@@ -183,6 +183,24 @@ class ClusterRun:
 
 CLUSTER_DATASETS = ("noisy", "medium", "strong")
 
+# The SLURM plugin waits 10 s longer after every status check that finds no job finished (1, 11,
+# 21, ... s; not configurable), so on a test cluster whose jobs take seconds each wave of jobs is
+# noticed ~30 s after it ended. This launcher caps the wait at POLL_SECONDS, as a site with a quick
+# scheduler would want; everything else is the plugin as users run it.
+POLL_SECONDS = 2
+SLURM_POLLING_LAUNCHER = f"""
+import sys
+import snakemake_executor_plugin_slurm as slurm
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+wait = RemoteExecutor.next_seconds_between_status_checks
+slurm.Executor.next_seconds_between_status_checks = wait.setter(
+    lambda self, seconds: wait.fset(self, min(seconds, {POLL_SECONDS}))
+)
+from snakemake.cli import main
+sys.argv[0] = "snakemake"
+sys.exit(main())
+"""
+
 
 def cluster_command(workdir: Path, config: Path) -> list[str]:
     return snakemake_command(
@@ -197,7 +215,7 @@ def cluster_command(workdir: Path, config: Path) -> list[str]:
         # Same machine, no shared-filesystem delay; a failing test job should fail at once.
         "--latency-wait", "5", "--retries", "0",
         "--verbose",  # prints each sbatch call
-        configfile=config, cores=None,
+        configfile=config, cores=None, launcher=("-c", SLURM_POLLING_LAUNCHER),
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -227,11 +228,13 @@ def table_files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "results/tables").glob("*.csv"))}
 
 
-def start_snakemake(root: Path, cores: int = 2) -> subprocess.Popen:
+def start_snakemake(
+    root: Path, cores: int = 2, targets: Sequence[str] = TARGETS
+) -> subprocess.Popen:
     """Snakemake in its own session (process group), so the whole tree can be signalled."""
     log = open(root / "interrupted-run.log", "w")
     return subprocess.Popen(
-        snakemake_command(root, *TARGETS, cores=cores), stdout=log, stderr=subprocess.STDOUT,
+        snakemake_command(root, *targets, cores=cores), stdout=log, stderr=subprocess.STDOUT,
         env=snakemake_env(), start_new_session=True,
     )  # fmt: skip
 
@@ -308,20 +311,21 @@ def job_started(root: Path, rule: str, pair: str) -> Callable[[], bool]:
     return log.exists
 
 
-def sigterm_scenario(reference: Path, dest: Path) -> dict[str, Any]:
-    """Two stops with SIGTERM, then a run to the end, all with ``--cores 1``.
+def interruption_scenario(reference: Path, dest: Path) -> dict[str, Any]:
+    """Three stops, then a run to the end, all with ``--cores 1``.
 
     One dataset's prepared table and every model output are removed from a copy of the finished
-    study, so the three runs redo that dataset's whole chain (preparation, extraction, scoring,
-    probes, LoRA, post-LoRA scoring) on one core:
+    study, so the runs redo that dataset's whole chain (preparation, extraction, scoring, probes,
+    LoRA, post-LoRA scoring) on one core:
 
     1. SIGTERM to Snakemake alone (Ctrl-C-like, or `kill <pid>`) while the extraction runs;
     2. SIGTERM to the whole process group (what `scancel`, a SLURM walltime or `timeout` send)
        while the scoring job of that pair runs;
-    3. a run to the end.
+    3. SIGKILL to the whole process group once the LoRA job has written a checkpoint; the next
+       run finds the folder locked, is unlocked (`--unlock`) and runs to the end, resuming LoRA.
 
-    The interruption tests check the stops; the determinism tests compare the pair's outputs,
-    made on one core, with the reference made on two.
+    The interruption tests check the stops (``state["sigkill"]`` for the third); the determinism
+    tests compare the pair's outputs, made on one core, with the reference made on two.
     """
     pair = f"{MODEL}/{LORA_DATASET}"
     root = interrupted_copy(
@@ -337,6 +341,7 @@ def sigterm_scenario(reference: Path, dest: Path) -> dict[str, Any]:
             f"results/probes/{pair}.head.safetensors",
             f"results/logs/probe/{pair}.log",
             f"results/lora/{pair}",
+            f"results/logs/lora/{pair}.log",
             f"results/scores_post_lora/{pair}.json",
             "results/tables",  # so that Snakemake needs the removed files again
         ],
@@ -356,7 +361,9 @@ def sigterm_scenario(reference: Path, dest: Path) -> dict[str, Any]:
     assert_complete_or_absent(extract_outputs)
     state["score_ran"] = (root / f"results/scores/{pair}.json").exists()
 
-    proc = start_snakemake(root, cores=1)
+    # Only the scoring job as target: on one core Snakemake may otherwise run probes and LoRA
+    # first, and the SIGKILL below needs LoRA still to do.
+    proc = start_snakemake(root, cores=1, targets=[f"results/scores/{pair}.json"])
     wait_for(job_started(root, "score", pair), proc, root)
     os.killpg(proc.pid, signal.SIGTERM)
     state["group_ended_alone"] = wait_until_gone(proc)
@@ -364,5 +371,31 @@ def sigterm_scenario(reference: Path, dest: Path) -> dict[str, Any]:
     state["planned_after_group"] = planned_outputs(root)
     assert_complete_or_absent([root / f"results/scores/{pair}.json"])
 
+    checkpoints = root / f"results/lora/{pair}/checkpoints"
+    proc = start_snakemake(root, cores=1)
+    # A finished checkpoint (not the temporary folder it is written in first).
+    wait_for(lambda: any(checkpoints.glob("step-*/state.pt")), proc, root)
+    os.killpg(proc.pid, signal.SIGKILL)
+    wait_until_gone(proc)
+    outputs = [root / f"results/lora/{pair}/metrics.json", root / f"results/lora/{pair}/adapter"]
+    sigkill: dict[str, Any] = {
+        "returncode": proc.returncode,
+        "outputs": outputs,
+        # Finished checkpoints only: a kill can land while one is still a temporary folder.
+        "checkpoints": sorted(
+            p.name for p in checkpoints.iterdir() if re.fullmatch(r"step-\d+", p.name)
+        ),
+        "planned": planned_outputs(root),
+    }
+    assert_complete_or_absent(outputs[:1])
+    # A killed Snakemake cannot release its lock on the folder: the next run refuses to start and
+    # says how to release it (`--unlock`), then runs (the default profile sets rerun-incomplete).
+    locked = run_snakemake(root, *TARGETS, check=False, timeout=300, cores=1)
+    sigkill["locked_returncode"] = locked.returncode
+    sigkill["locked_output"] = locked.stdout + locked.stderr
+    run_snakemake(root, "--unlock", *TARGETS, timeout=300, cores=1)
+
     run_targets(root, cores=1)
+    sigkill["rerun_log"] = (root / f"results/logs/lora/{pair}.log").read_text()
+    state["sigkill"] = sigkill
     return state
