@@ -94,14 +94,20 @@ def interrupted_study(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 # How `make unit` spreads the suite over two pytest-xdist workers (`-n 2`): whole modules, so a
-# module-scoped fixture (a trained LoRA, the SLURM scenario) is built once, and the three modules
+# module-scoped fixture (a trained LoRA, the SLURM scenario) is built once, and the modules
 # that read the session's tiny study together, so it is built once. (xdist's own `loadgroup` mode
 # does not group under pytest 9, which ignores the node ids it rewrites.)
-TINY_STUDY_MODULES = ("test_workflow.py", "test_determinism.py", "test_interruptions.py")
+TINY_STUDY_MODULES = (
+    "test_workflow.py",
+    "test_determinism.py",
+    "test_interruptions.py",
+    "test_extraction_shards.py",
+    "test_storage.py",
+)
 # The longest groups first, so the two workers start them at once and finish together: the SLURM
-# scenario (mostly waiting on the cluster), the tiny study and everything made from it, the module
-# deployment. The rest fills in behind them.
-LONG_GROUPS = ("test_slurm.py", "tiny_study", "test_deploy.py")
+# scenario (mostly waiting on the cluster), the tiny study and everything made from it, the
+# remote-code workflow run, the module deployment. The rest fills in behind them.
+LONG_GROUPS = ("test_slurm.py", "tiny_study", "test_remote_code.py", "test_deploy.py")
 
 
 def xdist_group(nodeid: str) -> str:
