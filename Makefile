@@ -2,14 +2,18 @@
 #   make study   set up .venv (pinned, CPU torch 2.13.0) and run the default study offline
 #   make test    set up .venv and run lint + format checks + the test suite
 #   (make test-fast: the unit tests only, no end-to-end workflow runs; the quick loop)
+#   make rehearsal  config/paper.yaml's whole DAG on tiny local models and data (docs/cluster.md);
+#                   REHEARSAL_ARGS="--profile profiles/slurm" runs it through SLURM
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE_ARGS ?=
+REHEARSAL_DIR ?= rehearsal
+REHEARSAL_ARGS ?=
 
-.PHONY: setup study test test-fast lint unit clean-results
+.PHONY: setup study test test-fast lint unit clean-results storage-plan rehearsal
 .DEFAULT_GOAL := study
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -45,6 +49,15 @@ test: lint unit
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" --durations=10
+
+# Estimated disk per stage of a study (docs/cluster.md, "Disk"): make storage-plan CONFIG=config/paper.yaml
+CONFIG ?= config/config.yaml
+storage-plan: $(STAMP)
+	$(BIN)/python -m ntps.storage $(CONFIG) --verbose
+
+# The paper-scale dress rehearsal on CPU (docs/cluster.md): make rehearsal [REHEARSAL_ARGS=...]
+rehearsal: $(STAMP)
+	$(BIN)/python tests/rehearsal.py --workdir $(REHEARSAL_DIR) $(REHEARSAL_ARGS)
 
 clean-results:
 	rm -rf results/* .snakemake

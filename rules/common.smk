@@ -24,10 +24,13 @@ from ntps.workflow import (
     canonical,
     dataset_names,
     entry_by_name,
+    extraction_shards,
     fixed_layer_spec,
+    merge_extract_mb,
     model_names,
     model_resources,
     model_torch_threads,
+    score_resources,
 )
 
 # Files of this workflow that rules read, through Snakemake's source cache: valid when the workflow
@@ -49,12 +52,35 @@ CONDA_ENV = (
 
 MODELS = model_names(config)
 DATASETS = dataset_names(config)
-WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description")
+WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description", "extraction_shards")
+# Datasets extracted in S > 1 jobs per model (extract_shard, then merge_extract) and in one
+# (extract): extraction.shards, or a dataset's extraction_shards.
+SHARDED_DATASETS = [d for d in DATASETS if extraction_shards(config, d) > 1]
+UNSHARDED_DATASETS = [d for d in DATASETS if d not in SHARDED_DATASETS]
 
 
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     dataset="|".join(map(re.escape, DATASETS)),
+
+
+def names_regex(names):
+    """A wildcard constraint matching exactly `names` ("(?!)", matching nothing, for none)."""
+    return "|".join(map(re.escape, names)) if names else "(?!)"
+
+
+def extract_shard_files(wildcards):
+    count = extraction_shards(config, wildcards.dataset)
+    return [
+        f"results/extract/{wildcards.model}/{wildcards.dataset}/shards/{i}-of-{count}.safetensors"
+        for i in range(count)
+    ]
+
+
+def merge_extract_mem_mb(wildcards, input, attempt):
+    # Evaluated once the records exist (Snakemake shows <TBD> before).
+    mb = merge_extract_mb(config, wildcards.model, input.dataset, input.model_record)
+    return mb * 2 ** (attempt - 1)
 
 
 def conda_env(wildcards):
@@ -91,6 +117,12 @@ def extraction_params(wildcards):
         "prompt_format": spec["prompt_format"],
         "jackknife_shards": config["uncertainty"]["jackknife_shards"],
         "jackknife_seed": config["uncertainty"]["seed"],
+        # Only when on: the default keeps the params of earlier runs, which re-extract nothing.
+        **(
+            {"compact_statistics": True}
+            if config["storage"]["compact_statistics"]
+            else {}
+        ),
     }
 
 
@@ -130,9 +162,28 @@ def scoring_params():
     }
 
 
+def score_gpu(wildcards):
+    return score_resources(config, wildcards.model)["gpu"]
+
+
+def score_runtime(wildcards, attempt):
+    return score_resources(config, wildcards.model, attempt)["runtime"]
+
+
+def score_threads(wildcards):
+    # Scheduling `threads:` and `params.threads` alike, as for the model rules.
+    return score_resources(config, wildcards.model)["threads"]
+
+
 def shard_statistics(path):
     """The jackknife shard statistics: deleted after scoring unless the config keeps them."""
     return path if config["uncertainty"]["keep_shard_statistics"] else temp(path)
+
+
+def statistics_output(path):
+    """Pre- and post-LoRA statistics: kept, or deleted once every job reading them ran
+    (storage.statistics: temp)."""
+    return temp(path) if config["storage"]["statistics"] == "temp" else path
 
 
 def lora_enabled():

@@ -1,4 +1,6 @@
-# Extraction (the GPU rule): one forward pass over train and test, all layers at once.
+# Extraction (the GPU rule): one forward pass over train and test, all layers at once; in one job
+# per pair (extract), or in S jobs per pair merged into the same files (extract_shard,
+# merge_extract) for datasets with extraction.shards / extraction_shards S > 1.
 
 
 rule extract:
@@ -8,7 +10,7 @@ rule extract:
         table="resources/datasets/{dataset}/data.parquet",
         dataset="resources/datasets/{dataset}/dataset.json",
     output:
-        stats="results/extract/{model}/{dataset}/stats.safetensors",
+        stats=statistics_output("results/extract/{model}/{dataset}/stats.safetensors"),
         shards=shard_statistics(
             "results/extract/{model}/{dataset}/stats_shards.safetensors"
         ),
@@ -18,6 +20,8 @@ rule extract:
         "results/logs/extract/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/extract/{model}/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=names_regex(UNSHARDED_DATASETS),
     conda:
         conda_env
     threads: model_threads
@@ -31,3 +35,71 @@ rule extract:
         splits=["train", "test"],
     script:
         "../scripts/extract.py"
+
+
+# One extraction shard: its cost-balanced range of the batches of every split (the same batches
+# as one job), statistics per jackknife shard, pooled features with their positions. Deleted once
+# merged; a killed shard leaves no file, so a re-run redoes only the missing shards.
+rule extract_shard:
+    input:
+        model="resources/models/{model}/weights",
+        model_record="resources/models/{model}/model.json",
+        table="resources/datasets/{dataset}/data.parquet",
+        dataset="resources/datasets/{dataset}/dataset.json",
+    output:
+        part=temp(
+            "results/extract/{model}/{dataset}/shards/{shard}-of-{shards}.safetensors"
+        ),
+    log:
+        "results/logs/extract_shard/{model}/{dataset}/{shard}-of-{shards}.log",
+    benchmark:
+        "results/benchmarks/extract_shard/{model}/{dataset}/{shard}-of-{shards}.tsv"
+    wildcard_constraints:
+        dataset=names_regex(SHARDED_DATASETS),
+        shard=r"\d+",
+        shards=r"\d+",
+    conda:
+        conda_env
+    threads: model_threads
+    resources:
+        gpu=model_gpu,
+        mem_mb=extract_mem_mb,
+        runtime=model_runtime,
+    params:
+        settings=extraction_params,
+        threads=model_threads,
+        splits=["train", "test"],
+    script:
+        "../scripts/extract_shard.py"
+
+
+# The outputs of `extract`, from a pair's extraction shards (checked: same model, data and
+# settings, every text exactly once). No model and no GPU: memory for the statistics and features.
+rule merge_extract:
+    input:
+        parts=extract_shard_files,
+        model_record="resources/models/{model}/model.json",
+        dataset="resources/datasets/{dataset}/dataset.json",
+    output:
+        stats=statistics_output("results/extract/{model}/{dataset}/stats.safetensors"),
+        shards=shard_statistics(
+            "results/extract/{model}/{dataset}/stats_shards.safetensors"
+        ),
+        features="results/extract/{model}/{dataset}/features.safetensors",
+        record="results/extract/{model}/{dataset}/extract.json",
+    log:
+        "results/logs/merge_extract/{model}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/merge_extract/{model}/{dataset}.tsv"
+    wildcard_constraints:
+        dataset=names_regex(SHARDED_DATASETS),
+    conda:
+        conda_env
+    threads: 1
+    resources:
+        mem_mb=merge_extract_mem_mb,
+    params:
+        settings=extraction_params,
+        threads=1,
+    script:
+        "../scripts/merge_extract.py"

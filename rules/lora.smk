@@ -5,6 +5,7 @@
 rule lora:
     input:
         model="resources/models/{model}/weights",
+        model_record="resources/models/{model}/model.json",
         table="resources/datasets/{dataset}/data.parquet",
         dataset="resources/datasets/{dataset}/dataset.json",
         probe_head="results/probes/{model}/{dataset}.head.safetensors",
@@ -14,7 +15,9 @@ rule lora:
         metrics="results/lora/{model}/{dataset}/metrics.json",
         # Train-split statistics of the adapted model (post-LoRA NTPS): hidden states below the
         # first adapted block are copied from the pre-LoRA statistics, the rest recomputed.
-        stats="results/lora/{model}/{dataset}/stats_post_lora.safetensors",
+        stats=statistics_output(
+            "results/lora/{model}/{dataset}/stats_post_lora.safetensors"
+        ),
     log:
         "results/logs/lora/{model}/{dataset}.log",
     benchmark:
@@ -49,10 +52,15 @@ rule score_post_lora:
         "results/benchmarks/score_post_lora/{model}/{dataset}.tsv"
     conda:
         conda_env
-    threads: 1
+    threads: score_threads
+    resources:
+        gpu=score_gpu,
+        runtime=score_runtime,
     params:
         **scoring_params(),
-        threads=1,
+        device=config["extraction"]["device"],
+        released=config["scoring"]["released_column"],
+        threads=score_threads,
     script:
         "../scripts/score.py"
 

@@ -13,9 +13,14 @@ rule score:
         "results/benchmarks/score/{model}/{dataset}.tsv"
     conda:
         conda_env
-    threads: 1
+    threads: score_threads
+    resources:
+        gpu=score_gpu,
+        runtime=score_runtime,
     params:
         **scoring_params(),
-        threads=1,
+        device=config["extraction"]["device"],
+        released=config["scoring"]["released_column"],
+        threads=score_threads,
     script:
         "../scripts/score.py"

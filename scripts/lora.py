@@ -12,6 +12,7 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     checkpoints = Path(snakemake.params.checkpoints)
     metrics = train_lora_pair(
         model_dir=snakemake.input.model,
+        model_record_path=snakemake.input.model_record,
         model_name=snakemake.wildcards.model,
         table_path=snakemake.input.table,
         dataset_record_path=snakemake.input.dataset,

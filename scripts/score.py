@@ -13,6 +13,8 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         ridge=snakemake.params.ridge,
         centered=snakemake.params.centered,
         shards_path=snakemake.input.get("shards"),
+        device=snakemake.params.device,
+        released=snakemake.params.released,
     )
     write_pair_json(
         snakemake.output.scores, snakemake.wildcards.model, snakemake.wildcards.dataset, result

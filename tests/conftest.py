@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Llama-style causal LM with a locally trained tokenizer, and texts.
+"""Shared fixtures: a tiny random Llama-style causal LM with a locally trained tokenizer, and texts
+(the builders are in tests/model_factories.py).
 
 Nothing is downloaded: the tokenizer is a WordLevel vocabulary trained on the fixture texts and the
 model is randomly initialised from a config, so the fixtures exercise the real loading code paths
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from model_factories import build_tiny_llama, build_tiny_tokenizer
 
 # Tiny models gain nothing from intra-op threads, and on a shared, oversubscribed CPU OpenMP threads
 # contend so badly that a 3 ms forward takes 0.5 s. One thread unless NTPS_TEST_THREADS says otherwise.
@@ -54,38 +56,6 @@ def tiny_texts() -> TinyTexts:
     return TinyTexts([t for t, _ in TINY_TEXTS], [y for _, y in TINY_TEXTS], 3)
 
 
-def build_tiny_tokenizer(texts: list[str]):
-    """A fast WordLevel tokenizer trained on ``texts`` that prepends <bos> like Llama's."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<pad>", "<bos>", "<eos>"]
-    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=specials))
-    bos_id = raw.token_to_id("<bos>")
-    raw.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos_id)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
-        eos_token="<eos>", padding_side="right",
-    )  # fmt: skip
-
-
-def build_tiny_llama(vocab_size: int, *, max_position_embeddings: int = 64, seed: int = 0):
-    """Randomly initialised 2-layer Llama (d=32), untied LM head, fp32, eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
-        bos_token_id=2, eos_token_id=3, pad_token_id=1, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_texts: TinyTexts) -> Path:
     """Folder with config.json, model.safetensors and tokenizer files of a tiny random Llama."""
@@ -124,14 +94,20 @@ def interrupted_study(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 # How `make unit` spreads the suite over two pytest-xdist workers (`-n 2`): whole modules, so a
-# module-scoped fixture (a trained LoRA, the SLURM scenario) is built once, and the three modules
+# module-scoped fixture (a trained LoRA, the SLURM scenario) is built once, and the modules
 # that read the session's tiny study together, so it is built once. (xdist's own `loadgroup` mode
 # does not group under pytest 9, which ignores the node ids it rewrites.)
-TINY_STUDY_MODULES = ("test_workflow.py", "test_determinism.py", "test_interruptions.py")
+TINY_STUDY_MODULES = (
+    "test_workflow.py",
+    "test_determinism.py",
+    "test_interruptions.py",
+    "test_extraction_shards.py",
+    "test_storage.py",
+)
 # The longest groups first, so the two workers start them at once and finish together: the SLURM
-# scenario (mostly waiting on the cluster), the tiny study and everything made from it, the module
-# deployment. The rest fills in behind them.
-LONG_GROUPS = ("test_slurm.py", "tiny_study", "test_deploy.py")
+# scenario (mostly waiting on the cluster), the tiny study and everything made from it, the
+# remote-code workflow run, the module deployment. The rest fills in behind them.
+LONG_GROUPS = ("test_slurm.py", "tiny_study", "test_remote_code.py", "test_deploy.py")
 
 
 def xdist_group(nodeid: str) -> str:

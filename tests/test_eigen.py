@@ -8,11 +8,14 @@ import scipy.linalg
 import torch
 
 from ntps.eigen import (
+    cholesky_whitening,
     generalized_eigh,
     generalized_eigh_factored,
     generalized_eigh_lowrank,
     generalized_eigh_whitened,
+    jacobi_scaled,
     whitener,
+    whitening_matrix,
 )
 
 
@@ -138,3 +141,64 @@ def test_factored_solver_matches_dense():
     torch.testing.assert_close(lam_f, lam, rtol=1e-9, atol=1e-12)
     overlap = (x_f.T @ b @ x).diag().abs()
     torch.testing.assert_close(overlap, torch.ones(8, dtype=torch.float64), atol=1e-7, rtol=0)
+
+
+# --- the Cholesky whitening of the autoregressive side ----------------------------------------
+
+
+def graded_psd(d: int, seed: int) -> torch.Tensor:
+    """Full-rank PSD with channel scales over 1e-1..1e3 (variance ratio 1e8), like S0."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(-1, 3, d, dtype=torch.float64)[torch.randperm(d, generator=g)]
+    x = torch.randn(3 * d, d, generator=g, dtype=torch.float64) * scales
+    return x.T @ x / (3 * d)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cholesky_whitening_whitens_and_gives_the_eigh_subspaces(seed):
+    d = 40
+    b = graded_psd(d, seed)
+    g = torch.Generator().manual_seed(seed + 10)
+    f = torch.randn(d, d, generator=g, dtype=torch.float64) * b.diagonal().sqrt()[:, None]
+    w = cholesky_whitening(b, tol=1e-8)
+    assert w is not None and w.shape == (d, d)
+    torch.testing.assert_close(w.T @ b @ w, torch.eye(d, dtype=torch.float64), atol=1e-9, rtol=0)
+    lam_c, x_c = generalized_eigh_factored(f, w)
+    lam_e, x_e = generalized_eigh_factored(f, whitener(b, tol=1e-8))
+    torch.testing.assert_close(lam_c, lam_e, rtol=1e-9, atol=1e-12 * float(lam_e[0]))
+    # Simple eigenvalues: the same eigenvectors up to sign (B-normalised).
+    overlap = (x_c.T @ b @ x_e).diag().abs()
+    torch.testing.assert_close(overlap, torch.ones(d, dtype=torch.float64), atol=1e-7, rtol=0)
+
+
+def test_cholesky_whitening_decides_full_rank_as_the_eigenvalue_cutoff_does():
+    b = graded_psd(12, 3)
+    lam_min = float(torch.linalg.eigvalsh(jacobi_scaled(b)[0])[0])
+    # Just above and just below the smallest eigenvalue of the scaled matrix.
+    assert cholesky_whitening(b, tol=0.99 * lam_min) is not None
+    assert cholesky_whitening(b, tol=1.01 * lam_min) is None
+    assert whitener(b, tol=0.99 * lam_min).rank == 12
+    assert whitener(b, tol=1.01 * lam_min).rank == 11
+    # Rank-deficient B: no Cholesky whitening; whitening_matrix falls back to the eigh route.
+    singular = rand_psd(12, 9, 4)
+    assert cholesky_whitening(singular, tol=1e-8) is None
+    torch.testing.assert_close(
+        whitening_matrix(singular, tol=1e-8), whitener(singular, tol=1e-8).matrix
+    )
+    assert whitening_matrix(b, tol=1e-8).shape == (12, 12)
+
+
+def test_lowrank_complement_is_the_complete_qr_complement():
+    # The degenerate columns are W times columns c.. of the complete Householder Q of the
+    # whitened Cxy's singular vectors: the same basis as forming that Q explicitly.
+    d, c = 30, 4
+    g = torch.Generator().manual_seed(17)
+    b = graded_psd(d, 5)
+    f = b @ torch.randn(d, c, generator=g, dtype=torch.float64)
+    w = whitener(b)
+    _, x, _ = generalized_eigh_lowrank(f, w)
+    y_c, _, _ = torch.linalg.svd(w.matrix.T @ f, full_matrices=False)
+    q_full, _ = torch.linalg.qr(y_c, mode="complete")
+    explicit = w.matrix @ torch.cat([y_c, q_full[:, c:]], dim=1)
+    scale = float(explicit.abs().max())
+    torch.testing.assert_close(x, explicit, atol=1e-12 * scale, rtol=0)

@@ -136,8 +136,19 @@ def test_dry_run_on_slurm_without_hub_or_cluster(tmp_path: Path) -> None:
     jobs = parse_dry_run_jobs(output)
     counts = Counter(job["rule"] for job in jobs)
     assert counts["acquire_model"] == 8 and counts["prepare_dataset"] == 12
-    for rule in MODEL_RULES | {"score", "probe"}:
+    for rule in ("lora", "score", "probe"):
         assert counts[rule] == 8 * 12, rule
+    # The large datasets are extracted in shards (extraction_shards), the others in one job.
+    shards = {
+        d["name"]: d.get("extraction_shards", 1)
+        for d in yaml.safe_load(PAPER.read_text())["datasets"]
+    }
+    assert {name: n for name, n in shards.items() if n > 1} == {
+        "clickbait": 4, "sst2": 8, "banking77": 2, "emotion": 2, "imdb": 8,
+    }  # fmt: skip
+    assert counts["extract"] == 8 * 7
+    assert counts["extract_shard"] == 8 * sum(n for n in shards.values() if n > 1)
+    assert counts["merge_extract"] == 8 * 5
     # Nothing was acquired: no model or dataset folder was created at DAG time.
     assert not (tmp_path / "resources").exists()
     # The largest model's jobs are sized from n_params: 2 GB + 12 bytes/param, 1 h per 1e9, plus
@@ -146,10 +157,17 @@ def test_dry_run_on_slurm_without_hub_or_cluster(tmp_path: Path) -> None:
     llama = [
         job
         for job in jobs
-        if job["rule"] in MODEL_RULES and re.search(r"\bmodel=llama3-8b\b", job["wildcards"])
+        if job["rule"] in MODEL_RULES | {"extract_shard"}
+        and re.search(r"\bmodel=llama3-8b\b", job["wildcards"])
     ]
-    assert len(llama) == len(MODEL_RULES) * 12
+    assert len(llama) == 12 + 7 + 24  # lora, extract, extract_shard
     for job in llama:
         assert job["resources"]["gpu"] == "1"
         assert job["resources"]["mem_mb"] == str(2048 + 96360 + 16060)
         assert job["resources"]["runtime"] == "482"
+    # Score jobs: one GPU for the models of >= 2e9 parameters (scoring.gpu_min_params).
+    scored = [job for job in jobs if job["rule"] == "score"]
+    for job in scored:
+        model = re.search(r"\bmodel=([\w.-]+)", job["wildcards"]).group(1)
+        large = model in {"openelm-3b", "qwen2-7b", "llama3-8b"}
+        assert job["resources"]["gpu"] == ("1" if large else "0"), job

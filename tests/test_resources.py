@@ -21,15 +21,18 @@ from ntps.workflow import (
     model_n_params,
     model_resources,
     model_torch_threads,
+    score_resources,
     statistics_mb,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 # Rules that load a model and therefore get model-sized resources and a GPU request.
 MODEL_RULES = {"extract", "lora"}
+# Rules that request a GPU only for models above scoring.gpu_min_params.
+SCORE_RULES = {"score", "score_post_lora"}
 CPU_RULES = {
-    "prepare_dataset", "score", "probe", "tables", "correlations", "plot_model", "plot_bounds",
-    "score_post_lora", "lora_tables", "plot_lora",
+    "prepare_dataset", "probe", "tables", "correlations", "plot_model", "plot_bounds",
+    "lora_tables", "plot_lora",
 }  # fmt: skip
 
 
@@ -85,7 +88,7 @@ def test_statistics_memory_counts_the_jackknife_shards(tmp_path: Path) -> None:
     (records / "m").mkdir(parents=True)
     # SmolLM2-135M's shape: 30 blocks (31 hidden states), d = 576.
     (records / "m" / "model.json").write_text(json.dumps({"n_layers": 30, "hidden_size": 576}))
-    one = 31 * 3 * 576**2 * 8 / 1e6  # 247 MB: Cxx, S0, S1 in float64 per hidden state
+    one = 31 * (3 * 576**2 + 576) * 8 / 1e6  # 247 MB: Cxx, S0, S1, sum x; float64, per state
     config = study_config(n_params=135_000_000)
     assert statistics_mb(config, "m", str(records)) == pytest.approx(one, abs=1)
     config["uncertainty"] = {"jackknife_shards": 10}
@@ -158,6 +161,7 @@ def planned_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any
         ],
         "datasets": datasets,
         "lora": {"enabled": True},
+        "scoring": {"gpu_min_params": 5_000_000_000, "threads": 3},
     }  # fmt: skip
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(root, "--dry-run", cores=8, check=False, timeout=300)
@@ -189,11 +193,22 @@ def test_model_rules_request_model_sized_gpu_jobs(planned_jobs: list[dict[str, A
             assert job["threads"] == 4, job
 
 
+def test_score_jobs_of_large_models_request_a_gpu(planned_jobs: list[dict[str, Any]]) -> None:
+    score_jobs = [job for job in planned_jobs if job["rule"] in SCORE_RULES]
+    assert len(score_jobs) == 2 * 2 * 2  # 2 models x 2 datasets, before and after LoRA
+    for job in score_jobs:
+        # big (7e9 >= 5e9 parameters): one GPU and 7 hours; pinned: kept off GPUs by gpu: 0.
+        big = "model=big" in job["wildcards"]
+        assert job["resources"]["gpu"] == ("1" if big else "0"), job
+        assert job["resources"]["runtime"] == "420", job
+        assert job["threads"] == 3, job
+
+
 def test_cpu_rules_request_no_gpu(planned_jobs: list[dict[str, Any]]) -> None:
     planned_rules = {job["rule"] for job in planned_jobs}
     assert CPU_RULES <= planned_rules, CPU_RULES - planned_rules
     for job in planned_jobs:
-        if job["rule"] not in MODEL_RULES:
+        if job["rule"] not in MODEL_RULES | SCORE_RULES:
             assert "gpu" not in job["resources"], job
     # Acquisition is CPU work sized by the model (it holds the weights once in memory).
     acquire = [job for job in planned_jobs if job["rule"] == "acquire_model"]
@@ -221,3 +236,38 @@ def test_profiles_keep_cluster_specifics_out_of_the_rules() -> None:
     rules_text = "\n".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
     for key in ("slurm_partition", "slurm_account", "gpu_model", "slurm_extra", "partition"):
         assert key not in rules_text, key
+
+
+# --- score jobs ---------------------------------------------------------------------------------
+
+
+def test_score_jobs_get_a_gpu_from_the_parameter_threshold_or_the_model() -> None:
+    config = study_config(n_params=8_000_000_000)
+    # No threshold (the default): no score job asks for a GPU, whatever the model's size.
+    assert score_resources(config, "m") == {"gpu": 0, "runtime": 480, "threads": 1}
+    config["scoring"] = {"gpu_min_params": 8_000_000_000, "threads": 4}
+    assert score_resources(config, "m") == {"gpu": 1, "runtime": 480, "threads": 4}
+    assert score_resources(config, "m", 2)["runtime"] == 960
+    config["scoring"]["gpu_min_params"] = 8_000_000_001
+    assert score_resources(config, "m")["gpu"] == 0
+    # Per model: score_gpu wins over the threshold; a model kept off GPUs is kept off for scoring.
+    config["scoring"]["gpu_min_params"] = 1
+    config["models"][0]["resources"] = {"gpu": 0}
+    assert score_resources(config, "m")["gpu"] == 0
+    config["models"][0]["resources"] = {"gpu": 0, "score_gpu": 2}
+    assert score_resources(config, "m")["gpu"] == 2
+    # Small models keep the profiles' 120-minute default.
+    assert score_resources(study_config(n_params=135_000_000), "m")["runtime"] == 120
+
+
+def test_paper_models_above_2e9_parameters_score_on_a_gpu_and_the_default_study_does_not() -> None:
+    from ntps.config import validate_config
+
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    validate_config(paper)
+    on_gpu = {m["name"] for m in paper["models"] if score_resources(paper, m["name"])["gpu"]}
+    assert on_gpu == {"openelm-3b", "qwen2-7b", "llama3-8b"}
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate_config(default)
+    assert default["models"]
+    assert not any(score_resources(default, m["name"])["gpu"] for m in default["models"])

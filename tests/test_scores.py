@@ -370,3 +370,55 @@ def test_regime_thresholds_and_warning():
     assert (
         "180 for d = 576" in text and "at least 1152" in text and "lower bound is exactly 0" in text
     )
+
+
+def graded_moments(g, n, d, c):
+    """Statistics with channel scales 1e-1..1e3 (a few 'massive' channels), AR side as prefix sums."""
+    scales = torch.logspace(-1, 1, d, dtype=F64)
+    scales[:3] = 1e3
+    x, y = sample_problem(g, n, d, c, scales)
+    s = torch.randn(3 * n, d, generator=g, dtype=F64) * scales
+    h = (
+        s @ (torch.randn(d, d, generator=g, dtype=F64) / d)
+        + torch.randn(3 * n, d, generator=g, dtype=F64) * scales
+    )
+    return moments(x.T @ x / n, x.T @ y / n, s.T @ s / n, s.T @ h / n, x.mean(0), y.mean(0), n)
+
+
+@pytest.mark.parametrize(("n", "d", "c"), [(200, 24, 3), (60, 40, 5)])
+def test_cholesky_ar_whitening_changes_scores_only_within_float64_rounding(n, d, c):
+    """The default AR whitening (Cholesky of S0) against the eigendecomposition it replaced: every
+    score moves by no more than perturbing the statistics by one float64 ulp moves them."""
+    import dataclasses
+
+    from ntps.scores import _score
+
+    g = torch.Generator().manual_seed(d)
+    m = graded_moments(g, n, d, c)
+    grid = [*DEFAULT_K_GRID, 1, 2, 4]
+
+    def run(mm, how):
+        return _score(mm, grid, None, 0.0, False, diagnostics=True, ar_whitening=how)
+
+    ref, new = run(m, "eigh"), run(m, "cholesky")
+    fields = ("ntps_paper", "ntps_reg", "excess_loss", "bound_lower", "bound_upper")
+    sensitivity = dict.fromkeys(fields, 0.0)
+    for _ in range(3):  # how far one ulp of input rounding moves the reference itself
+        pert = {}
+        for name in ("cxx", "s0", "s1"):
+            x = getattr(m, name)
+            e = torch.randn(x.shape, generator=g, dtype=F64) * 2.0**-52
+            pert[name] = x * (1 + ((e + e.T) / 2 if name != "s1" else e))
+        for a, b in zip(ref, run(dataclasses.replace(m, **pert), "eigh"), strict=True):
+            for f in fields:
+                sensitivity[f] = max(sensitivity[f], abs(a[f] - b[f]))
+    for a, b in zip(ref, new, strict=True):
+        assert {k: v for k, v in a.items() if k not in fields} == {
+            k: v for k, v in b.items() if k not in fields
+        }
+        for f in fields:
+            if f == "ntps_paper" and a["paper_degenerate"]:
+                continue  # arbitrary basis (its value is not determined by the statistics)
+            scale = max(abs(a[f]), 1e-300)
+            assert abs(a[f] - b[f]) <= 10 * sensitivity[f] + 1e-14 * scale, (f, a, b)
+        assert abs(a["ntps_reg"] - b["ntps_reg"]) < 1e-7

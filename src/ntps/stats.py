@@ -9,8 +9,9 @@ is O(L d^2) whatever the number of texts, and two accumulators merge exactly by 
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,15 +147,83 @@ class LayerMoments:
 
 
 def _getter(tensors: Any):
+    """``get(key)`` over a dict or an open safetensors handle: THE reader of stored statistics.
+
+    A symmetric sum stored compactly (``<key>.triu``, see :func:`pack_statistics`) is unpacked to
+    its full (d, d) matrix here, so every consumer reads full and compact files alike.
+    """
     if hasattr(tensors, "get_tensor"):
+        keys = set(tensors.keys())
+        raw = tensors.get_tensor
+    else:
+        keys, raw = tensors, tensors.__getitem__
 
-        def get(key: str) -> Tensor:
-            if key not in set(tensors.keys()):
-                raise KeyError(key)
-            return tensors.get_tensor(key)
+    def get(key: str) -> Tensor:
+        if key in keys:
+            return raw(key)
+        if key + PACKED_SUFFIX in keys:
+            return unpack_symmetric(raw(key + PACKED_SUFFIX))
+        raise KeyError(key)
 
-        return get
-    return lambda key: tensors[key]
+    return get
+
+
+# --- compact storage: the upper triangle of the symmetric sums ---------------------------------
+
+# Cxx and S0 are symmetric: stored compactly, each keeps its upper triangle only (d(d+1)/2 of d^2
+# values), under the key ``<name>.triu``.
+SYMMETRIC_SUMS = ("cxx_sum", "s0_sum")
+PACKED_SUFFIX = ".triu"
+
+
+def _triu_size_to_d(n: int) -> int:
+    d = math.isqrt(8 * n + 1) // 2
+    if d * (d + 1) // 2 != n:
+        raise NTPSError(f"a packed symmetric matrix has {n} values, not d(d+1)/2 for any d")
+    return d
+
+
+def pack_symmetric(matrix: Tensor) -> Tensor:
+    """Upper triangle (row-major, diagonal included) of a symmetric (d, d) matrix -> (d(d+1)/2,).
+
+    The matrix is symmetrised first ((A + A^T)/2, which is A itself for the exactly symmetric sums
+    the accumulator writes), so unpacking returns exactly what scoring uses.
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {tuple(matrix.shape)}")
+    d = matrix.shape[0]
+    rows, cols = torch.triu_indices(d, d, device=matrix.device)
+    return ((matrix + matrix.T) * 0.5)[rows, cols].contiguous()
+
+
+def unpack_symmetric(packed: Tensor) -> Tensor:
+    """Inverse of :func:`pack_symmetric`: (d(d+1)/2,) -> the full symmetric (d, d) matrix."""
+    d = _triu_size_to_d(int(packed.numel()))
+    rows, cols = torch.triu_indices(d, d, device=packed.device)
+    out = torch.zeros((d, d), dtype=packed.dtype, device=packed.device)
+    out[rows, cols] = packed
+    out[cols, rows] = packed
+    return out
+
+
+def pack_statistics(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Statistics tensors (``to_tensors`` or ``shards_to_tensors`` keys) with every Cxx and S0 sum
+    replaced by its upper triangle (``<key>.triu``); other keys unchanged. Read back through the
+    package's one reader (:func:`_getter`: ``LayerMoments.from_tensors``,
+    ``StatisticsAccumulator.from_tensors``, :func:`jackknife_moments`, :func:`splice_statistics`).
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        if key.rsplit(".", 1)[-1] in SYMMETRIC_SUMS:
+            out[key + PACKED_SUFFIX] = pack_symmetric(value)
+        else:
+            out[key] = value
+    return out
+
+
+def is_packed(keys: Any) -> bool:
+    """Whether stored statistics (their key set) use the compact form."""
+    return any(str(key).endswith(PACKED_SUFFIX) for key in keys)
 
 
 def stored_layers(keys: Any) -> list[int]:
@@ -364,8 +433,37 @@ class StatisticsAccumulator:
 
     __add__ = merge
 
-    def to_tensors(self) -> dict[str, Tensor]:
-        """Safetensors-ready dict with per-layer keys (``layer{l}.cxx_sum`` ...) and global counts."""
+    def _add_(self, other: StatisticsAccumulator) -> None:
+        """Add ``other``'s sums into this accumulator in place (the numbers of :meth:`merge`)."""
+        self._check_compatible(other)
+        for name in (*_LAYER_SUMS, "label_counts"):
+            getattr(self, name).add_(getattr(other, name).to(self.device))
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def symmetrize_(self) -> StatisticsAccumulator:
+        """Replace Cxx and S0 by their symmetric parts (A + A^T)/2, in place, one layer at a time.
+
+        Both are symmetric by definition; float GEMMs can leave them asymmetric in the last bit
+        (Gemma-3-270M's Cxx, measured). Every score reads the symmetric part anyway
+        (``eigen.symmetrize``); storing it makes the full and the compact form
+        (:func:`pack_statistics`) hold the very same matrices. A no-op for symmetric sums.
+        """
+        for name in SYMMETRIC_SUMS:
+            sums = getattr(self, name)
+            for layer in range(self.n_layers):
+                matrix = sums[layer]
+                matrix.add_(matrix.T.clone()).mul_(0.5)
+        return self
+
+    def to_tensors(self, *, compact: bool = False) -> dict[str, Tensor]:
+        """Safetensors-ready dict with per-layer keys (``layer{l}.cxx_sum`` ...) and global counts.
+
+        Cxx and S0 are made exactly symmetric first (:meth:`symmetrize_`); ``compact``: stored as
+        their upper triangles (:func:`pack_statistics`)."""
+        if compact:
+            return pack_statistics(self.to_tensors())
+        self.symmetrize_()
         out: dict[str, Tensor] = {}
         for li in range(self.n_layers):
             for name in _LAYER_SUMS:
@@ -383,7 +481,7 @@ class StatisticsAccumulator:
         device: torch.device | str | None = None,
         product_dtype: torch.dtype = torch.float32,
     ) -> StatisticsAccumulator:
-        """Inverse of :meth:`to_tensors` (all layers are loaded)."""
+        """Inverse of :meth:`to_tensors` (all layers are loaded; full or compact form)."""
         layers = stored_layers(tensors.keys())
         if not layers or layers != list(range(len(layers))):
             raise NTPSError(
@@ -392,21 +490,26 @@ class StatisticsAccumulator:
         for name in ("label_counts", "n_examples", "n_pairs"):
             if name not in tensors:
                 raise NTPSError(f"statistics have no key {name!r}")
+        get = _getter(tensors)
         first = tensors["layer0.cxy_sum"]
         d, c = first.shape
         dev = torch.device(device) if device is not None else first.device
         acc = cls(len(layers), d, c, device=dev, product_dtype=product_dtype)
         for name in _LAYER_SUMS:
-            try:
-                stacked = torch.stack([tensors[f"layer{li}.{name}"].to(dev, _F64) for li in layers])
-            except KeyError as exc:
-                raise NTPSError(f"statistics have no key {exc.args[0]!r}") from None
-            if stacked.shape != getattr(acc, name).shape:
-                raise NTPSError(
-                    f"statistics key '*.{name}' has shape {tuple(stacked.shape[1:])}, "
-                    f"expected {tuple(getattr(acc, name).shape[1:])}"
-                )
-            setattr(acc, name, stacked)
+            # Layer by layer into the accumulator's own tensor: with a lazy mapping (e.g. over a
+            # safetensors handle) at most one layer is held beside it.
+            target = getattr(acc, name)
+            for li in layers:
+                try:
+                    value = get(f"layer{li}.{name}")
+                except KeyError as exc:
+                    raise NTPSError(f"statistics have no key {exc.args[0]!r}") from None
+                if value.shape != target.shape[1:]:
+                    raise NTPSError(
+                        f"statistics key '*.{name}' has shape {tuple(value.shape)}, "
+                        f"expected {tuple(target.shape[1:])}"
+                    )
+                target[li].copy_(value)
         acc.label_counts = tensors["label_counts"].to(dev, torch.int64).clone()
         acc.n_examples = int(tensors["n_examples"].reshape(-1)[0])
         acc.n_pairs = int(tensors["n_pairs"].reshape(-1)[0])
@@ -451,12 +554,14 @@ def splice_statistics(
             )
     if not torch.equal(base["label_counts"].to(torch.int64).cpu(), upper.label_counts.cpu()):
         raise NTPSError("label counts differ between the base and the upper statistics")
-    out = {key: value for key, value in base.items() if not _KEY_RE.match(key)}
+    get = _getter(base)
+    upper.symmetrize_()  # as every stored statistic (StatisticsAccumulator.to_tensors)
+    out = {key: value for key, value in base.items() if not key.startswith("layer")}
     for layer in layers:
         for name in _LAYER_SUMS:
             key = f"layer{layer}.{name}"
             if layer < first_state:
-                out[key] = base[key]
+                out[key] = get(key)
             else:
                 out[key] = getattr(upper, name)[layer - first_state].cpu().contiguous()
     return out
@@ -490,13 +595,79 @@ def merge_all(accumulators: Sequence[StatisticsAccumulator]) -> StatisticsAccumu
     return total
 
 
-def shards_to_tensors(shards: Sequence[StatisticsAccumulator]) -> dict[str, Tensor]:
+# --- extraction shards (parts of one split, run as separate jobs) ------------------------------
+
+
+def merge_parts(
+    parts: Iterable[Mapping[int, StatisticsAccumulator]], n_jackknife: int
+) -> tuple[StatisticsAccumulator, list[StatisticsAccumulator]]:
+    """Statistics of a whole split from its extraction shards ("parts"), per jackknife shard.
+
+    ``parts`` yields, for each part in order, a mapping jackknife shard ``j`` -> statistics of the
+    part's texts in shard ``j`` (``j`` in ``0..n_jackknife-1``; only ``0`` when
+    ``n_jackknife`` < 2; a part may leave out shards it fed no text). Returns ``(total, shards)``:
+    ``shards[j]`` is the sum over parts of their shard-``j`` statistics, in part order, and
+    ``total = merge_all(shards)`` as one extraction job computes it; the same numbers as one
+    accumulation over all texts up to the order of float64 summation. ``shards`` is empty without
+    jackknife. Parts are consumed (the first part's accumulator of a shard is added into); an
+    iterator of parts loaded one at a time holds one part in memory beside the running sums.
+    """
+    n_slots = n_jackknife if n_jackknife >= 2 else 1
+    running: dict[int, StatisticsAccumulator] = {}
+    for number, part in enumerate(parts):
+        for j, acc in sorted(part.items()):
+            if not 0 <= j < n_slots:
+                raise NTPSError(
+                    f"extraction shard {number} holds statistics of jackknife shard {j}, "
+                    f"expected 0..{n_slots - 1} (uncertainty.jackknife_shards = {n_jackknife})"
+                )
+            if j in running:
+                running[j]._add_(acc)
+            else:
+                running[j] = acc
+    missing = [j for j in range(n_slots) if j not in running]
+    if missing:
+        raise NTPSError(f"no extraction shard holds statistics of jackknife shard(s) {missing}")
+    shards = [running[j] for j in range(n_slots)]
+    if n_jackknife >= 2:
+        return merge_all(shards), shards
+    return shards[0], []
+
+
+def check_partition(index_sets: Sequence[Sequence[int]], n: int, what: str) -> None:
+    """Raise NTPSError unless ``index_sets`` (one per part) cover ``0..n-1`` exactly once.
+
+    ``what`` names the split in the message (e.g. "train texts of llama/sst2").
+    """
+    seen = torch.zeros(n, dtype=torch.int64)
+    for number, indices in enumerate(index_sets):
+        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise NTPSError(
+                f"{what}: extraction shard {number} holds text positions outside 0..{n - 1}"
+            )
+        seen += torch.bincount(idx, minlength=n)
+    twice = torch.nonzero(seen > 1).flatten().tolist()
+    never = torch.nonzero(seen == 0).flatten().tolist()
+    if twice or never:
+        raise NTPSError(
+            f"{what}: the extraction shards do not cover every text exactly once "
+            f"({len(never)} missing, e.g. {never[:5]}; {len(twice)} repeated, e.g. {twice[:5]})"
+        )
+
+
+def shards_to_tensors(
+    shards: Sequence[StatisticsAccumulator], *, compact: bool = False
+) -> dict[str, Tensor]:
     """Safetensors-ready dict of K shard accumulators: ``shard{j}.layer{l}.{name}`` and counts.
 
     Layer sums are stored in float32: a leave-one-shard-out replicate is ``total - shard_j`` with
     ``total`` in float64, so the rounding (u32 of one shard, ~u32 / K of the total) stays below
     the precision the scores assume for the statistics (``ntps.scores.STATISTICS_PRECISION``).
+    ``compact``: Cxx and S0 as their upper triangles (:func:`pack_statistics`).
     """
+    if compact:
+        return pack_statistics(shards_to_tensors(shards))
     out: dict[str, Tensor] = {"n_shards": torch.tensor([len(shards)], dtype=torch.int64)}
     for j, shard in enumerate(shards):
         for key, value in shard.to_tensors().items():

@@ -79,22 +79,56 @@ def statistics_mb(
     ``uncertainty.jackknife_shards`` = K the job holds K shard accumulators plus their merged total
     and one intermediate merge (``sharded=False``: one accumulator, as in the LoRA job's post-LoRA
     statistics). Shapes come from the acquisition record when it exists; otherwise
-    from the parameter count (a transformer block has ~12 d^2 weights, so L d^2 ~ n_params / 12,
-    an overestimate for models with large embedding tables).
+    from the parameter count. The formulas are :mod:`ntps.storage`'s (disk and memory alike).
     """
+    from ntps.storage import statistics_bytes, statistics_bytes_from_params
+
     shards = int((config.get("uncertainty") or {}).get("jackknife_shards", 0)) if sharded else 0
     copies = shards + 2 if shards >= 2 else 1
     record = Path(records_dir) / model / "model.json"
-    layers_d2 = None
+    one = None
     if record.exists():
         import json
 
         with contextlib.suppress(ValueError, KeyError, OSError, TypeError):
             data = json.loads(record.read_text())
-            layers_d2 = (int(data["n_layers"]) + 1) * int(data["hidden_size"]) ** 2
-    if layers_d2 is None:
-        layers_d2 = model_n_params(config, model, records_dir) / 12
-    return math.ceil(copies * 3 * 8 * layers_d2 / 1e6)
+            one = statistics_bytes(
+                int(data["n_layers"]) + 1, int(data["hidden_size"]), 0, header=False
+            )
+    if one is None:
+        one = statistics_bytes_from_params(model_n_params(config, model, records_dir))
+    return math.ceil(copies * one / 1e6)
+
+
+def extraction_shards(config: Mapping[str, Any], dataset: str) -> int:
+    """Extraction jobs per model for `dataset`: its `extraction_shards`, else extraction.shards."""
+    entry = entry_by_name(config, "datasets", dataset)
+    default = (config.get("extraction") or {}).get("shards", 1)
+    return int(entry.get("extraction_shards", default))
+
+
+def merge_extract_mb(
+    config: Mapping[str, Any],
+    model: str,
+    dataset_record: str | os.PathLike[str],
+    model_record: str | os.PathLike[str],
+) -> int:
+    """Memory of the job merging a pair's extraction shards, in MB (before retry doubling).
+
+    It holds the statistics accumulators an extraction job holds (:func:`statistics_mb`), one
+    more being read from a shard, and the pooled features of every text (train and test, every
+    hidden state, float32), plus 1 GB.
+    Reads the dataset and model records (FileNotFoundError until they exist: Snakemake then
+    decides the value once the job's inputs are there).
+    """
+    import json
+
+    n_rows = int(json.loads(Path(dataset_record).read_text())["n_rows"])
+    shape = json.loads(Path(model_record).read_text())
+    states = int(shape["n_layers"]) + 1
+    features = n_rows * states * int(shape["hidden_size"]) * 4
+    held = statistics_mb(config, model) + statistics_mb(config, model, sharded=False)
+    return 1024 + held + math.ceil(features / 1e6)
 
 
 def model_resources(
@@ -122,6 +156,34 @@ def model_resources(
         "mem_mb": int(mem_mb * 2 ** (attempt - 1)),
         "runtime": int(runtime * 2 ** (attempt - 1)),
         "gpu": int(override.get("gpu", 1)),
+    }
+
+
+def score_resources(config: Mapping[str, Any], model: str, attempt: int = 1) -> dict[str, int]:
+    """GPU, runtime and threads of a model's score jobs (``score``, ``score_post_lora``).
+
+    Scoring costs ~L d^3 per pair (float64 eigendecompositions of every layer, docs/cluster.md),
+    which grows with the parameter count: models with ``n_params >= scoring.gpu_min_params`` get
+    one GPU (null: none do); a model's ``resources: {score_gpu: n}`` overrides the threshold,
+    and its ``resources: {gpu: 0}`` (no GPU for its model jobs) means none for scoring either.
+    Runtime: the model jobs' one hour per 1e9 parameters, at least 120 minutes (the profiles'
+    default), doubled on each retry. Threads: ``scoring.threads``.
+    """
+    scoring = config.get("scoring") or {}
+    override = entry_by_name(config, "models", model).get("resources", {})
+    threshold = scoring.get("gpu_min_params")
+    n_params = model_n_params(config, model)
+    if "score_gpu" in override:
+        gpu = int(override["score_gpu"])
+    elif override.get("gpu") == 0:
+        gpu = 0
+    else:
+        gpu = int(threshold is not None and n_params >= int(threshold))
+    runtime = max(120, math.ceil(60 * n_params / 1e9))
+    return {
+        "gpu": gpu,
+        "runtime": int(runtime * 2 ** (attempt - 1)),
+        "threads": int(scoring.get("threads", 1)),
     }
 
 
