@@ -53,8 +53,9 @@ from model_factories import (  # noqa: E402
 )
 from workflow_support import REPO, snakemake_command, snakemake_env  # noqa: E402
 
+from ntps.models import _count_stored_parameters  # noqa: E402
+
 PAPER_CONFIG = REPO / "config" / "paper.yaml"
-SCHEMA = REPO / "schemas" / "config.schema.yaml"
 # Texts per dataset and split (at least MIN_PER_CLASS per class in train and 1 in test).
 TRAIN, TEST, MIN_PER_CLASS = 60, 30, 4
 CONTEXT = 64
@@ -177,26 +178,8 @@ def write_models(folder: Path, tokenizer_dir: Path) -> dict[str, dict[str, Any]]
             model = build(vocab_size, max_position_embeddings=CONTEXT, seed=seed, layers=blocks)
             write_model(path, model, tokenizer)
             source = {"type": "local", "path": str(path)}
-        out[name] = {"source": source, "n_params": _stored_parameters(path)}
+        out[name] = {"source": source, "n_params": _count_stored_parameters(path)}
     return out
-
-
-def _stored_parameters(folder: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for file in folder.glob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                total += math.prod(handle.get_slice(key).get_shape())
-    return total
-
-
-def has_sharded_extraction() -> bool:
-    """Whether this workflow's schema knows extraction.shards (issue #15, sharded extraction)."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    extraction = schema["properties"]["extraction"].get("properties", {})
-    return "shards" in extraction
 
 
 def rehearsal_config(
@@ -221,7 +204,7 @@ def rehearsal_config(
         # One torch thread per model job (the paper config leaves the default, 2): tiny models
         # gain nothing from more, and two model jobs then share a 2-core machine.
         model["resources"] = {"threads": 1}
-    use_shards = shards if shards and has_sharded_extraction() else 1
+    use_shards = shards or 1
     max_batch = max(int(m["batch_size"]) for m in config["models"])
     config["datasets"] = [
         write_dataset(inputs / "data" / d["name"], d, i, use_shards, max_batch)
@@ -235,9 +218,8 @@ def rehearsal_config(
         max_steps=LORA_STEPS, checkpoint_every=LORA_CHECKPOINT_EVERY, max_length=CONTEXT
     )
     # Sharded extraction (issue #15): every pair's extraction in `shards` extract_shard jobs and
-    # a merge_extract. Guarded by the schema so that the rehearsal still runs on a checkout
-    # without sharded extraction.
-    if shards and has_sharded_extraction():
+    # a merge_extract.
+    if shards:
         config["extraction"]["shards"] = shards
     return config
 
