@@ -19,7 +19,7 @@ if (WORKFLOW_SRC / "ntps").is_dir():
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntps.config import check_model_shapes, validate_config
-from ntps.predictors import enabled_predictors, predictor_settings
+from ntps.baselines import enabled_predictors, predictor_settings
 from ntps.workflow import (
     canonical,
     dataset_names,

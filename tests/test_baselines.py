@@ -251,7 +251,7 @@ def test_registry_and_schema_name_the_same_predictors() -> None:
 
 
 def test_config_defaults_and_settings_reach_every_feature_predictor() -> None:
-    from ntps.predictors import enabled_predictors, predictor_settings
+    from ntps.baselines import enabled_predictors, predictor_settings
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     assert enabled_predictors(config) == list(PREDICTORS)

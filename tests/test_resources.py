@@ -271,3 +271,26 @@ def test_paper_models_above_2e9_parameters_score_on_a_gpu_and_the_default_study_
     validate_config(default)
     assert default["models"]
     assert not any(score_resources(default, m["name"])["gpu"] for m in default["models"])
+
+
+@pytest.mark.parametrize("torch_first", [False, True])
+def test_job_threads_reach_torch_whether_or_not_it_is_imported_yet(torch_first: bool) -> None:
+    """set_threads limits torch in a job that imported it and in one that imports it later, and
+    does not import it itself (a second of start-up for the jobs that never use torch)."""
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import os, sys",
+        "os.environ.pop('OMP_NUM_THREADS', None)",
+        "import torch" if torch_first else "",
+        "from ntps.workflow import set_threads",
+        "set_threads(1)",
+        "print('torch' in sys.modules)",
+        "import torch",
+        "print(torch.get_num_threads())",
+    ])  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(torch_first), "1"]

@@ -10,8 +10,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from ntps.analysis import bootstrap_ci, jackknife_se
-from ntps.scores import STATISTICS_PRECISION, ntps_forms, score_layer
+from ntps.analysis import bootstrap_ci
+from ntps.scores import STATISTICS_PRECISION, jackknife_se, ntps_forms, score_layer
 from ntps.stats import (
     LayerMoments,
     StatisticsAccumulator,

@@ -463,3 +463,17 @@ def predictor(name: str) -> Predictor:
         raise ConfigError(
             f"predictors.enabled: unknown predictor {name!r}; known: {sorted(PREDICTORS)}"
         ) from None
+
+
+def enabled_predictors(config: Mapping[str, Any]) -> list[str]:
+    """Names in ``predictors.enabled`` (validated config), checked against the registry."""
+    return [predictor(name).name for name in config["predictors"]["enabled"]]
+
+
+def predictor_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keyword arguments of every enabled predictor computed from features, by name."""
+    return {
+        name: PREDICTORS[name].settings(config)
+        for name in enabled_predictors(config)
+        if PREDICTORS[name].source == SOURCE_FEATURES
+    }

@@ -50,20 +50,6 @@ PREDICTOR_COLUMNS = (
 # --- config ---------------------------------------------------------------------------------
 
 
-def enabled_predictors(config: Mapping[str, Any]) -> list[str]:
-    """Names in ``predictors.enabled`` (validated config), checked against the registry."""
-    return [predictor(name).name for name in config["predictors"]["enabled"]]
-
-
-def predictor_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Keyword arguments of every enabled predictor computed from features, by name."""
-    return {
-        name: PREDICTORS[name].settings(config)
-        for name in enabled_predictors(config)
-        if PREDICTORS[name].source == SOURCE_FEATURES
-    }
-
-
 # --- the per-pair job -----------------------------------------------------------------------
 
 
@@ -77,7 +63,7 @@ def predictors_pair(
 ) -> dict[str, Any]:
     """Every predictor in ``settings`` on every layer's cached TRAIN features of one pair.
 
-    ``settings`` maps predictor name -> keyword arguments (:func:`predictor_settings`). Each
+    ``settings`` maps predictor name -> keyword arguments (:func:`ntps.baselines.predictor_settings`). Each
     predictor's compute time over all layers is recorded under ``seconds`` (features already in
     memory; the time to read them is ``load_seconds``). With ``stats_path`` and ``ntps_settings``
     (``k_grid``, ``eigen_cutoff``, ``ridge``, ``centered``) NTPS is scored again from the cached statistics

@@ -16,6 +16,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -406,3 +407,16 @@ def _score(
             }
         )
     return records
+
+
+def jackknife_se(replicates: Any) -> float:
+    """Delete-a-group jackknife standard error from K leave-one-group-out estimates.
+
+    ``sqrt((K - 1) / K * sum_j (theta_j - mean)^2)`` (Efron & Stein 1981). NaN with fewer than two
+    replicates or any non-finite one.
+    """
+    values = np.asarray(replicates, dtype=float)
+    if values.size < 2 or not np.isfinite(values).all():
+        return math.nan
+    k = values.size
+    return float(math.sqrt((k - 1) / k * np.square(values - values.mean()).sum()))

@@ -625,8 +625,7 @@ def score_layer_with_se(
     """
     import dataclasses
 
-    from ntps.analysis import jackknife_se
-    from ntps.scores import ntps_forms, score_layer
+    from ntps.scores import jackknife_se, ntps_forms, score_layer
     from ntps.stats import LayerMoments, jackknife_moments
 
     n_shards = 0

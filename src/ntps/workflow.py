@@ -258,10 +258,15 @@ def set_threads(threads: int) -> None:
     regressions on 1280 x 576 features took 157 s instead of 17 s on a 2-core machine
     (docs/performance.md): small BLAS calls spend their time waking and synchronising threads.
     """
-    import torch
     from threadpoolctl import threadpool_limits
 
     threads = max(1, int(threads))
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    else:
+        # Not imported for it (about 1 s per job; the preparation, table and plot jobs never use
+        # torch): torch takes its thread count from OMP_NUM_THREADS when it is first imported.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     # Process-wide and for the rest of the job: the object returned need not be kept.
     threadpool_limits(limits=threads)
