@@ -275,22 +275,29 @@ def test_paper_models_above_2e9_parameters_score_on_a_gpu_and_the_default_study_
 
 @pytest.mark.parametrize("torch_first", [False, True])
 def test_job_threads_reach_torch_whether_or_not_it_is_imported_yet(torch_first: bool) -> None:
-    """set_threads limits torch in a job that imported it and in one that imports it later, and
-    does not import it itself (a second of start-up for the jobs that never use torch)."""
+    """set_threads gives torch the config's threads in a job that imported it and in one that
+    imports it later, over the 1 that Snakemake puts into the environment under --cores 1, and
+    does not import torch itself (a second of start-up for the jobs that never use it)."""
+    import os
     import subprocess
     import sys
 
+    from ntps.workflow import THREAD_VARIABLES
+
     code = "\n".join([
-        "import os, sys",
-        "os.environ.pop('OMP_NUM_THREADS', None)",
+        "import sys",
         "import torch" if torch_first else "",
         "from ntps.workflow import set_threads",
-        "set_threads(1)",
+        "set_threads(2)",
         "print('torch' in sys.modules)",
         "import torch",
+        "from threadpoolctl import threadpool_info",
         "print(torch.get_num_threads())",
+        "print(sorted({i['num_threads'] for i in threadpool_info()}))",
     ])  # fmt: skip
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "1")}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out == [str(torch_first), "1"]
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    ).stdout.splitlines()
+    # torch's OpenMP pool and numpy's BLAS pool alike.
+    assert out == [str(torch_first), "2", "[2]"]

@@ -251,6 +251,13 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+# What Snakemake sets to a job's threads (snakemake/shell.py), read by torch and BLAS at load.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
+)  # fmt: skip
+
+
 def set_threads(threads: int) -> None:
     """torch's intra-op threads and the BLAS/OpenMP pools of numpy, scipy and scikit-learn.
 
@@ -266,7 +273,10 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
     else:
         # Not imported for it (about 1 s per job; the preparation, table and plot jobs never use
-        # torch): torch takes its thread count from OMP_NUM_THREADS when it is first imported.
-        os.environ["OMP_NUM_THREADS"] = str(threads)
+        # torch): torch takes its OpenMP and MKL thread counts from these when first imported.
+        # Both, because Snakemake sets both to the job's granted threads (1 under --cores 1), and
+        # torch's kernels round differently with another MKL count.
+        for name in THREAD_VARIABLES:
+            os.environ[name] = str(threads)
     # Process-wide and for the rest of the job: the object returned need not be kept.
     threadpool_limits(limits=threads)
