@@ -8,7 +8,9 @@ model is randomly initialised from a config, so the fixtures exercise the real l
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -67,19 +69,40 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_texts: TinyTex
     return folder
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """``build(folder)`` once per test run, also across pytest-xdist workers: the first worker to
+    ask builds under a lock, the others wait for it and reuse the folder (xdist's own session
+    fixtures are per worker)."""
+    base = tmp_path_factory.getbasetemp()
+    # Workers' base folders (popen-gw0, ...) share the run's folder; without xdist, our own.
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():  # first, or the one before failed: build from scratch
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny end-to-end study (tests/workflow_support.py) run once with every target, --cores 2.
 
-    Shared by the end-to-end, determinism and interruption tests, which read it or copy it and
-    never change its outputs: each end-to-end run costs minutes on a busy 2-core machine.
+    Shared by the end-to-end, determinism, interruption, sharding, storage and SLURM tests, which
+    read it or copy it and never change its outputs: each end-to-end run costs minutes on a busy
+    2-core machine. Built once per test run, whichever worker asks first.
     """
     from workflow_support import run_snakemake, write_study
 
-    root = tmp_path_factory.mktemp("tiny-study")
-    write_study(root)
-    run_snakemake(root)
-    return root
+    def build(root: Path) -> None:
+        write_study(root)
+        run_snakemake(root)
+
+    return built_once(tmp_path_factory, "tiny-study", build)
 
 
 @pytest.fixture(scope="session")
@@ -93,21 +116,20 @@ def interrupted_study(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory
     return interruption_scenario(tiny_study, tmp_path_factory.mktemp("interrupted") / "study")
 
 
-# How `make unit` spreads the suite over two pytest-xdist workers (`-n 2`): whole modules, so a
-# module-scoped fixture (a trained LoRA, the SLURM scenario) is built once, and the modules
-# that read the session's tiny study together, so it is built once. (xdist's own `loadgroup` mode
-# does not group under pytest 9, which ignores the node ids it rewrites.)
-TINY_STUDY_MODULES = (
-    "test_workflow.py",
-    "test_determinism.py",
-    "test_interruptions.py",
-    "test_extraction_shards.py",
-    "test_storage.py",
-)
-# The longest groups first, so the two workers start them at once and finish together: the SLURM
-# scenario (mostly waiting on the cluster), the tiny study and everything made from it, the
-# remote-code workflow run, the module deployment. The rest fills in behind them.
-LONG_GROUPS = ("test_slurm.py", "tiny_study", "test_remote_code.py", "test_deploy.py")
+# How `make unit` spreads the suite over pytest-xdist workers: whole modules, so a module-scoped
+# fixture (a trained LoRA, the SLURM scenario) is built once, and the modules that run Snakemake
+# inside the session's tiny study or copy it together (a copy must not catch another worker's
+# run in it). Other modules read the tiny study from any worker (`built_once`). (xdist's own
+# `loadgroup` mode does not group under pytest 9, which ignores the node ids it rewrites.)
+TINY_STUDY_MODULES = ("test_workflow.py", "test_determinism.py", "test_interruptions.py")
+# The longest groups first, so the workers start them at once and finish together: the SLURM
+# scenario (mostly waiting on the cluster), the tiny study and the runs made from it, the module
+# deployment, the remote-code workflow, the sharded and compact-storage runs (which compare with
+# the tiny study), the paper config's dry run. The rest fills in behind them.
+LONG_GROUPS = (
+    "test_slurm.py", "tiny_study", "test_deploy.py", "test_remote_code.py",
+    "test_extraction_shards.py", "test_storage.py", "test_paper_config.py",
+)  # fmt: skip
 
 
 def xdist_group(nodeid: str) -> str:
