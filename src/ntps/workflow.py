@@ -274,8 +274,8 @@ def set_threads(threads: int) -> None:
     else:
         # Not imported for it (about 1 s per job; the preparation, table and plot jobs never use
         # torch): torch takes its OpenMP and MKL thread counts from these when first imported.
-        # Both, because Snakemake sets both to the job's granted threads (1 under --cores 1), and
-        # torch's kernels round differently with another MKL count.
+        # All of them, because Snakemake sets all of them to the job's granted threads (1 under
+        # --cores 1), and torch's kernels round differently with another MKL count.
         for name in THREAD_VARIABLES:
             os.environ[name] = str(threads)
     # Process-wide and for the rest of the job: the object returned need not be kept.
