@@ -12,6 +12,7 @@ from scipy import stats as sps
 
 from ntps.analysis import (
     BootstrapCI,
+    average_ranks,
     baseline_position,
     bootstrap_ci,
     bound_check,
@@ -41,6 +42,23 @@ def test_spearman_five_points_with_tie_hand_value_and_scipy() -> None:
     hand = 6.5 / math.sqrt(9.5 * 10.0)
     assert spearman(x, y) == pytest.approx(hand, abs=1e-14)
     assert spearman(x, y) == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-14)
+
+
+def test_average_ranks_hand_values_and_scipy_rankdata() -> None:
+    assert average_ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert average_ranks([[5.0, 5.0, 5.0], [0.0, -1.0, 7.0]]).tolist() == [
+        [2.0, 2.0, 2.0],
+        [2.0, 1.0, 3.0],
+    ]
+    rng = np.random.default_rng(0)
+    for shape in [(1,), (9,), (6, 11), (3, 4, 7)]:
+        x = rng.integers(0, 4, size=shape).astype(float)  # many ties
+        assert np.array_equal(average_ranks(x), sps.rankdata(x, axis=-1)), shape
+    x = rng.normal(size=(4, 8))
+    x[1, 3] = np.nan  # that row is all NaN, as scipy's default nan_policy
+    ranks = average_ranks(x)
+    assert np.isnan(ranks[1]).all() and not np.isnan(ranks[[0, 2, 3]]).any()
+    assert np.array_equal(ranks, sps.rankdata(x, axis=-1), equal_nan=True)
 
 
 def test_kendall_matches_scipy_tau_b_with_ties() -> None:

@@ -1,11 +1,34 @@
-"""The probe head folded onto raw features (what a LoRA head starts from)."""
+"""Probe metrics, and the probe head folded onto raw features (what a LoRA head starts from)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ntps.probes import fit_probe, folded_head
+from ntps.probes import classification_metrics, fit_probe, folded_head
+
+
+def test_classification_metrics_hand_values_and_sklearn_to_the_bit():
+    # Class 0: tp 1, 2 true, 1 predicted -> F1 2/3; class 1: tp 1, 1 true, 2 predicted -> 2/3;
+    # class 2: never true nor predicted -> 0. Accuracy 2/3.
+    accuracy, macro_f1 = classification_metrics([0, 0, 1], [0, 1, 1], 3)
+    assert accuracy == pytest.approx(2 / 3) and macro_f1 == pytest.approx((2 / 3 + 2 / 3) / 3)
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_classes, n = int(rng.integers(2, 7)), int(rng.integers(1, 40))
+        y_true = rng.integers(0, n_classes, size=n)
+        y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, n_classes, size=n))
+        labels = list(range(n_classes))
+        want = (
+            accuracy_score(y_true, y_pred),
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+        )
+        assert classification_metrics(y_true, y_pred, n_classes) == want  # equal, not close
+    assert all(np.isnan(classification_metrics([], [], 3)))
+    with pytest.raises(ValueError, match="2 labels but 3 predictions"):
+        classification_metrics([0, 1], [0, 1, 1], 2)
 
 
 def test_folded_head_closed_form_binary_and_multiclass():

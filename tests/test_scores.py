@@ -360,7 +360,7 @@ def test_score_layer_records_are_plain_json():
 
 
 def test_regime_thresholds_and_warning():
-    from ntps.scores import regime, regime_warning
+    from ntps.regime import regime, regime_warning
 
     assert [regime(n, 576) for n in (180, 575, 576, 1151, 1152, 5000)] == [
         "n_train<d", "n_train<d", "n_train<2d", "n_train<2d", "ok", "ok",

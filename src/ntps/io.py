@@ -98,10 +98,21 @@ def save_tensors(
     tensors: Mapping[str, Any],
     metadata_: Mapping[str, str] | None = None,
 ) -> None:
-    """Save a dict of torch tensors as safetensors, atomically."""
-    from safetensors.torch import save_file
+    """Save a dict of torch tensors, or of numpy arrays, as safetensors, atomically.
 
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    numpy arrays are written without importing torch (~1.5 s per job: the probe job needs none);
+    the file is the same, byte for byte, as for the equal torch tensors.
+    """
+    import numpy as np
+
+    if tensors and all(isinstance(v, np.ndarray) for v in tensors.values()):
+        from safetensors.numpy import save_file
+
+        contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    else:
+        from safetensors.torch import save_file
+
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=dict(metadata_) if metadata_ else None)
         _sort_safetensors_header(tmp)

@@ -51,6 +51,7 @@ from ntps.blocks import block_inputs, decoder_blocks, split_forward_matches, upp
 from ntps.errors import ConfigError, DatasetError, ModelSourceError, NumericalError
 from ntps.io import load_tensors, read_json, save_tensors, write_json
 from ntps.models import hidden_size_of
+from ntps.probes import classification_metrics
 from ntps.stats import StatisticsAccumulator
 from ntps.text import (
     forward_kwargs,
@@ -887,21 +888,6 @@ def _tensor_digest(*tensors: torch.Tensor) -> str:
     for tensor in tensors:
         digest.update(tensor.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def classification_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], n_classes: int
-) -> tuple[float, float]:
-    """(accuracy, macro-F1 over all ``n_classes`` labels, 0 for classes never predicted nor seen)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    if not len(y_true):
-        return float("nan"), float("nan")
-    acc = float(accuracy_score(y_true, y_pred))
-    f1 = float(
-        f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0)
-    )
-    return acc, f1
 
 
 @torch.no_grad()

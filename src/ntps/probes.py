@@ -18,13 +18,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.preprocessing import StandardScaler
+
+# scikit-learn is imported where a probe is fitted: the LoRA job takes its metrics from here and
+# would otherwise pay ~1 s for an import it does not use.
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 DEFAULT_C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_RIDGE_ALPHAS: tuple[float, ...] = tuple(np.logspace(-2, 4, 13).tolist())
@@ -84,6 +85,41 @@ def folded_head(
     return weight, bias
 
 
+def classification_metrics(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int
+) -> tuple[float, float]:
+    """Accuracy and macro-F1 of predicted labels: the one definition of both for probes and LoRA.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_samples,), labels in 0..n_classes-1
+    n_classes : int
+        Macro-F1 averages over all of 0..n_classes-1; a class never in ``y_true`` nor ``y_pred``
+        scores 0.
+
+    Returns
+    -------
+    accuracy, macro_f1 : float
+        NaN for empty inputs. The values of scikit-learn's ``accuracy_score`` and
+        ``f1_score(average="macro", labels=range(n_classes), zero_division=0)``, to the bit:
+        per class F1 = 2 tp / (n_true + n_predicted).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{y_true.shape[0]} labels but {y_pred.shape[0]} predictions")
+    if not y_true.size:
+        return float("nan"), float("nan")
+    hit = y_true == y_pred
+    tp = np.bincount(y_true[hit], minlength=n_classes)[:n_classes].astype(np.float64)
+    denominator = (
+        np.bincount(y_true, minlength=n_classes)[:n_classes]
+        + np.bincount(y_pred, minlength=n_classes)[:n_classes]
+    ).astype(np.float64)
+    f1 = np.divide(2.0 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    return float(np.mean(hit)), float(np.mean(f1))
+
+
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     out = np.zeros((labels.shape[0], n_classes), dtype=np.float64)
     out[np.arange(labels.shape[0]), labels] = 1.0
@@ -99,6 +135,8 @@ def choose_logistic_c(
     x: np.ndarray, y: np.ndarray, c_grid: Sequence[float], n_folds: int, seed: int
 ) -> float:
     """Pick C by stratified CV accuracy on the training data (ties -> stronger regularisation)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
     if len(c_grid) == 1:
         return float(c_grid[0])
     folds = min(n_folds, int(np.bincount(y).min()))
@@ -114,6 +152,8 @@ def choose_logistic_c(
 
 
 def _logistic(c: float, seed: int) -> LogisticRegression:
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(C=c, max_iter=2000, random_state=seed)
 
 
@@ -135,6 +175,10 @@ def fit_probe(
     With ``keep_head`` the result also carries the logistic probe folded onto the raw features
     (:func:`folded_head`) and its test predictions.
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
     train_y = np.asarray(train_y, dtype=np.int64)
     test_y = np.asarray(test_y, dtype=np.int64)
     scaler = StandardScaler().fit(train_x.astype(np.float64))
@@ -151,11 +195,12 @@ def fit_probe(
 
     ridge = RidgeCV(alphas=list(ridge_alphas)).fit(xtr, one_hot(train_y, n_classes))
     counts = np.bincount(test_y, minlength=n_classes)
+    accuracy, macro_f1 = classification_metrics(test_y, test_pred, n_classes)
     return ProbeResult(
-        accuracy=float(accuracy_score(test_y, test_pred)),
-        macro_f1=float(f1_score(test_y, test_pred, average="macro", labels=np.arange(n_classes))),
+        accuracy=accuracy,
+        macro_f1=macro_f1,
         mse=squared_error(one_hot(test_y, n_classes), ridge.predict(xte)),
-        train_accuracy=float(accuracy_score(train_y, train_pred)),
+        train_accuracy=classification_metrics(train_y, train_pred, n_classes)[0],
         train_mse=squared_error(one_hot(train_y, n_classes), ridge.predict(xtr)),
         logistic_c=c,
         ridge_alpha=float(ridge.alpha_),

@@ -522,7 +522,7 @@ def regime_diagnostics(accumulator: Any, hidden_size: int) -> dict[str, Any]:
     """N_train, d, the numerical rank of Cxx per hidden state, the regime and its warning."""
     import torch
 
-    from ntps.scores import regime, regime_warning
+    from ntps.regime import regime, regime_warning
 
     n_train = int(accumulator.n_examples)
     ranks = [
@@ -687,7 +687,7 @@ def score_pair(
 
     from safetensors import safe_open
 
-    from ntps.scores import REGIME_OK, regime_warning
+    from ntps.regime import REGIME_OK, regime_warning
 
     torch_device = scoring_device(device)
     records: list[dict[str, Any]] = []
@@ -762,16 +762,17 @@ def probe_pair(
 
     records = []
     started = time.perf_counter()
-    with safe_open(str(features_path), framework="pt") as handle:
+    # numpy, not torch: the features are float32 and the probes are scikit-learn's.
+    with safe_open(str(features_path), framework="numpy") as handle:
         meta = handle.metadata()
         n_layers = int(meta["n_layers"])
-        train_y = handle.get_tensor("train.labels").numpy()
-        test_y = handle.get_tensor("test.labels").numpy()
+        train_y = handle.get_tensor("train.labels")
+        test_y = handle.get_tensor("test.labels")
         for layer in range(n_layers):
             result = fit_probe(
-                handle.get_tensor(feature_key("train", layer)).numpy(),
+                handle.get_tensor(feature_key("train", layer)),
                 train_y,
-                handle.get_tensor(feature_key("test", layer)).numpy(),
+                handle.get_tensor(feature_key("test", layer)),
                 test_y,
                 n_classes,
                 c_grid=settings["c_grid"],
@@ -780,16 +781,12 @@ def probe_pair(
                 keep_head=out_head is not None and layer == n_layers - 1,
             )
             if result.head_weight is not None:
-                import torch
-
                 save_tensors(
                     out_head,
                     {
-                        "weight": torch.from_numpy(result.head_weight).float(),
-                        "bias": torch.from_numpy(result.head_bias).float(),
-                        "test_predictions": torch.from_numpy(
-                            result.test_predictions.astype("int64")
-                        ),
+                        "weight": result.head_weight.astype("float32"),
+                        "bias": result.head_bias.astype("float32"),
+                        "test_predictions": result.test_predictions.astype("int64"),
                     },
                     {"layer": str(layer), "logistic_c": str(result.logistic_c), **meta},
                 )

@@ -225,7 +225,7 @@ def regime_table(scores: pd.DataFrame) -> pd.DataFrame:
 
 def regime_lines(scores: pd.DataFrame) -> list[str]:
     """The summary's statement on the N_train vs d regime, in plain words."""
-    from ntps.scores import MIN_TEXTS_PER_DIMENSION, REGIME_OK, regime_warning
+    from ntps.regime import MIN_TEXTS_PER_DIMENSION, REGIME_OK, regime_warning
 
     table = regime_table(scores)
     bad = table[table["regime"] != REGIME_OK]
