@@ -139,11 +139,22 @@ def xdist_group(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        group = xdist_group(item.nodeid)
-        return LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
+    """Long groups first (LONG_GROUPS); within each module its slow tests first.
 
-    items.sort(key=rank)  # stable: each module keeps its own order
+    A worker is handed its next group while the last two tests of the current one still run
+    (xdist's prefetch): were those the long end-to-end runs, the next group would wait behind
+    them while the other worker ran dry. Modules stay contiguous (their fixtures are built once).
+    """
+    modules = {item.nodeid.split("::", 1)[0]: None for item in items}
+    position = {module: index for index, module in enumerate(modules)}
+
+    def key(item: pytest.Item) -> tuple[int, int, bool]:
+        group = xdist_group(item.nodeid)
+        rank = LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
+        module = position[item.nodeid.split("::", 1)[0]]
+        return rank, module, item.get_closest_marker("slow") is None
+
+    items.sort(key=key)  # stable: otherwise each module keeps its own order
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
