@@ -13,7 +13,7 @@ SNAKEMAKE_ARGS ?=
 REHEARSAL_DIR ?= rehearsal
 REHEARSAL_ARGS ?=
 # Every job is a new Python process: with PYTHONDONTWRITEBYTECODE set (some machines set it, ours
-# does) each would compile torch and transformers again (~10 s). make's commands cache bytecode.
+# does) each would compile torch and transformers again (up to ~14 s). make's commands cache bytecode.
 unexport PYTHONDONTWRITEBYTECODE
 # uv by default; INSTALLER=pip installs with pip alone (e.g. for an index only pip can reach).
 INSTALLER ?= uv
