@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -149,6 +150,58 @@ def test_ensure_pad_token_falls_back_to_eos(tiny_texts):
 def test_load_missing_folder_suggests_acquisition(tmp_path):
     with pytest.raises(ModelSourceError, match="acquisition"):
         load_for_inference(tmp_path / "missing", "float32", "cpu")
+
+
+def test_load_errors_name_the_model_and_the_file(tiny_llama_dir, tmp_path):
+    # Damaged after acquisition: the message names the user's own file behind the link.
+    source = Path(shutil.copytree(tiny_llama_dir, tmp_path / "source"))
+    dest = tmp_path / "weights"
+    acquire_model("tiny", {"type": "local", "path": str(source)}, dest, tmp_path)
+    (source / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    with pytest.raises(ModelSourceError) as info:
+        load_for_inference(dest, "float32", "cpu", name="tiny")
+    message = str(info.value)
+    assert "model 'tiny': cannot load its tokenizer" in message
+    assert f"file {str((source / 'tokenizer.json').resolve())!r} is damaged" in message
+    assert "JSONDecodeError" in message and "replace it with a complete copy" in message
+    shutil.copy2(tiny_llama_dir / "tokenizer.json", source / "tokenizer.json")
+    os.truncate(source / "model.safetensors", 1000)
+    with pytest.raises(ModelSourceError) as info:
+        load_for_inference(dest, "float32", "cpu", name="tiny")
+    message = str(info.value)
+    assert "model 'tiny': cannot load its weights" in message
+    assert str((source / "model.safetensors").resolve()) in message
+    assert "SafetensorError" in message and "--forcerun acquire_model" in message
+
+
+def test_load_errors_that_are_not_about_files_keep_their_type(tiny_llama_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def fails(exc):
+        def from_pretrained(*args, **kwargs):
+            raise exc
+
+        return from_pretrained
+
+    # An error a bad folder raises, with every file readable: the folder is named.
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fails(OSError("no weights")))
+    with pytest.raises(ModelSourceError, match=r"model 'tiny'.*weights from folder.*no weights"):
+        load_for_inference(tiny_llama_dir, "float32", "cpu", name="tiny")
+    # Anything else is a bug, not bad input: raised as it is, with its traceback.
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fails(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):
+        load_for_inference(tiny_llama_dir, "float32", "cpu", name="tiny")
+
+
+def test_acquisition_checks_the_files_it_links(tiny_llama_dir, tmp_path):
+    source = Path(shutil.copytree(tiny_llama_dir, tmp_path / "source"))
+    os.truncate(source / "model.safetensors", 100)
+    with pytest.raises(ModelSourceError) as info:
+        acquire_model("tiny", {"type": "local", "path": str(source)}, tmp_path / "w", tmp_path)
+    message = str(info.value)
+    assert f"model 'tiny': file {str((source / 'model.safetensors').resolve())!r}" in message
+    assert "invalid header length" in message
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow

