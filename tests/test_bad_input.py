@@ -2,9 +2,11 @@
 column or key and says what was expected, and is raised before any model is loaded where possible.
 
 docs/errors.md lists the same cases for users. Cases that belong to one module's unit tests are
-tested there only: missing label column, single class, class too small for a split, all texts
-empty (test_datasets.py); truncation and non-finite hidden states (test_extract.py); k above the
-rank (test_scores.py); missing LoRA target modules (test_lora.py).
+tested there only: missing label column, class too small for a split, all texts empty
+(test_datasets.py); truncation and non-finite hidden states (test_extract.py); k above the rank
+(test_scores.py); missing LoRA target modules (test_lora.py); model files damaged after
+acquisition (test_models.py). What a failed job shows (one message, no traceback) is tested here
+through Snakemake, on a truncated weight file, a corrupt config.json and a single class.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -374,3 +378,99 @@ def test_dataset_label_outside_declared_set(tmp_path: Path) -> None:
     message = str(info.value)
     assert "dataset 'movies'" in message and "['neg', 'pos']" in message
     assert "'neutral' (2 rows)" in message and "label_values" in message
+
+
+# --- a job that fails on bad input: one message, no traceback ----------------------------------
+# The study's first job meets the bad input; Snakemake's output (it shows the job's stderr and,
+# with the profile's show-failed-logs, its log) and the job log must carry the message and no
+# traceback through our code, which would bury it.
+
+TRACE = re.compile(r'Traceback|File "|ntps/[\w/]+\.py')
+
+
+def failed_first_job(root: Path, target: str, log: str) -> tuple[str, str]:
+    """Run Snakemake on `target` of the study in `root`; its output and the job log `log`."""
+    from workflow_support import run_snakemake
+
+    result = run_snakemake(root, target, check=False, timeout=300, cores=1)
+    assert result.returncode != 0
+    assert not (root / target).exists()
+    return result.stdout + result.stderr, (root / "results/logs" / log).read_text()
+
+
+def assert_one_message(output: str, log: str, *parts: str) -> None:
+    for text in (output, log):
+        assert not TRACE.search(text), text
+        for part in parts:
+            assert part in text, (part, text)
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and all(part in errors[0] for part in parts)
+
+
+def test_truncated_safetensors_fails_acquisition_naming_the_file(tmp_path: Path) -> None:
+    from workflow_support import write_study
+
+    write_study(tmp_path)
+    weights = tmp_path / "inputs" / "tiny-llama" / "model.safetensors"
+    os.truncate(weights, 100)  # as an interrupted copy leaves it
+    output, log = failed_first_job(
+        tmp_path, "resources/models/tiny-llama/model.json", "acquire_model/tiny-llama.log"
+    )
+    assert_one_message(
+        output, log, "ModelSourceError: model 'tiny-llama'", f"file {str(weights.resolve())!r}",
+        "is damaged or incomplete", "invalid header length", "replace it with a complete copy",
+    )  # fmt: skip
+
+
+def test_corrupt_config_json_fails_acquisition_naming_the_file(tmp_path: Path) -> None:
+    from workflow_support import write_study
+
+    write_study(tmp_path)
+    config_json = tmp_path / "inputs" / "tiny-llama" / "config.json"
+    config_json.write_text(config_json.read_text()[:40])  # cut off mid-way
+    output, log = failed_first_job(
+        tmp_path, "resources/models/tiny-llama/model.json", "acquire_model/tiny-llama.log"
+    )
+    assert_one_message(
+        output, log, "ModelSourceError: model 'tiny-llama'", f"file {str(config_json.resolve())!r}",
+        "is damaged or incomplete (JSONDecodeError", "replace it with a complete copy",
+    )  # fmt: skip
+
+
+def test_dataset_with_one_class_fails_preparation_naming_the_column(tmp_path: Path) -> None:
+    from workflow_support import write_study
+
+    config = yaml.safe_load(write_study(tmp_path).read_text())
+    entry = config["datasets"][0]  # "noisy", a csv file
+    path = Path(entry["source"]["path"])
+    frame = pd.read_csv(path)
+    frame.assign(topic="sport").to_csv(path, index=False)
+    output, log = failed_first_job(
+        tmp_path, "resources/datasets/noisy/data.parquet", "prepare_dataset/noisy.log"
+    )
+    assert_one_message(
+        output, log, "DatasetError: dataset 'noisy'", "at least 2 classes in label column 'topic'",
+        "found ['sport']", "check label_column, filter",
+    )  # fmt: skip
+
+
+def test_job_logging_one_line_for_bad_input_traceback_for_bugs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ntps.workflow import job_logging
+
+    log = tmp_path / "bad.log"
+    with pytest.raises(SystemExit) as info, job_logging(log):
+        raise DatasetError("dataset 'x': column 'y' not found; check text_columns")
+    assert info.value.code == 1
+    assert (
+        capsys.readouterr().err
+        == "DatasetError: dataset 'x': column 'y' not found; check text_columns\n"
+    )
+    assert "ERROR DatasetError: dataset 'x'" in log.read_text()
+    assert "Traceback" not in log.read_text()
+    # Not raised on purpose: a bug, whose traceback is what a report needs.
+    with pytest.raises(ZeroDivisionError), job_logging(log):
+        1 / 0  # noqa: B018
+    assert "ERROR job failed\nTraceback" in log.read_text()
+    assert "ZeroDivisionError" in log.read_text()

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ntps.errors import NTPSError
+
 # Fallback size when neither the config nor an acquired model record gives a parameter count.
 DEFAULT_N_PARAMS = 1_000_000_000
 
@@ -203,7 +205,14 @@ def model_torch_threads(config: Mapping[str, Any], model: str) -> int:
 def job_logging(
     log_path: str | os.PathLike[str] | None, threads: int = 1
 ) -> Iterator[logging.Logger]:
-    """Send a job's stdout, stderr (tqdm bars) and logging to its Snakemake log file."""
+    """Send a job's stdout, stderr (tqdm bars) and logging to its Snakemake log file.
+
+    A job stopped by an :class:`~ntps.errors.NTPSError` (bad input: the config, a dataset, a model
+    file) ends with its message as one ERROR line in the log and on the job's stderr, which
+    Snakemake shows, and exit status 1, without a traceback: the message names what to fix and a
+    traceback through our code would bury it. Any other exception is a bug, or something we did
+    not foresee: it is logged with its traceback, what a bug report needs, and re-raised.
+    """
     logger = logging.getLogger("ntps")
     if log_path is None:
         logging.basicConfig(level=logging.INFO)
@@ -221,12 +230,16 @@ def job_logging(
         # `finally` blocks; as SystemExit it unwinds, temporary files are removed and the log
         # says why the job stopped instead of ending empty.
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        failure = None
         try:
             # Which code ran: the package's version, commit and folder (a module deployment, a
             # conda environment or a stray installed copy would each show here).
             logger.info("ntps %s from %s", _code_revision(), Path(__file__).resolve().parent)
             set_threads(threads)
             yield logger
+        except NTPSError as error:
+            failure = f"{type(error).__name__}: {error}"
+            logger.error("%s", failure)
         except Exception:
             logger.exception("job failed")
             raise
@@ -234,6 +247,11 @@ def job_logging(
             signal.signal(signal.SIGTERM, previous)
             sys.stdout, sys.stderr = old_out, old_err
             logger.removeHandler(handler)
+    if failure is not None:
+        # Once stderr is the job's own again (Snakemake prints it); SystemExit ends the job with
+        # exit status 1 and no traceback.
+        print(failure, file=sys.stderr, flush=True)
+        raise SystemExit(1)
 
 
 def _code_revision() -> str:

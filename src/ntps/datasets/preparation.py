@@ -268,9 +268,11 @@ def prepare_dataset(name: str, spec: Mapping[str, Any], cache_dir: Path | str) -
     n_classes = len(label_names)
     present = np.bincount(codes, minlength=n_classes)
     if n_classes < 2 or (present > 0).sum() < 2:
+        found = [n for n, c in zip(label_names, present, strict=True) if c]
         raise DatasetError(
-            f"dataset {name!r}: needs at least 2 classes, found "
-            f"{[n for n, c in zip(label_names, present, strict=True) if c]} after filtering/cleaning"
+            f"dataset {name!r}: needs at least 2 classes in label column "
+            f"{spec['label_column']!r}, found {found} after filtering/cleaning; check "
+            "label_column, filter and the source data"
         )
     absent = [n for n, c in zip(label_names, present, strict=True) if c == 0]
     if absent:
