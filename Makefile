@@ -60,8 +60,9 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint --cores 1
 
+# Whole modules per worker, in the order tests/conftest.py gives them (longest first).
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --durations=15
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Lint beside the tests: the lint takes ~6 s of one core while pytest starts its workers.
 test: $(STAMP)
