@@ -2,7 +2,7 @@
 #   make study   set up .venv (pinned, CPU torch 2.13.0) and run the default study offline
 #   make test    set up .venv and run lint + format checks + the test suite
 #   (make test-fast: the unit tests only, no end-to-end workflow runs; the quick loop)
-#   make rehearsal  config/paper.yaml's whole DAG on tiny local models and data (docs/cluster.md);
+#   make rehearsal  config/paper.yaml's whole DAG on tiny local models and data (docs/slurm.md);
 #                   REHEARSAL_ARGS="--profile profiles/slurm" runs it through SLURM
 PYTHON ?= python3
 VENV := .venv
@@ -60,8 +60,9 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint --cores 1
 
+# Whole modules per worker, in the order tests/conftest.py gives them (longest first).
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 --durations=15
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Lint beside the tests: the lint takes ~6 s of one core while pytest starts its workers.
 test: $(STAMP)
@@ -75,7 +76,7 @@ CONFIG ?= config/config.yaml
 storage-plan: $(STAMP)
 	$(BIN)/python -m ntps.storage $(CONFIG) --verbose
 
-# The paper-scale dress rehearsal on CPU (docs/cluster.md): make rehearsal [REHEARSAL_ARGS=...]
+# The paper-scale dress rehearsal on CPU (docs/slurm.md): make rehearsal [REHEARSAL_ARGS=...]
 rehearsal: $(STAMP)
 	$(BIN)/python tests/rehearsal.py --workdir $(REHEARSAL_DIR) $(REHEARSAL_ARGS)
 

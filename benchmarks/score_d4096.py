@@ -1,5 +1,5 @@
 """Time the score job's work on ONE layer at d = 4096 (Llama-3-8B's width), and measure the CPU's
-float64 GEMM / eigh rates from which docs/cluster.md estimates the GPU time per pair.
+float64 GEMM / eigh rates from which docs/performance.md estimates the GPU time per pair.
 
 Synthetic statistics, seeded, shaped as the scorer gets them: Cxx, Cxy (c classes), S0, S1 and the
 pooled-feature sum of one layer, accumulated over ``--shards`` disjoint shards of texts (the

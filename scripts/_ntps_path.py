@@ -11,7 +11,7 @@ the ``ntps`` of the workflow it belongs to:
 
 Where the workflow's files are not on the local disk (a module loaded from a remote git host),
 there is no ``src/`` here and the package must be installed in the job's environment instead
-(``pip install ntps-workflow``, see README "Deploying").
+(``pip install ntps-workflow``, see docs/running.md, "Deploying").
 """
 
 import sys

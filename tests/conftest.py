@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -110,62 +111,53 @@ def interrupted_study(tiny_study: Path, tmp_path_factory: pytest.TempPathFactory
     """A copy of the tiny study whose LoRA dataset was redone on one core through two SIGTERM
     stops, a SIGKILL during LoRA and a run to the end (workflow_support.interruption_scenario):
     the interruption tests check the stops, the determinism tests compare its outputs with the
-    two-core reference."""
+    two-core reference. Built once per test run, whichever worker asks first; the other workers
+    read the scenario's record (return codes, logs, paths) from beside the copy."""
     from workflow_support import interruption_scenario
 
-    return interruption_scenario(tiny_study, tmp_path_factory.mktemp("interrupted") / "study")
+    def build(folder: Path) -> None:
+        state = interruption_scenario(tiny_study, folder / "study")
+        (folder / "state.pickle").write_bytes(pickle.dumps(state))
+
+    folder = built_once(tmp_path_factory, "interrupted-study", build)
+    return pickle.loads((folder / "state.pickle").read_bytes())
 
 
-# How `make unit` spreads the suite over pytest-xdist workers: whole modules, so a module-scoped
-# fixture (a trained LoRA, the SLURM scenario) is built once, and the modules that run Snakemake
-# inside the session's tiny study or copy it together (a copy must not catch another worker's
-# run in it). Other modules read the tiny study from any worker (`built_once`). (xdist's own
-# `loadgroup` mode does not group under pytest 9, which ignores the node ids it rewrites.)
-TINY_STUDY_MODULES = ("test_workflow.py", "test_determinism.py", "test_interruptions.py")
-# The longest groups first, so the workers start them at once and finish together: the SLURM
-# scenario (mostly waiting on the cluster), the tiny study and the runs made from it, the module
-# deployment, the remote-code workflow, the sharded and compact-storage runs (which compare with
-# the tiny study), the paper config's dry run. The rest fills in behind them.
-LONG_GROUPS = (
-    "test_slurm.py", "tiny_study", "test_deploy.py", "test_remote_code.py",
-    "test_extraction_shards.py", "test_storage.py", "test_paper_config.py",
+# How `make unit` spreads the suite over pytest-xdist workers: `--dist loadfile` hands a worker
+# whole modules, so a module-scoped fixture (a trained LoRA, the SLURM scenario) is built once,
+# and `--no-loadscope-reorder` keeps the module order below instead of sorting by test count.
+# The session's end-to-end runs (the tiny study, the interruption scenario copied from it) are
+# built once per test run across workers (`built_once`), so their modules may run on any worker.
+# What runs inside the shared tiny study after it is built is read-only for a concurrent copy:
+# dry runs and `--report` take no lock and leave no incomplete marker (the copy could catch a
+# half-written report.html or log, which no test of the copy reads).
+# The longest modules first, so the workers start them at once and finish together: the SLURM
+# scenario (mostly waiting on the cluster), the tiny study's end-to-end tests (the first to ask
+# builds it), the interruption scenario, the module deployment, the remote-code workflow, the
+# sharded run; then the determinism tests (placed after those so that the interruption scenario
+# they compare with is finished, not awaited, when they start), the compact-storage run and the
+# paper config's dry run. The rest fills in behind them.
+LONG_MODULES = (
+    "test_slurm.py", "test_workflow.py", "test_interruptions.py", "test_deploy.py",
+    "test_remote_code.py", "test_extraction_shards.py", "test_determinism.py", "test_storage.py",
+    "test_paper_config.py",
 )  # fmt: skip
 
 
-def xdist_group(nodeid: str) -> str:
-    """The unit of work a node id belongs to: its module, or "tiny_study"."""
-    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-    return "tiny_study" if module in TINY_STUDY_MODULES else module
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long groups first (LONG_GROUPS); within each module its slow tests first.
+    """Long modules first (LONG_MODULES); within each module its slow tests first.
 
-    A worker is handed its next group while the last two tests of the current one still run
-    (xdist's prefetch): were those the long end-to-end runs, the next group would wait behind
+    A worker is handed its next module while the last two tests of the current one still run
+    (xdist's prefetch): were those the long end-to-end runs, the next module would wait behind
     them while the other worker ran dry. Modules stay contiguous (their fixtures are built once).
     """
     modules = {item.nodeid.split("::", 1)[0]: None for item in items}
     position = {module: index for index, module in enumerate(modules)}
 
     def key(item: pytest.Item) -> tuple[int, int, bool]:
-        group = xdist_group(item.nodeid)
-        rank = LONG_GROUPS.index(group) if group in LONG_GROUPS else len(LONG_GROUPS)
-        module = position[item.nodeid.split("::", 1)[0]]
-        return rank, module, item.get_closest_marker("slow") is None
+        module = item.nodeid.split("::", 1)[0]
+        name = module.rsplit("/", 1)[-1]
+        rank = LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+        return rank, position[module], item.get_closest_marker("slow") is None
 
     items.sort(key=key)  # stable: otherwise each module keeps its own order
-
-
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleGroupScheduling(LoadScopeScheduling):
-        """xdist's per-module scheduling, with the tiny-study modules as one unit, in collection
-        order (the longest first, see LONG_GROUPS)."""
-
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_group(nodeid)
-
-    config.option.loadscopereorder = False
-    return ModuleGroupScheduling(config, log)

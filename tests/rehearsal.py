@@ -18,7 +18,7 @@ Builds, under a working folder:
   workflow has it, sharded extraction on.
 
 then runs Snakemake on it with the given profile (default ``profiles/default``; ``profiles/slurm``
-for the cluster) and records the wall time in ``rehearsal.json``. Command line (docs/cluster.md)::
+for the cluster) and records the wall time in ``rehearsal.json``. Command line (docs/slurm.md)::
 
     python tests/rehearsal.py [--workdir DIR] [--profile profiles/slurm] [--models NAME ...]
                               [-- SNAKEMAKE ARGS...]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from workflow_support import LORA_DATASET, MODEL, SIGNAL, read_json, run_snakemake
+from workflow_support import LORA_DATASET, MODEL, REPO, SIGNAL, read_json, run_snakemake
 
-DATASETS = tuple(SIGNAL)
 # Keys whose values differ between identical runs: wall-clock timings, and the absolute folder the
 # model was materialised in (each run has its own working folder). Nothing else may differ.
 VOLATILE_KEYS = frozenset(
@@ -58,6 +58,28 @@ def pair_jsons(root: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def reference(tiny_study: Path) -> Path:
     return tiny_study
+
+
+@pytest.fixture(scope="module")
+def datasets(reference: Path) -> list[str]:
+    """The datasets of the reference study, as its config names them."""
+    config = yaml.safe_load((reference / "config.yaml").read_text())
+    names = [entry["name"] for entry in config["datasets"]]
+    assert sorted(names) == sorted(SIGNAL)  # the study workflow_support.write_study wrote
+    return names
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+
+
+def workflow_is_a_checkout() -> bool:
+    """Whether the workflow the tests run is the top of a git checkout (CI runs in a clone)."""
+    try:
+        toplevel = git("rev-parse", "--show-toplevel")
+    except OSError:  # no git on this machine
+        return False
+    return toplevel.returncode == 0 and Path(toplevel.stdout.strip()).resolve() == REPO
 
 
 # The one-core run (tests/workflow_support.interruption_scenario) redoes one dataset through every
@@ -148,9 +170,10 @@ def test_pair_outputs_agree_except_timings(reference: Path, serial_run: Path) ->
 
 
 @pytest.mark.slow
-def test_outputs_record_seeds_and_provenance(reference: Path) -> None:
+def test_outputs_record_seeds_and_provenance(reference: Path, datasets: list[str]) -> None:
     config = yaml.safe_load((reference / "config.yaml").read_text())
-    for dataset in DATASETS:
+    in_checkout = workflow_is_a_checkout()
+    for dataset in datasets:
         record = read_json(reference / "resources/datasets" / dataset / "dataset.json")
         assert re.fullmatch(r"[0-9a-f]{64}", record["fingerprint"])
         assert record["spec"]["split"]["seed"] == 42 and record["spec"]["seed"] == 0
@@ -169,10 +192,17 @@ def test_outputs_record_seeds_and_provenance(reference: Path) -> None:
 
         scores = read_json(reference / "results/scores" / MODEL / f"{dataset}.json")
         assert scores["provenance"]["packages"]["ntps"]
-        # The code that ran: the package version, and the commit when run from a git checkout.
+        # The code that ran: the package version, and the commit when run from a git checkout
+        # (a commit of this checkout; not necessarily HEAD, which may move during a test run).
         code = scores["provenance"]["code"]
         assert code["version"] == scores["provenance"]["packages"]["ntps"]
-        assert code["git_revision"] is None or re.fullmatch(r"[0-9a-f]{40}", code["git_revision"])
+        if in_checkout:
+            revision = code["git_revision"]
+            assert re.fullmatch(r"[0-9a-f]{40}", revision or ""), code
+            assert git("cat-file", "-e", f"{revision}^{{commit}}").returncode == 0, code
+            assert isinstance(code["git_dirty"], bool), code
+        else:
+            assert code["git_revision"] is None and code["git_dirty"] is None, code
     lora = read_json(reference / "results/lora" / MODEL / LORA_DATASET / "metrics.json")
     text = json.dumps(lora)
     assert '"seed": 0' in text  # the LoRA seed travels with its metrics
@@ -187,7 +217,7 @@ def test_score_and_probe_jsons_name_their_inputs(reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_no_two_jobs_write_the_same_file(reference: Path, tmp_path: Path) -> None:
+def test_no_two_jobs_write_the_same_file(reference: Path, datasets: list[str]) -> None:
     """Every output of every planned job is unique (forced full dry run of the whole workflow)."""
     result = run_snakemake(reference, "--dry-run", "--forceall", "--printshellcmds")
     outputs: dict[str, str] = {}
@@ -205,4 +235,11 @@ def test_no_two_jobs_write_the_same_file(reference: Path, tmp_path: Path) -> Non
     # All rules of the full workflow (plots and LoRA included) were seen.
     assert {"extract", "score", "probe", "lora", "tables", "correlations"} <= set(outputs.values())
     assert len(outputs) > 20
-    assert set(SIGNAL) >= set(DATASETS)
+    # ... for every dataset of the study: each one's extraction, scores and probes were planned.
+    for dataset in datasets:
+        for path, rule in (
+            (f"results/extract/{MODEL}/{dataset}/stats.safetensors", "extract"),
+            (f"results/scores/{MODEL}/{dataset}.json", "score"),
+            (f"results/probes/{MODEL}/{dataset}.json", "probe"),
+        ):
+            assert outputs.get(path) == rule, (path, outputs.get(path))

@@ -54,7 +54,7 @@ def records_table(paths: Iterable[str | Path], **constant: Any) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# Column order of the scores table (README, "Tables"): keys first, then the scores, then diagnostics.
+# Column order of the scores table (docs/outputs.md, "Tables"): keys first, the scores, diagnostics.
 SCORE_COLUMNS = (
     "model", "dataset", "stage", "layer", "k_label", "k_spec", "k_perception", "k_ar",
     "ntps_paper", "ntps_reg", "ntps_paper_se", "ntps_reg_se", "ntps_released", "baseline",
