@@ -26,6 +26,7 @@ from ntps.workflow import (
     entry_by_name,
     extraction_shards,
     fixed_layer_spec,
+    lora_pairs,
     merge_extract_mb,
     model_names,
     model_resources,
@@ -186,26 +187,10 @@ def statistics_output(path):
     return temp(path) if config["storage"]["statistics"] == "temp" else path
 
 
-def lora_enabled():
-    return config["lora"]["enabled"]
-
-
-def lora_pairs():
-    """(model, dataset) pairs that get LoRA: enabled globally and not opted out by either side."""
-    if not lora_enabled():
-        return []
-    return [
-        (model["name"], dataset["name"])
-        for model in config["models"]
-        if model["lora"]
-        for dataset in config["datasets"]
-        if dataset["lora"]
-    ]
-
-
 def lora_pair_outputs(pattern):
     return [
-        pattern.format(model=model, dataset=dataset) for model, dataset in lora_pairs()
+        pattern.format(model=model, dataset=dataset)
+        for model, dataset in lora_pairs(config)
     ]
 
 
@@ -238,7 +223,7 @@ def predictor_table_inputs(wildcards):
         inputs["probe_benchmarks"] = pair_outputs(
             "results/benchmarks/probe/{model}/{dataset}.tsv"
         )
-    if lora_pairs():
+    if lora_pairs(config):
         inputs.update(
             lora="results/tables/lora.csv",
             lora_correlations="results/tables/lora_correlations.csv",
@@ -253,7 +238,7 @@ def summary_inputs(wildcards):
         "correlations": "results/tables/correlations.csv",
         "reference": REFERENCE_CSV,
     }
-    if lora_pairs():
+    if lora_pairs(config):
         inputs.update(
             lora="results/tables/lora.csv",
             lora_correlations="results/tables/lora_correlations.csv",
@@ -297,7 +282,7 @@ def final_outputs():
         for ext in ("png", "pdf"):
             outputs += per_model_outputs(f"results/plots/{{model}}/{kind}.{ext}")
     outputs += ["results/plots/bounds.png", "results/plots/bounds.pdf"]
-    if lora_pairs():
+    if lora_pairs(config):
         outputs += ["results/tables/lora.csv", "results/tables/lora_correlations.csv"]
         for kind in ("ntps_vs_gain", "ntps_before_after"):
             outputs += [f"results/plots/lora/{kind}.{ext}" for ext in ("png", "pdf")]

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ntps.sizes import statistics_bytes, statistics_bytes_from_params
+
 # Fallback size when neither the config nor an acquired model record gives a parameter count.
 DEFAULT_N_PARAMS = 1_000_000_000
 
@@ -79,10 +81,8 @@ def statistics_mb(
     ``uncertainty.jackknife_shards`` = K the job holds K shard accumulators plus their merged total
     and one intermediate merge (``sharded=False``: one accumulator, as in the LoRA job's post-LoRA
     statistics). Shapes come from the acquisition record when it exists; otherwise
-    from the parameter count. The formulas are :mod:`ntps.storage`'s (disk and memory alike).
+    from the parameter count. The formulas are :mod:`ntps.sizes`'s (disk and memory alike).
     """
-    from ntps.storage import statistics_bytes, statistics_bytes_from_params
-
     shards = int((config.get("uncertainty") or {}).get("jackknife_shards", 0)) if sharded else 0
     copies = shards + 2 if shards >= 2 else 1
     record = Path(records_dir) / model / "model.json"
@@ -98,6 +98,19 @@ def statistics_mb(
     if one is None:
         one = statistics_bytes_from_params(model_n_params(config, model, records_dir))
     return math.ceil(copies * one / 1e6)
+
+
+def lora_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(model, dataset) pairs that get LoRA: enabled globally and opted out by neither side."""
+    if not config["lora"]["enabled"]:
+        return []
+    return [
+        (model["name"], dataset["name"])
+        for model in config["models"]
+        if model.get("lora", True)
+        for dataset in config["datasets"]
+        if dataset.get("lora", True)
+    ]
 
 
 def extraction_shards(config: Mapping[str, Any], dataset: str) -> int:
