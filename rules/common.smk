@@ -19,10 +19,10 @@ if (WORKFLOW_SRC / "ntps").is_dir():
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntps.config import check_model_shapes, validate_config
-from ntps.baselines import enabled_predictors, predictor_settings
 from ntps.workflow import (
     canonical,
     dataset_names,
+    enabled_predictors,
     entry_by_name,
     extraction_shards,
     fixed_layer_spec,
@@ -31,6 +31,7 @@ from ntps.workflow import (
     model_names,
     model_resources,
     model_torch_threads,
+    predictor_settings,
     score_resources,
 )
 

@@ -8,7 +8,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,34 @@ def lora_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         for dataset in config["datasets"]
         if dataset.get("lora", True)
     ]
+
+
+# What each predictor computed from features (ntps.baselines.PREDICTORS) takes from the config: its
+# keyword arguments. Here rather than in the registry, so that the rules read the config without
+# importing the estimators; a test checks that both name the same predictors.
+FEATURE_PREDICTOR_SETTINGS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "h_score": lambda config: dict(config["predictors"]["h_score"]),
+    "logme": lambda config: {},
+    "knn": lambda config: dict(config["predictors"]["knn"]),
+    # NTPS's own treatment of Cxx, so the ablation differs from NTPS only by V.
+    "perception_only": lambda config: {
+        key: config["scoring"][key] for key in ("eigen_cutoff", "ridge", "centered")
+    },
+}
+
+
+def enabled_predictors(config: Mapping[str, Any]) -> list[str]:
+    """Names in ``predictors.enabled`` of a validated config (the schema lists the known ones)."""
+    return list(config["predictors"]["enabled"])
+
+
+def predictor_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keyword arguments of every enabled predictor computed from features, by name."""
+    return {
+        name: FEATURE_PREDICTOR_SETTINGS[name](config)
+        for name in enabled_predictors(config)
+        if name in FEATURE_PREDICTOR_SETTINGS
+    }
 
 
 def extraction_shards(config: Mapping[str, Any], dataset: str) -> int:
