@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ntps.errors import ConfigError, DatasetError
+from ntps.probes import one_hot
 
 
 def _check_inputs(
@@ -46,13 +47,6 @@ def _check_inputs(
     if not np.isfinite(x).all():
         raise DatasetError("features contain NaN or inf")
     return x, y.astype(np.int64)
-
-
-def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """One-hot matrix of shape (n_samples, n_classes), float64."""
-    out = np.zeros((labels.shape[0], n_classes))
-    out[np.arange(labels.shape[0]), labels] = 1.0
-    return out
 
 
 # --------------------------------------------------------------------------------------------
