@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntps.config import check_model_shapes, validate_config
 from ntps.workflow import (
+    WORKFLOW_ONLY_KEYS,
     canonical,
     dataset_names,
     enabled_predictors,
@@ -54,7 +55,6 @@ CONDA_ENV = (
 
 MODELS = model_names(config)
 DATASETS = dataset_names(config)
-WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description", "extraction_shards")
 # Datasets extracted in S > 1 jobs per model (extract_shard, then merge_extract) and in one
 # (extract): extraction.shards, or a dataset's extraction_shards.
 SHARDED_DATASETS = [d for d in DATASETS if extraction_shards(config, d) > 1]
@@ -98,8 +98,8 @@ def dataset_spec(wildcards):
 
 
 def dataset_preparation_spec(wildcards):
-    # Workflow switches (e.g. the LoRA opt-out) are not part of the data: leaving them out keeps a
-    # change of them from re-preparing the dataset and re-running everything downstream.
+    # Workflow switches (e.g. the LoRA opt-out) and notes are not part of the data: leaving them out
+    # keeps a change of them from re-preparing the dataset and re-running everything downstream.
     spec = dataset_spec(wildcards)
     return canonical({k: v for k, v in spec.items() if k not in WORKFLOW_ONLY_KEYS})
 

@@ -17,6 +17,12 @@ from ntps.sizes import statistics_bytes, statistics_bytes_from_params
 # Fallback size when neither the config nor an acquired model record gives a parameter count.
 DEFAULT_N_PARAMS = 1_000_000_000
 
+# Keys of a dataset entry that steer the workflow or annotate the entry, but do not shape the
+# prepared table: the rule leaves them out of prepare_dataset's params, so changing one re-prepares
+# nothing, and the preparation leaves them out of the spec dataset.json records (the schema fills
+# `lora` in with its default).
+WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description", "extraction_shards")
+
 
 def model_names(config: Mapping[str, Any]) -> list[str]:
     return [entry["name"] for entry in config["models"]]
