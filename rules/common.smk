@@ -19,17 +19,20 @@ if (WORKFLOW_SRC / "ntps").is_dir():
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ntps.config import check_model_shapes, validate_config
-from ntps.baselines import enabled_predictors, predictor_settings
 from ntps.workflow import (
+    WORKFLOW_ONLY_KEYS,
     canonical,
     dataset_names,
+    enabled_predictors,
     entry_by_name,
     extraction_shards,
     fixed_layer_spec,
+    lora_pairs,
     merge_extract_mb,
     model_names,
     model_resources,
     model_torch_threads,
+    predictor_settings,
     score_resources,
 )
 
@@ -52,7 +55,6 @@ CONDA_ENV = (
 
 MODELS = model_names(config)
 DATASETS = dataset_names(config)
-WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description", "extraction_shards")
 # Datasets extracted in S > 1 jobs per model (extract_shard, then merge_extract) and in one
 # (extract): extraction.shards, or a dataset's extraction_shards.
 SHARDED_DATASETS = [d for d in DATASETS if extraction_shards(config, d) > 1]
@@ -96,8 +98,8 @@ def dataset_spec(wildcards):
 
 
 def dataset_preparation_spec(wildcards):
-    # Workflow switches (e.g. the LoRA opt-out) are not part of the data: leaving them out keeps a
-    # change of them from re-preparing the dataset and re-running everything downstream.
+    # Workflow switches (e.g. the LoRA opt-out) and notes are not part of the data: leaving them out
+    # keeps a change of them from re-preparing the dataset and re-running everything downstream.
     spec = dataset_spec(wildcards)
     return canonical({k: v for k, v in spec.items() if k not in WORKFLOW_ONLY_KEYS})
 
@@ -186,26 +188,10 @@ def statistics_output(path):
     return temp(path) if config["storage"]["statistics"] == "temp" else path
 
 
-def lora_enabled():
-    return config["lora"]["enabled"]
-
-
-def lora_pairs():
-    """(model, dataset) pairs that get LoRA: enabled globally and not opted out by either side."""
-    if not lora_enabled():
-        return []
-    return [
-        (model["name"], dataset["name"])
-        for model in config["models"]
-        if model["lora"]
-        for dataset in config["datasets"]
-        if dataset["lora"]
-    ]
-
-
 def lora_pair_outputs(pattern):
     return [
-        pattern.format(model=model, dataset=dataset) for model, dataset in lora_pairs()
+        pattern.format(model=model, dataset=dataset)
+        for model, dataset in lora_pairs(config)
     ]
 
 
@@ -238,7 +224,7 @@ def predictor_table_inputs(wildcards):
         inputs["probe_benchmarks"] = pair_outputs(
             "results/benchmarks/probe/{model}/{dataset}.tsv"
         )
-    if lora_pairs():
+    if lora_pairs(config):
         inputs.update(
             lora="results/tables/lora.csv",
             lora_correlations="results/tables/lora_correlations.csv",
@@ -253,7 +239,7 @@ def summary_inputs(wildcards):
         "correlations": "results/tables/correlations.csv",
         "reference": REFERENCE_CSV,
     }
-    if lora_pairs():
+    if lora_pairs(config):
         inputs.update(
             lora="results/tables/lora.csv",
             lora_correlations="results/tables/lora_correlations.csv",
@@ -297,7 +283,7 @@ def final_outputs():
         for ext in ("png", "pdf"):
             outputs += per_model_outputs(f"results/plots/{{model}}/{kind}.{ext}")
     outputs += ["results/plots/bounds.png", "results/plots/bounds.pdf"]
-    if lora_pairs():
+    if lora_pairs(config):
         outputs += ["results/tables/lora.csv", "results/tables/lora_correlations.csv"]
         for kind in ("ntps_vs_gain", "ntps_before_after"):
             outputs += [f"results/plots/lora/{kind}.{ext}" for ext in ("png", "pdf")]

@@ -25,6 +25,7 @@ from ntps.analysis import (
     permutation_pvalue,
     predict_gain_lodo,
     resolve_layer,
+    rows_at_setting,
     select_layer_k,
     spearman,
 )
@@ -418,8 +419,6 @@ def test_bound_check() -> None:
 
 
 def test_rows_at_setting_resolves_the_layer_per_model_depth() -> None:
-    from ntps.analysis import rows_at_setting
-
     rows = [
         {"model": model, "stage": "pre_lora", "dataset": dataset, "layer": layer, "k_label": k}
         for model, depth in (("shallow", 3), ("deep", 9))
@@ -435,3 +434,16 @@ def test_rows_at_setting_resolves_the_layer_per_model_depth() -> None:
     assert rows_at_setting(scores, "deep", -1, 8)[1] == 8
     missing, layer = rows_at_setting(scores, "deep", 0.5, 8, stage="post_lora")
     assert missing.empty and layer is None
+
+
+def test_every_public_name_resolves_to_its_module() -> None:
+    """The package imports a module on first use of one of its names (ntps/analysis/__init__.py)."""
+    import importlib
+
+    import ntps.analysis as package
+
+    for name in package.__all__:
+        module = importlib.import_module(f"ntps.analysis.{package._MODULE_OF[name]}")
+        assert getattr(package, name) is getattr(module, name), name
+    with pytest.raises(AttributeError, match="no attribute 'spearman_rho'"):
+        _ = package.spearman_rho

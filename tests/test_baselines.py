@@ -26,6 +26,7 @@ from ntps.baselines import (
 )
 from ntps.config import load_schema, validate_config
 from ntps.errors import ConfigError
+from ntps.workflow import FEATURE_PREDICTOR_SETTINGS, enabled_predictors, predictor_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -248,11 +249,12 @@ def test_registry_and_schema_name_the_same_predictors() -> None:
         assert entry.name == name
         assert (entry.compute is not None) == (entry.source == SOURCE_FEATURES)
     assert PREDICTORS["probe_accuracy"].targets == ("gain",)
+    # What each takes from the config is read by the rules, which do not import the estimators.
+    computed = [name for name, entry in PREDICTORS.items() if entry.source == SOURCE_FEATURES]
+    assert list(FEATURE_PREDICTOR_SETTINGS) == computed
 
 
 def test_config_defaults_and_settings_reach_every_feature_predictor() -> None:
-    from ntps.baselines import enabled_predictors, predictor_settings
-
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     assert enabled_predictors(config) == list(PREDICTORS)
     settings = predictor_settings(config)

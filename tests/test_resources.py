@@ -18,6 +18,7 @@ from workflow_support import run_snakemake
 
 from ntps.workflow import (
     DEFAULT_N_PARAMS,
+    lora_pairs,
     model_n_params,
     model_resources,
     model_torch_threads,
@@ -107,6 +108,17 @@ def test_parameter_count_from_config_then_record_then_default(tmp_path: Path) ->
     # A broken record falls back to the default instead of failing the DAG.
     (records / "m" / "model.json").write_text("{not json")
     assert model_n_params(study_config(), "m", str(records)) == DEFAULT_N_PARAMS
+
+
+def test_lora_pairs_leave_out_what_either_side_opts_out_of() -> None:
+    config = {
+        "lora": {"enabled": True},
+        "models": [{"name": "a"}, {"name": "b", "lora": False}],
+        "datasets": [{"name": "x"}, {"name": "y", "lora": False}, {"name": "z", "lora": True}],
+    }
+    assert lora_pairs(config) == [("a", "x"), ("a", "z")]
+    config["lora"]["enabled"] = False
+    assert lora_pairs(config) == []
 
 
 # --- what the workflow actually requests ------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ntps.io import save_tensors
+from ntps.sizes import features_bytes, statistics_bytes, statistics_values
 from ntps.stages import score_pair
 from ntps.stats import (
     LayerMoments,
@@ -20,15 +21,7 @@ from ntps.stats import (
     splice_statistics,
     unpack_symmetric,
 )
-from ntps.storage import (
-    features_bytes,
-    load_config,
-    main,
-    measure,
-    plan,
-    statistics_bytes,
-    statistics_values,
-)
+from ntps.storage import load_config, main, measure, plan
 
 SUMS = ("x_sum", "cxx_sum", "cxy_sum", "s0_sum", "s1_sum", "label_counts")
 META = {"n_layers": "3", "n_classes": "3", "dataset_fingerprint": "f" * 64}

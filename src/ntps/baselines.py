@@ -11,21 +11,22 @@ direction NTPS is read in, so every predictor is expected to correlate positivel
 probe accuracy, -MSE and -LoRA gain.
 
 :data:`PREDICTORS` is the registry the workflow reads: adding a predictor is one function here, one
-:class:`Predictor` entry and its name in ``predictors.enabled`` of the config schema (a test checks
-that the two lists agree).
+:class:`Predictor` entry, its name in ``predictors.enabled`` of the config schema and what it takes
+from the config in :data:`ntps.workflow.FEATURE_PREDICTOR_SETTINGS` (tests check that the three
+lists agree).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from ntps.errors import ConfigError, DatasetError
+from ntps.probes import one_hot
 
 
 def _check_inputs(
@@ -46,13 +47,6 @@ def _check_inputs(
     if not np.isfinite(x).all():
         raise DatasetError("features contain NaN or inf")
     return x, y.astype(np.int64)
-
-
-def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """One-hot matrix of shape (n_samples, n_classes), float64."""
-    out = np.zeros((labels.shape[0], n_classes))
-    out[np.arange(labels.shape[0]), labels] = 1.0
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,7 +407,7 @@ class Predictor:
     ``compute(features, labels, n_classes, **settings) -> float`` for ``source == "features"``;
     ``None`` for a predictor read from another stage (``source == "probes"``: the held-out probe
     accuracy column). ``targets`` lists what it is judged against (probe accuracy cannot predict
-    itself). ``settings(config)`` picks its keyword arguments from the validated config.
+    itself). What it takes from the config: :data:`ntps.workflow.FEATURE_PREDICTOR_SETTINGS`.
     """
 
     name: str
@@ -422,30 +416,23 @@ class Predictor:
     compute: Callable[..., float] | None = None
     source: str = SOURCE_FEATURES
     targets: tuple[str, ...] = ALL_TARGETS
-    settings: Callable[[Mapping[str, Any]], dict[str, Any]] = field(default=lambda config: {})
 
 
 PREDICTORS: dict[str, Predictor] = {
     p.name: p
     for p in (
         Predictor(
-            "h_score", "H-score", "Bao et al. 2019; shrinkage: Ibrahim et al. 2022",
-            h_score, settings=lambda config: dict(config["predictors"]["h_score"]),
+            "h_score", "H-score", "Bao et al. 2019; shrinkage: Ibrahim et al. 2022", h_score,
         ),
         Predictor(
             "logme", "LogME", "You et al. 2021", logme,
         ),
         Predictor(
             "knn", "kNN accuracy", "cross-validated on the train split", knn_accuracy,
-            settings=lambda config: dict(config["predictors"]["knn"]),
         ),
         Predictor(
             "perception_only", "perception only", "tr(Cxx^+ Cxy Cxy^T), NTPS without V",
             perception_only,
-            # NTPS's own treatment of Cxx, so the ablation differs from NTPS only by V.
-            settings=lambda config: {
-                key: config["scoring"][key] for key in ("eigen_cutoff", "ridge", "centered")
-            },
         ),
         Predictor(
             "probe_accuracy", "probe accuracy", "held-out linear probe (probe stage)",
@@ -463,17 +450,3 @@ def predictor(name: str) -> Predictor:
         raise ConfigError(
             f"predictors.enabled: unknown predictor {name!r}; known: {sorted(PREDICTORS)}"
         ) from None
-
-
-def enabled_predictors(config: Mapping[str, Any]) -> list[str]:
-    """Names in ``predictors.enabled`` (validated config), checked against the registry."""
-    return [predictor(name).name for name in config["predictors"]["enabled"]]
-
-
-def predictor_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Keyword arguments of every enabled predictor computed from features, by name."""
-    return {
-        name: PREDICTORS[name].settings(config)
-        for name in enabled_predictors(config)
-        if PREDICTORS[name].source == SOURCE_FEATURES
-    }

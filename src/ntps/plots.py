@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ntps.analysis import BootstrapCI, bound_check, spearman
+from ntps.analysis.checks import bound_check
+from ntps.analysis.ranks import spearman
+from ntps.analysis.resampling import BootstrapCI
 from ntps.errors import DatasetError
 from ntps.io import atomic_path
 from ntps.reference import short_model_name

@@ -121,6 +121,8 @@ def classification_metrics(
 
 
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """One-hot matrix of shape (n_samples, n_classes), float64, from integer ``labels`` of shape
+    (n_samples,) in ``0..n_classes-1``: the least-squares probe's targets."""
     out = np.zeros((labels.shape[0], n_classes), dtype=np.float64)
     out[np.arange(labels.shape[0]), labels] = 1.0
     return out

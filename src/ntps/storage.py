@@ -6,8 +6,8 @@ statistics, scores/tables/plots), the estimated disk of the whole study, which s
 ``storage.statistics: temp`` or ``uncertainty.keep_shard_statistics: false`` delete after use,
 and, with ``--measure``, the sizes of the files a finished run left in ``DIR`` beside the estimate.
 
-The size formulas live here and nowhere else (:func:`statistics_bytes` is also what
-:func:`ntps.workflow.statistics_mb` sizes job memory with). Inputs, in order of preference:
+The bytes of statistics, shards, features and adapters come from the size formulas of
+:mod:`ntps.sizes` (which also size job memory). Inputs, in order of preference:
 
 * model shape (transformer blocks L, hidden size d): the acquisition record
   (``resources/models/<model>/model.json``) or a local folder's ``config.json``
@@ -21,18 +21,9 @@ The size formulas live here and nowhere else (:func:`statistics_bytes` is also w
   else ``n_params`` x 4 bytes (GGUF is stored dequantised to float32) or x 2 (hub checkpoints as published in bf16; the
   hub cache under ``resources/cache`` holds a second copy).
 
-What the formulas count (bytes; ``S = L + 1`` hidden states, ``c`` classes, ``K`` jackknife shards,
-``N`` texts of both splits):
-
-* statistics (float64): ``8 S (3 d^2 + d c + d)``; compact (``storage.compact_statistics``):
-  ``8 S (d^2 + d(d+1) + d c + d)``, plus the safetensors header (~90 bytes per tensor);
-* jackknife shards (float32 sums): ``4 K S (3 d^2 + d c + d)`` (compact as above);
-* pooled features (float32): ``4 S d N`` plus the labels;
-* LoRA adapter: fp32 ``r (d_in + d_out)`` per adapted module, counted as 3 modules (q, k, v) of
-  ``d -> d`` per adapted block (an upper bound: grouped-query k/v are narrower), plus the head;
-* scores, probes, predictors, tables, plots, report: ~1.25 kB per (layer, k) record and stage,
-  2 kB per layer and 0.8 MB per pair, measured on the default study (below 0.1% of the total at
-  paper scale).
+Scores, probes, predictors, tables, plots and the report are counted as ~1.25 kB per (layer, k)
+record and stage, 2 kB per layer and 0.8 MB per pair, measured on the default study (below 0.1% of
+the total at paper scale).
 """
 
 from __future__ import annotations
@@ -45,6 +36,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from ntps.config import known_model_shape, validate_config
+from ntps.sizes import features_bytes, lora_adapter_bytes, statistics_bytes
+from ntps.workflow import DEFAULT_N_PARAMS, lora_pairs
 
 # (transformer blocks, hidden size) of the paper's hub models, from each repository's config.json
 # (num_hidden_layers / hidden_size; OpenELM: num_transformer_layers / model_dim).
@@ -77,7 +74,6 @@ HUB_DATASET_SIZES: dict[str, tuple[int, int, int | None]] = {
 APPROXIMATE_DATASETS = {"PriyaPatel/Bias_identification"}
 ASSUMED_TEXTS = (10_000, 2_000)
 ASSUMED_BLOCKS = 32
-HEADER_BYTES_PER_TENSOR = 90
 # Measured on the default study (2026-12-02 run): score JSON bytes per (layer, k) record, and the
 # study tables per record (scores.csv + .parquet and the rest); probes/predictors per layer.
 SCORE_RECORD_BYTES = 950
@@ -87,7 +83,6 @@ PER_LAYER_BYTES = 2_000
 PER_PAIR_REPORT_BYTES = 790_000
 # Bytes of a prepared dataset (parquet) per text, when it is not prepared yet: a rough figure.
 PREPARED_BYTES_PER_TEXT = 150
-LORA_MODULES_PER_BLOCK = 3
 # The adapter folder's small files (peft README and config, head config) and metrics.json.
 LORA_FILES_BYTES = 16_000
 
@@ -101,62 +96,6 @@ STAGES = (
     "post-LoRA statistics",
     "scores, tables, plots",
 )
-
-
-# --- formulas ------------------------------------------------------------------------------------
-
-
-def statistics_values(hidden_size: int, n_classes: int, *, compact: bool = False) -> int:
-    """Values stored per hidden state: Cxx, S0, S1 (d^2 each; Cxx and S0 as d(d+1)/2 when
-    ``compact``), Cxy (d c) and the feature sum (d)."""
-    d = hidden_size
-    symmetric = d * (d + 1) // 2 if compact else d * d
-    return 2 * symmetric + d * d + d * n_classes + d
-
-
-def statistics_bytes(
-    n_states: int,
-    hidden_size: int,
-    n_classes: int,
-    *,
-    element_bytes: int = 8,
-    compact: bool = False,
-    header: bool = True,
-) -> int:
-    """Bytes of one ``StatisticsAccumulator`` over ``n_states`` hidden states: on disk (with the
-    safetensors header) or in memory (``header=False``). ``element_bytes`` 8 for the float64
-    statistics, 4 for the float32 jackknife shards."""
-    payload = n_states * statistics_values(hidden_size, n_classes, compact=compact) * element_bytes
-    tensors = 5 * n_states + 4
-    return payload + (HEADER_BYTES_PER_TENSOR * tensors if header else 0)
-
-
-def statistics_bytes_from_params(n_params: float) -> float:
-    """Memory of one accumulator when only the parameter count is known: a transformer block has
-    ~12 d^2 weights, so S d^2 ~ n_params / 12 and 3 d^2 float64 values per state give 2 n_params
-    bytes (an overestimate for models with large embedding tables)."""
-    return 3 * 8 * n_params / 12
-
-
-def features_bytes(n_states: int, hidden_size: int, n_texts: int) -> int:
-    """Pooled float32 features of every hidden state for ``n_texts`` texts, plus int64 labels."""
-    return 4 * n_states * hidden_size * n_texts + 8 * n_texts
-
-
-def lora_adapter_bytes(
-    hidden_size: int, n_blocks: int, n_classes: int, settings: Mapping[str, Any]
-) -> int:
-    """fp32 adapter (r x (d_in + d_out) per module; q, k, v taken as d -> d) and head (c d + c)."""
-    r = int(settings.get("r", 32))
-    if settings.get("layers_to_transform"):
-        blocks = len(settings["layers_to_transform"])
-    elif settings.get("top_blocks"):
-        blocks = min(int(settings["top_blocks"]), n_blocks)
-    else:
-        blocks = n_blocks
-    modules = len(settings.get("target_modules") or ()) or LORA_MODULES_PER_BLOCK
-    adapter = blocks * modules * r * 2 * hidden_size
-    return 4 * (adapter + n_classes * hidden_size + n_classes)
 
 
 # --- inputs from the config ----------------------------------------------------------------------
@@ -181,9 +120,6 @@ class DatasetSize:
 
 def model_shape(entry: Mapping[str, Any], workdir: Path) -> ModelShape:
     """Blocks, hidden size and weight bytes of one model entry (see the module docstring)."""
-    from ntps.config import known_model_shape
-    from ntps.workflow import DEFAULT_N_PARAMS
-
     records = workdir / "resources" / "models"
     source = entry.get("source") or {}
     record_path = records / entry["name"] / "model.json"
@@ -270,19 +206,6 @@ class StageEstimate:
         self.files += 1
         if size > self.largest[1]:
             self.largest = (name, size)
-
-
-def lora_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(model, dataset) pairs that get LoRA (as rules/common.smk decides)."""
-    if not config["lora"]["enabled"]:
-        return []
-    return [
-        (m["name"], d["name"])
-        for m in config["models"]
-        if m.get("lora", True)
-        for d in config["datasets"]
-        if d.get("lora", True)
-    ]
 
 
 def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, StageEstimate]:
@@ -447,10 +370,6 @@ def format_plan(
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read and validate a config file (defaults filled in); ``key.sub=value`` YAML overrides."""
-    import yaml
-
-    from ntps.config import validate_config
-
     config = yaml.safe_load(Path(path).read_text())
     for item in overrides:
         key, _, value = item.partition("=")

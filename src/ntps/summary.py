@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ntps.analysis import baseline_position, bound_check, k_label, rows_at_setting
+from ntps.analysis.checks import baseline_position, bound_check
+from ntps.analysis.layer_k import k_label, rows_at_setting
 from ntps.reference import paper_lora_frame, short_model_name
 
 MODE_LABELS = {

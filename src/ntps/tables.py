@@ -15,14 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ntps.analysis import (
-    correlation_grid,
-    k_label,
-    paired_change,
-    predict_gain_lodo,
-    rows_at_setting,
-    select_layer_k,
-)
+from ntps.analysis.layer_k import k_label, rows_at_setting
+from ntps.analysis.prediction import paired_change, predict_gain_lodo
+from ntps.analysis.selection import correlation_grid, select_layer_k
 from ntps.io import read_json
 
 

@@ -8,14 +8,21 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ntps.errors import NTPSError
+from ntps.sizes import statistics_bytes, statistics_bytes_from_params
 
 # Fallback size when neither the config nor an acquired model record gives a parameter count.
 DEFAULT_N_PARAMS = 1_000_000_000
+
+# Keys of a dataset entry that steer the workflow or annotate the entry, but do not shape the
+# prepared table: the rule leaves them out of prepare_dataset's params, so changing one re-prepares
+# nothing, and the preparation leaves them out of the spec dataset.json records (the schema fills
+# `lora` in with its default).
+WORKFLOW_ONLY_KEYS = ("lora", "reference_name", "description", "extraction_shards")
 
 
 def model_names(config: Mapping[str, Any]) -> list[str]:
@@ -81,10 +88,8 @@ def statistics_mb(
     ``uncertainty.jackknife_shards`` = K the job holds K shard accumulators plus their merged total
     and one intermediate merge (``sharded=False``: one accumulator, as in the LoRA job's post-LoRA
     statistics). Shapes come from the acquisition record when it exists; otherwise
-    from the parameter count. The formulas are :mod:`ntps.storage`'s (disk and memory alike).
+    from the parameter count. The formulas are :mod:`ntps.sizes`'s (disk and memory alike).
     """
-    from ntps.storage import statistics_bytes, statistics_bytes_from_params
-
     shards = int((config.get("uncertainty") or {}).get("jackknife_shards", 0)) if sharded else 0
     copies = shards + 2 if shards >= 2 else 1
     record = Path(records_dir) / model / "model.json"
@@ -100,6 +105,47 @@ def statistics_mb(
     if one is None:
         one = statistics_bytes_from_params(model_n_params(config, model, records_dir))
     return math.ceil(copies * one / 1e6)
+
+
+def lora_pairs(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(model, dataset) pairs that get LoRA: enabled globally and opted out by neither side."""
+    if not config["lora"]["enabled"]:
+        return []
+    return [
+        (model["name"], dataset["name"])
+        for model in config["models"]
+        if model.get("lora", True)
+        for dataset in config["datasets"]
+        if dataset.get("lora", True)
+    ]
+
+
+# What each predictor computed from features (ntps.baselines.PREDICTORS) takes from the config: its
+# keyword arguments. Here rather than in the registry, so that the rules read the config without
+# importing the estimators; a test checks that both name the same predictors.
+FEATURE_PREDICTOR_SETTINGS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "h_score": lambda config: dict(config["predictors"]["h_score"]),
+    "logme": lambda config: {},
+    "knn": lambda config: dict(config["predictors"]["knn"]),
+    # NTPS's own treatment of Cxx, so the ablation differs from NTPS only by V.
+    "perception_only": lambda config: {
+        key: config["scoring"][key] for key in ("eigen_cutoff", "ridge", "centered")
+    },
+}
+
+
+def enabled_predictors(config: Mapping[str, Any]) -> list[str]:
+    """Names in ``predictors.enabled`` of a validated config (the schema lists the known ones)."""
+    return list(config["predictors"]["enabled"])
+
+
+def predictor_settings(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Keyword arguments of every enabled predictor computed from features, by name."""
+    return {
+        name: FEATURE_PREDICTOR_SETTINGS[name](config)
+        for name in enabled_predictors(config)
+        if name in FEATURE_PREDICTOR_SETTINGS
+    }
 
 
 def extraction_shards(config: Mapping[str, Any], dataset: str) -> int:

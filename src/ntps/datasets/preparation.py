@@ -31,6 +31,7 @@ from ntps.datasets.steps import (
 )
 from ntps.errors import ConfigError, DatasetError
 from ntps.io import provenance, write_json, write_table
+from ntps.workflow import WORKFLOW_ONLY_KEYS
 
 LOG = logging.getLogger("ntps.datasets")
 
@@ -113,11 +114,6 @@ def fingerprint_table(frame: pd.DataFrame, label_names: Sequence[str]) -> str:
 
 def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
-
-
-# Switches of the workflow that are not part of the data: accepted by the schema, not kept in the
-# normalised spec (dataset.json records what shaped the table).
-WORKFLOW_ONLY_KEYS = ("lora",)
 
 
 def normalise_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
