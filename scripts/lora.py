@@ -5,7 +5,8 @@ from pathlib import Path
 
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
-from ntps.stages import train_lora_pair, write_pair_json
+from ntps.layout import write_pair_json
+from ntps.stages.lora import train_lora_pair
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ntps.io import save_tensors
-from ntps.stages import score_pair
+from ntps.stages.score import score_pair
 from ntps.stats import (
     LayerMoments,
     StatisticsAccumulator,
