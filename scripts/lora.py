@@ -5,7 +5,8 @@ from pathlib import Path
 
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
-from ntps.stages import train_lora_pair, write_pair_json
+from ntps.layout import write_pair_json
+from ntps.stages.lora import train_lora_pair
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):
@@ -25,8 +26,7 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         out_stats=snakemake.output.stats,
         probe_head_path=snakemake.input.probe_head,
         prompt_format=snakemake.params.prompt_format,
-        # Read from the config, not a param: toggling the bar must not retrain (rerun-triggers).
-        progress=snakemake.config["extraction"]["progress"],
+        progress=snakemake.params.progress,
     )
     write_pair_json(
         snakemake.output.metrics, snakemake.wildcards.model, snakemake.wildcards.dataset, metrics

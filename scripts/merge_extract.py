@@ -2,7 +2,7 @@
 
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
-from ntps.stages import merge_extract_parts
+from ntps.stages.extract import merge_extract_parts
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):

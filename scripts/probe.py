@@ -3,7 +3,8 @@
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
 from ntps.io import read_json
-from ntps.stages import probe_pair, write_pair_json
+from ntps.layout import write_pair_json
+from ntps.stages.probe import probe_pair
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):

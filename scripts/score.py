@@ -2,7 +2,8 @@
 
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
-from ntps.stages import score_pair, write_pair_json
+from ntps.layout import write_pair_json
+from ntps.stages.score import score_pair
 from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):

@@ -268,7 +268,8 @@ def test_stages_refuse_a_table_that_no_longer_matches_its_fingerprint(
 ) -> None:
     """Extraction and LoRA read the prepared table through load_prepared: a table edited after
     preparation fails with the dataset's name before any model is loaded."""
-    from ntps.stages import extract_pair, train_lora_pair
+    from ntps.stages.extract import extract_pair
+    from ntps.stages.lora import train_lora_pair
 
     rows = [{"text": f"text number {i}", "y": ["a", "b"][i % 2]} for i in range(20)]
     spec = {

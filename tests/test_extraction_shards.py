@@ -29,13 +29,9 @@ from ntps.datasets import prepare_dataset, write_prepared
 from ntps.errors import NTPSError
 from ntps.extract import balanced_ranges, batch_costs, plan_batches
 from ntps.io import load_tensor_metadata, load_tensors
-from ntps.stages import (
-    PART_RECORD_KEY,
-    extract_pair,
-    extract_part,
-    merge_extract_parts,
-    score_pair,
-)
+from ntps.layout import PART_RECORD_KEY
+from ntps.stages.extract import extract_pair, extract_part, merge_extract_parts
+from ntps.stages.score import score_pair
 from ntps.stats import (
     StatisticsAccumulator,
     check_partition,

@@ -1,4 +1,5 @@
-"""The predictors stage (ntps.predictors): per-pair job, tables, judgement beside NTPS, plot, summary."""
+"""The predictors stage: per-pair job (ntps.stages.predictors), tables and judgement beside NTPS
+(ntps.predictors), plot, summary."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ import torch
 
 from ntps.baselines import h_score, knn_accuracy
 from ntps.io import save_tensors, write_json
+from ntps.layout import NTPS
 from ntps.plots import plot_predictors
 from ntps.predictors import (
     NO_K,
-    NTPS,
     PREDICTOR_COLUMNS,
     judge_predictors,
     predictor_costs_table,
     predictor_values_table,
-    predictors_pair,
     predictors_table,
 )
+from ntps.stages.predictors import predictors_pair
 from ntps.summary import predictor_lines
 
 ANALYSIS = {"n_bootstrap": 200, "n_permutations": 200, "seed": 0}

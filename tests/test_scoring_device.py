@@ -16,7 +16,7 @@ from test_uncertainty import sharded, synthetic_texts
 
 from ntps.errors import ConfigError
 from ntps.io import save_tensors
-from ntps.stages import score_layer_with_se, score_pair, scoring_device
+from ntps.stages.score import score_layer_with_se, score_pair, scoring_device
 from ntps.stats import shards_to_tensors
 
 K_GRID = [0.25, 0.5, 0.75, 1, 3]
@@ -103,20 +103,27 @@ def test_without_the_released_column_only_that_column_changes(statistics) -> Non
         }
 
 
-def test_one_shard_view_gives_exactly_the_jackknife_replicate(statistics) -> None:
+def test_replicates_read_one_at_a_time_from_open_files_are_exactly_the_jackknife_moments(
+    statistics,
+) -> None:
+    # The score job reads each layer once (layer_tensors) and the shards lazily from the open
+    # file, one replicate at a time; the in-memory dicts give every replicate at once.
     from safetensors import safe_open
 
-    from ntps.stages import OneShard
-    from ntps.stats import jackknife_moments
+    from ntps.stats import jackknife_moments, jackknife_replicates, layer_tensors
 
-    _, shards_path, tensors, shard_tensors = statistics
-    with safe_open(str(shards_path), framework="pt") as handle:
-        for shards in (shard_tensors, handle):
-            for layer in range(2):
-                everything = jackknife_moments(tensors, shards, layer)
-                assert len(everything) == 4
-                for j, expected in enumerate(everything):
-                    (got,) = jackknife_moments(tensors, OneShard(shards, j), layer)
-                    for name in ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean"):
-                        assert torch.equal(getattr(got, name), getattr(expected, name)), name
-                    assert (got.n_examples, got.n_pairs) == (expected.n_examples, expected.n_pairs)
+    stats_path, shards_path, tensors, shard_tensors = statistics
+    with (
+        safe_open(str(stats_path), framework="pt") as total,
+        safe_open(str(shards_path), framework="pt") as shards,
+    ):
+        for layer in range(2):
+            everything = jackknife_moments(tensors, shard_tensors, layer)
+            assert len(everything) == 4
+            one_layer = layer_tensors(total, layer)
+            assert all(key.startswith(f"layer{layer}.") or "." not in key for key in one_layer)
+            lazy = jackknife_replicates(one_layer, shards, layer)
+            for got, expected in zip(lazy, everything, strict=True):
+                for name in ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean"):
+                    assert torch.equal(getattr(got, name), getattr(expected, name)), name
+                assert (got.n_examples, got.n_pairs) == (expected.n_examples, expected.n_pairs)

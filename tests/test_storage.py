@@ -10,7 +10,7 @@ import torch
 
 from ntps.io import save_tensors
 from ntps.sizes import features_bytes, statistics_bytes, statistics_values
-from ntps.stages import score_pair
+from ntps.stages.score import score_pair
 from ntps.stats import (
     LayerMoments,
     StatisticsAccumulator,

@@ -1,14 +1,13 @@
-"""Transferability baselines in the workflow: the per-pair job, tidy tables, and their judgement
-beside NTPS with the same machinery (:func:`ntps.analysis.select_layer_k`).
+"""Transferability baselines in the study's tables: tidy tables of the predictors' values and
+costs, and their judgement beside NTPS with the same machinery
+(:func:`ntps.analysis.select_layer_k`).
 
-The estimators themselves are pure functions in :mod:`ntps.baselines`; this module reads the cached
-features, times each estimator, and turns per-pair records into tables.
+The estimators themselves are pure functions in :mod:`ntps.baselines`; the per-pair job that
+computes and times them on the cached features is :mod:`ntps.stages.predictors`.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,13 @@ import numpy as np
 import pandas as pd
 
 from ntps.analysis import select_layer_k
-from ntps.baselines import PREDICTORS, SOURCE_FEATURES, predictor, preload
-from ntps.errors import NTPSError, NumericalError
-from ntps.io import provenance, read_json
-from ntps.stages import feature_key, input_provenance
-from ntps.tables import n_layers_by_model, pair_from_path, pair_of
-
-LOG = logging.getLogger("ntps")
+from ntps.baselines import PREDICTORS, SOURCE_FEATURES
+from ntps.io import read_json
+from ntps.layout import NTPS, pair_of
+from ntps.tables import n_layers_by_model, pair_from_path
 
 #: k label of a predictor without k: only the layer is chosen.
 NO_K = "-"
-#: NTPS's rows in the predictors table.
-NTPS = "ntps"
 #: The workflow job whose values each kind of predictor comes from (column ``job``).
 JOB_OF = {NTPS: "score", "probes": "probe", SOURCE_FEATURES: "predictors"}
 
@@ -45,104 +39,6 @@ PREDICTOR_COLUMNS = (
     "n_datasets", "rho", "tau", "ci_low", "ci_high", "n_boot_used", "p_value", "seconds_per_pair",
     "job", "job_seconds_per_pair",
 )  # fmt: skip
-
-
-# --- config ---------------------------------------------------------------------------------
-
-
-# --- the per-pair job -----------------------------------------------------------------------
-
-
-def predictors_pair(
-    features_path: str | Path,
-    n_classes: int,
-    settings: Mapping[str, Mapping[str, Any]],
-    where: str = "",
-    stats_path: str | Path | None = None,
-    ntps_settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Every predictor in ``settings`` on every layer's cached TRAIN features of one pair.
-
-    ``settings`` maps predictor name -> keyword arguments (:func:`ntps.baselines.predictor_settings`). Each
-    predictor's compute time over all layers is recorded under ``seconds`` (features already in
-    memory; the time to read them is ``load_seconds``). With ``stats_path`` and ``ntps_settings``
-    (``k_grid``, ``eigen_cutoff``, ``ridge``, ``centered``) NTPS is scored again from the cached statistics
-    for its time only, under the same conditions (``seconds["ntps"]``: every layer and k; the score
-    job's own wall time includes start-up and reading). ``where`` ("model x dataset") prefixes
-    error messages.
-    """
-    from safetensors import safe_open
-
-    preload()
-    records: list[dict[str, Any]] = []
-    seconds = dict.fromkeys(settings, 0.0)
-    load_seconds = 0.0
-    with safe_open(str(features_path), framework="pt") as handle:
-        meta = handle.metadata()
-        n_layers = int(meta["n_layers"])
-        labels = handle.get_tensor("train.labels").numpy()
-        hidden_size = 0
-        for layer in range(n_layers):
-            started = time.perf_counter()
-            x = handle.get_tensor(feature_key("train", layer)).numpy().astype(np.float64)
-            load_seconds += time.perf_counter() - started
-            hidden_size = int(x.shape[1])
-            for name, kwargs in settings.items():
-                started = time.perf_counter()
-                try:
-                    value = predictor(name).compute(x, labels, n_classes, **kwargs)
-                except NTPSError as exc:
-                    raise type(exc)(f"{where}: predictor {name!r}, layer {layer}: {exc}") from exc
-                except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
-                    raise NumericalError(
-                        f"{where}: predictor {name!r} failed on layer {layer} "
-                        f"({type(exc).__name__}: {exc}); check the layer's features in "
-                        f"{features_path}"
-                    ) from exc
-                seconds[name] += time.perf_counter() - started
-                records.append({"layer": layer, "predictor": name, "value": value})
-    if stats_path is not None and ntps_settings is not None:
-        seconds[NTPS] = time_ntps(stats_path, n_layers, ntps_settings)
-    for name, spent in seconds.items():
-        LOG.info("%s: %d layers in %.3f s", name, n_layers, spent)
-    return {
-        "n_layers": n_layers,
-        "n_train": int(labels.shape[0]),
-        "hidden_size": hidden_size,
-        "n_classes": n_classes,
-        "predictors": list(settings),
-        "settings": {name: dict(kwargs) for name, kwargs in settings.items()},
-        "records": records,
-        "seconds": seconds,
-        "load_seconds": load_seconds,
-        "provenance": provenance(**input_provenance(meta)),
-    }
-
-
-def time_ntps(stats_path: str | Path, n_layers: int, ntps_settings: Mapping[str, Any]) -> float:
-    """Seconds :func:`ntps.scores.score_layer` takes over all layers and the whole k grid, with each
-    layer's statistics already in memory (the scores themselves come from the score job). The
-    released-convention column and the jackknife replicates are left out: they qualify NTPS, the
-    pre-screen itself does not need them."""
-    from safetensors import safe_open
-
-    from ntps.scores import score_layer
-    from ntps.stats import LayerMoments
-
-    spent = 0.0
-    kwargs = {
-        "tol": ntps_settings["eigen_cutoff"],
-        "ridge": ntps_settings["ridge"],
-        "centered": ntps_settings["centered"],
-        "released": False,
-    }
-    with safe_open(str(stats_path), framework="pt") as handle:
-        for layer in range(n_layers):
-            moments = LayerMoments.from_tensors(handle, layer)
-            started = time.perf_counter()
-            score_layer(moments, ntps_settings["k_grid"], **kwargs)
-            spent += time.perf_counter() - started
-    return spent
 
 
 # --- tables ---------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ is O(L d^2) whatever the number of texts, and two accumulators merge exactly by 
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +19,19 @@ import torch
 from torch import Tensor
 
 from ntps.errors import DatasetError, NTPSError, NumericalError
+from ntps.layout import (
+    N_SHARDS_KEY,
+    PACKED_SUFFIX,
+    STATISTICS_KEY_RE,
+    is_count_key,
+    shard_prefix,
+    statistics_key,
+    statistics_prefix,
+)
 
 _F64 = torch.float64
 _LAYER_SUMS = ("x_sum", "cxx_sum", "cxy_sum", "s0_sum", "s1_sum")
 _COUNTS = ("n_examples", "n_pairs", "n_texts")
-_KEY_RE = re.compile(r"^layer(\d+)\.(\w+)$")
 # float32 products are accumulated into float64 every this many rows: bounds the length of any
 # float32 summation, which keeps the accumulated moments within ~1e-7 relative of float64.
 _PRODUCT_CHUNK_ROWS = 512
@@ -48,6 +56,10 @@ def masked_mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
         m[..., None], hidden.to(dtype), torch.zeros((), dtype=dtype, device=hidden.device)
     )
     return h.sum(1) / lengths[:, None].to(dtype)
+
+
+#: The tensor fields of :class:`LayerMoments`.
+_MOMENT_TENSORS = ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean")
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,12 @@ class LayerMoments:
     @property
     def n_classes(self) -> int:
         return int(self.cxy.shape[1])
+
+    def to(self, device: torch.device | str) -> LayerMoments:
+        """The same moments with every tensor on ``device``."""
+        return dataclasses.replace(
+            self, **{name: getattr(self, name).to(device) for name in _MOMENT_TENSORS}
+        )
 
     @classmethod
     def from_sums(
@@ -122,7 +140,7 @@ class LayerMoments:
         get = _getter(tensors)
         sums = {}
         for name in _LAYER_SUMS:
-            key = f"layer{layer}.{name}"
+            key = statistics_key(layer, name)
             try:
                 sums[name] = get(key)
             except KeyError as exc:
@@ -168,12 +186,20 @@ def _getter(tensors: Any):
     return get
 
 
+def layer_tensors(tensors: Any, layer: int) -> dict[str, Tensor]:
+    """One hidden state's stored statistics and the counts shared by all, read into memory as
+    stored (full or compact form; :func:`_getter` unpacks on reading): a layer read once from an
+    open safetensors handle (or picked from a dict) for everything computed from it."""
+    get = tensors.get_tensor if hasattr(tensors, "get_tensor") else tensors.__getitem__
+    prefix = statistics_prefix(layer)
+    return {key: get(key) for key in tensors.keys() if key.startswith(prefix) or is_count_key(key)}
+
+
 # --- compact storage: the upper triangle of the symmetric sums ---------------------------------
 
 # Cxx and S0 are symmetric: stored compactly, each keeps its upper triangle only (d(d+1)/2 of d^2
-# values), under the key ``<name>.triu``.
+# values), under the key ``<name>.triu`` (ntps.layout.PACKED_SUFFIX).
 SYMMETRIC_SUMS = ("cxx_sum", "s0_sum")
-PACKED_SUFFIX = ".triu"
 
 
 def _triu_size_to_d(n: int) -> int:
@@ -228,7 +254,7 @@ def is_packed(keys: Any) -> bool:
 
 def stored_layers(keys: Any) -> list[int]:
     """Sorted layer indices present in a ``to_tensors`` key set (e.g. a safetensors handle's keys)."""
-    found = {int(m.group(1)) for k in keys if (m := _KEY_RE.match(k))}
+    found = {int(m.group(1)) for k in keys if (m := STATISTICS_KEY_RE.match(k))}
     return sorted(found)
 
 
@@ -467,7 +493,7 @@ class StatisticsAccumulator:
         out: dict[str, Tensor] = {}
         for li in range(self.n_layers):
             for name in _LAYER_SUMS:
-                out[f"layer{li}.{name}"] = getattr(self, name)[li].contiguous()
+                out[statistics_key(li, name)] = getattr(self, name)[li].contiguous()
         out["label_counts"] = self.label_counts.clone()
         for name in _COUNTS:
             out[name] = torch.tensor([getattr(self, name)], dtype=torch.int64)
@@ -491,7 +517,7 @@ class StatisticsAccumulator:
             if name not in tensors:
                 raise NTPSError(f"statistics have no key {name!r}")
         get = _getter(tensors)
-        first = tensors["layer0.cxy_sum"]
+        first = tensors[statistics_key(0, "cxy_sum")]
         d, c = first.shape
         dev = torch.device(device) if device is not None else first.device
         acc = cls(len(layers), d, c, device=dev, product_dtype=product_dtype)
@@ -501,7 +527,7 @@ class StatisticsAccumulator:
             target = getattr(acc, name)
             for li in layers:
                 try:
-                    value = get(f"layer{li}.{name}")
+                    value = get(statistics_key(li, name))
                 except KeyError as exc:
                     raise NTPSError(f"statistics have no key {exc.args[0]!r}") from None
                 if value.shape != target.shape[1:]:
@@ -556,10 +582,10 @@ def splice_statistics(
         raise NTPSError("label counts differ between the base and the upper statistics")
     get = _getter(base)
     upper.symmetrize_()  # as every stored statistic (StatisticsAccumulator.to_tensors)
-    out = {key: value for key, value in base.items() if not key.startswith("layer")}
+    out = {key: value for key, value in base.items() if is_count_key(key)}
     for layer in layers:
         for name in _LAYER_SUMS:
-            key = f"layer{layer}.{name}"
+            key = statistics_key(layer, name)
             if layer < first_state:
                 out[key] = get(key)
             else:
@@ -668,44 +694,53 @@ def shards_to_tensors(
     """
     if compact:
         return pack_statistics(shards_to_tensors(shards))
-    out: dict[str, Tensor] = {"n_shards": torch.tensor([len(shards)], dtype=torch.int64)}
+    out: dict[str, Tensor] = {N_SHARDS_KEY: torch.tensor([len(shards)], dtype=torch.int64)}
     for j, shard in enumerate(shards):
         for key, value in shard.to_tensors().items():
-            if _KEY_RE.match(key):
+            if STATISTICS_KEY_RE.match(key):
                 value = value.to(torch.float32)
-            out[f"shard{j}.{key}"] = value
+            out[shard_prefix(j) + key] = value
     return out
 
 
-def jackknife_moments(total: Any, shards: Any, layer: int) -> list[LayerMoments]:
-    """Leave-one-shard-out moments of one layer: ``total - shard_j`` for j = 0..K-1.
+def shard_count(shards: Any) -> int:
+    """K, the number of jackknife shards in :func:`shards_to_tensors` keys (a dict or an open
+    safetensors handle)."""
+    return int(_getter(shards)(N_SHARDS_KEY).reshape(-1)[0])
+
+
+def jackknife_replicates(total: Any, shards: Any, layer: int) -> Iterator[LayerMoments]:
+    """Leave-one-shard-out moments of one layer, ``total - shard_j`` for j = 0..K-1, one at a time.
 
     ``total`` holds :meth:`StatisticsAccumulator.to_tensors` keys, ``shards`` the keys of
-    :func:`shards_to_tensors`; either may be a dict or an open safetensors handle.
+    :func:`shards_to_tensors`; either may be a dict or an open safetensors handle. A consumer that
+    keeps only what it computes from each replicate holds one in memory, not K (K of them are K x
+    the layer's statistics).
     """
     get_total, get_shard = _getter(total), _getter(shards)
-    n_shards = int(get_shard("n_shards").reshape(-1)[0])
-    sums = {name: get_total(f"layer{layer}.{name}").to(_F64) for name in _LAYER_SUMS}
+    n_shards = shard_count(shards)
+    sums = {name: get_total(statistics_key(layer, name)).to(_F64) for name in _LAYER_SUMS}
     counts = {name: int(get_total(name).reshape(-1)[0]) for name in _COUNTS}
     label_counts = get_total("label_counts").to(torch.int64)
-    out = []
     for j in range(n_shards):
-        prefix = f"shard{j}."
+        prefix = shard_prefix(j)
         rest = {
-            name: sums[name] - get_shard(f"{prefix}layer{layer}.{name}").to(_F64)
+            name: sums[name] - get_shard(prefix + statistics_key(layer, name)).to(_F64)
             for name in _LAYER_SUMS
         }
         rest_counts = {
             name: counts[name] - int(get_shard(prefix + name).reshape(-1)[0]) for name in _COUNTS
         }
-        out.append(
-            LayerMoments.from_sums(
-                rest,
-                label_counts - get_shard(prefix + "label_counts").to(torch.int64),
-                rest_counts["n_examples"],
-                rest_counts["n_pairs"],
-                rest_counts["n_texts"],
-                layer,
-            )
+        yield LayerMoments.from_sums(
+            rest,
+            label_counts - get_shard(prefix + "label_counts").to(torch.int64),
+            rest_counts["n_examples"],
+            rest_counts["n_pairs"],
+            rest_counts["n_texts"],
+            layer,
         )
-    return out
+
+
+def jackknife_moments(total: Any, shards: Any, layer: int) -> list[LayerMoments]:
+    """All K leave-one-shard-out moments of one layer at once (:func:`jackknife_replicates`)."""
+    return list(jackknife_replicates(total, shards, layer))

@@ -19,6 +19,7 @@ from ntps.analysis.layer_k import k_label, rows_at_setting
 from ntps.analysis.prediction import paired_change, predict_gain_lodo
 from ntps.analysis.selection import correlation_grid, select_layer_k
 from ntps.io import read_json
+from ntps.layout import pair_of
 
 
 def pair_from_path(path: str | Path) -> tuple[str, str]:
@@ -26,11 +27,6 @@ def pair_from_path(path: str | Path) -> tuple[str, str]:
     their pair themselves (Snakemake benchmark files)."""
     p = Path(path)
     return p.parent.name, p.stem
-
-
-def pair_of(record: Mapping[str, Any]) -> tuple[str, str]:
-    """(model, dataset) of a per-pair JSON (stages.write_pair_json puts them in every one)."""
-    return str(record["model"]), str(record["dataset"])
 
 
 # --- per-pair records -----------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Job bodies of the per-pair stages: extraction, scoring, probes, LoRA.
+"""Job body of the extraction (rules/extract.smk): one forward pass over a pair's texts, in one
+job (:func:`extract_pair`) or in S extraction shards (:func:`extract_part`) merged into the same
+files (:func:`merge_extract_parts`).
 
-Each function reads one (model, dataset) pair's inputs, calls the maths and writes or returns what
-the job's script writes, so every stage can also be run (and tested) from Python without Snakemake.
-Study-level tables (across pairs) are in :mod:`ntps.tables`; the predictors stage is in
-:mod:`ntps.predictors`.
+The outputs (statistics, their jackknife shards, pooled features, extract.json) are laid out as
+:mod:`ntps.layout` says; the statistics are :mod:`ntps.stats` accumulators.
 """
 
 from __future__ import annotations
@@ -18,24 +18,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors import safe_open
 
-from ntps.io import (
-    load_tensor_metadata,
-    load_tensors,
-    provenance,
-    read_json,
-    save_tensors,
-    write_json,
+from ntps.errors import DatasetError, NTPSError
+from ntps.io import load_tensor_metadata, provenance, read_json, save_tensors, write_json
+from ntps.layout import (
+    DATASET_FINGERPRINT_KEY,
+    JACKKNIFE_KEY,
+    N_CLASSES_KEY,
+    N_LAYERS_KEY,
+    PART_RECORD_KEY,
+    feature_key,
+    index_key,
+    labels_key,
+    n_feature_layers,
+    part_statistics_prefix,
+    tensor_metadata,
+)
+from ntps.regime import regime, regime_warning
+from ntps.stats import (
+    StatisticsAccumulator,
+    check_partition,
+    merge_parts,
+    shard_assignment,
+    shards_to_tensors,
 )
 
 LOG = logging.getLogger("ntps")
-
-
-# --- extraction -----------------------------------------------------------------------------
-
-
-def feature_key(split: str, layer: int) -> str:
-    return f"{split}.layer{layer}"
 
 
 def extract_pair(
@@ -89,7 +99,7 @@ class _Extraction:
     """What one extraction job (the whole pair or one extraction shard) computed."""
 
     results: dict[str, Any]  # split -> ntps.extract.ExtractionResult
-    features: dict[str, Any]  # feature_key(split, layer) and "{split}.labels" -> tensors
+    features: dict[str, Any]  # feature_key(split, layer), labels_key(split) -> tensors
     n_classes: int
     fingerprint: str
     device: Any
@@ -109,10 +119,9 @@ def _run_extraction(
 ) -> _Extraction:
     """Load the prepared table and the model, and extract ``splits`` (all of each, or one part).
     The acquisition record (``model_record_path``) gives the model's load options."""
-    import torch
-
+    # Only the jobs that run the model need these (pandas and the model loaders, ~0.7 s of
+    # imports): the merge job of the same rule file imports this module without them.
     from ntps.datasets import load_prepared
-    from ntps.errors import DatasetError
     from ntps.extract import extract_features
     from ntps.models import load_for_inference, resolve_device, resolve_dtype
     from ntps.text import check_prompt_format
@@ -182,8 +191,8 @@ def _run_extraction(
             features[feature_key(split, layer)] = result.pooled[layer]
         if result.indices is not None:
             labels = labels[result.indices]
-            features[f"{split}.index"] = torch.tensor(result.indices, dtype=torch.int64)
-        features[f"{split}.labels"] = torch.from_numpy(labels.copy())
+            features[index_key(split)] = torch.tensor(result.indices, dtype=torch.int64)
+        features[labels_key(split)] = torch.from_numpy(labels.copy())
         results[split] = result
         LOG.info("%s: %s", split, result.summary())
     return _Extraction(
@@ -206,28 +215,19 @@ def _write_extraction(
     out_record: str | Path,
 ) -> dict[str, Any]:
     """Write the four outputs of a pair's extraction (one job, or the merge of its shards)."""
-    n_layers = sum(1 for key in features if key.startswith("train.layer"))
+    n_layers = n_feature_layers(features, "train")
     hidden_size = int(features[feature_key("train", 0)].shape[1])
     diagnostics = regime_diagnostics(accumulator, hidden_size)
     if diagnostics["warning"]:
         LOG.warning("REGIME: %s", diagnostics["warning"])
-    # Carried in the tensors' metadata, so score and probe outputs name the data and model they
-    # came from without another input file.
-    meta = {
-        "n_layers": str(n_layers),
-        "n_classes": str(n_classes),
-        "dataset_fingerprint": fingerprint,
-        "model_provenance": json.dumps(
-            model_record.get("provenance") if model_record else None, sort_keys=True
-        ),
-    }
+    meta = tensor_metadata(
+        n_layers, n_classes, fingerprint, model_record.get("provenance") if model_record else None
+    )
     # storage.compact_statistics (in the job's settings): Cxx and S0 as upper triangles, read back
     # transparently.
     compact = bool(record["settings"].get("compact_statistics", False))
     save_tensors(out_stats, accumulator.to_tensors(compact=compact), meta)
     if out_shards is not None:
-        from ntps.stats import shards_to_tensors
-
         save_tensors(out_shards, shards_to_tensors(shards, compact=compact), meta)
     save_tensors(out_features, features, meta)
     full_record = {
@@ -245,10 +245,6 @@ def _write_extraction(
 
 
 # --- extraction in shards: one job per part of the batch plan, then a merge ------------------
-
-#: Safetensors metadata key of an extraction shard's record (JSON).
-PART_RECORD_KEY = "extraction_shard"
-_JACKKNIFE_PREFIX = "jk{}."
 
 
 def extract_part(
@@ -273,8 +269,6 @@ def extract_part(
     train text (``train.jackknife``), and in its metadata the provenance record: model,
     dataset fingerprint, settings, part index/count and batch ranges. Returns that record.
     """
-    import torch
-
     index, count = part
     if not 0 <= index < count or count < 2:
         raise ValueError(
@@ -291,15 +285,13 @@ def extract_part(
     fed = [j for j, acc in enumerate(train.shards or []) if acc.n_texts > 0]
     for j in fed:
         for key, value in train.shards[j].to_tensors().items():
-            tensors[_JACKKNIFE_PREFIX.format(j) + key] = value
+            tensors[part_statistics_prefix(j) + key] = value
     if n_jackknife >= 2:
-        from ntps.stats import shard_assignment
-
         n_train = train.n_texts_split
         assignment = torch.tensor(
             shard_assignment(n_train, n_jackknife, int(settings.get("jackknife_seed", 0)))
         )
-        tensors["train.jackknife"] = assignment[tensors["train.index"]]
+        tensors[JACKKNIFE_KEY] = assignment[tensors[index_key("train")]]
     model_record = read_json(model_record_path) if model_record_path else None
     record = {
         "part": index,
@@ -323,9 +315,9 @@ def extract_part(
         "provenance": provenance(),
     }
     meta = {
-        "n_layers": str(train.pooled.shape[0]),
-        "n_classes": str(run.n_classes),
-        "dataset_fingerprint": run.fingerprint,
+        N_LAYERS_KEY: str(train.pooled.shape[0]),
+        N_CLASSES_KEY: str(run.n_classes),
+        DATASET_FINGERPRINT_KEY: run.fingerprint,
         PART_RECORD_KEY: json.dumps(record, sort_keys=True),
     }
     save_tensors(out_part, tensors, meta)
@@ -378,12 +370,6 @@ def merge_extract_parts(
     (:func:`ntps.stats.merge_parts`). ``extract.json`` adds ``extraction_shards``: each part's
     device, batch ranges, times and provenance.
     """
-    import torch
-    from safetensors import safe_open
-
-    from ntps.errors import NTPSError
-    from ntps.stats import StatisticsAccumulator, check_partition, merge_parts, shard_assignment
-
     settings = {k: v for k, v in settings.items() if k != "progress"}
     records = []
     for path in part_paths:
@@ -423,21 +409,21 @@ def merge_extract_parts(
             if len(values) != 1:
                 raise NTPSError(f"{pair}: extraction shards disagree on {split} {name}: {values}")
 
-    n_layers = int(load_tensor_metadata(part_paths[0])["n_layers"])
+    n_layers = int(load_tensor_metadata(part_paths[0])[N_LAYERS_KEY])
     n_jackknife = int(settings.get("jackknife_shards", 0))
     features: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         handles = [stack.enter_context(safe_open(str(p), framework="pt")) for p in part_paths]
         for split in splits:
             n = records[0]["splits"][split]["n_texts_split"]
-            indices = [h.get_tensor(f"{split}.index") for h in handles]
+            indices = [h.get_tensor(index_key(split)) for h in handles]
             check_partition([i.tolist() for i in indices], n, f"{pair}: {split} texts")
             if split == "train" and n_jackknife >= 2:
                 want = torch.tensor(
                     shard_assignment(n, n_jackknife, int(settings.get("jackknife_seed", 0)))
                 )
                 for number, (h, idx) in enumerate(zip(handles, indices, strict=True)):
-                    if not torch.equal(h.get_tensor("train.jackknife"), want[idx]):
+                    if not torch.equal(h.get_tensor(JACKKNIFE_KEY), want[idx]):
                         raise NTPSError(
                             f"{pair}: extraction shard {number} assigned its train texts to "
                             "other jackknife shards than the whole split's assignment"
@@ -451,13 +437,13 @@ def merge_extract_parts(
                 features[key] = out
             labels = torch.empty(n, dtype=torch.int64)
             for h, idx in zip(handles, indices, strict=True):
-                labels[idx] = h.get_tensor(f"{split}.labels")
-            features[f"{split}.labels"] = labels
+                labels[idx] = h.get_tensor(labels_key(split))
+            features[labels_key(split)] = labels
 
         def parts():  # one accumulator read at a time, layer by layer, beside the running sums
             for h, record in zip(handles, records, strict=True):
                 for j in record["jackknife_shards_fed"]:
-                    lazy = _PrefixedTensors(h, _JACKKNIFE_PREFIX.format(j))
+                    lazy = _PrefixedTensors(h, part_statistics_prefix(j))
                     yield {j: StatisticsAccumulator.from_tensors(lazy)}
 
         total, shards = merge_parts(parts(), n_jackknife)
@@ -491,7 +477,7 @@ def merge_extract_parts(
         total,
         shards,
         features,
-        n_classes=int(load_tensor_metadata(part_paths[0])["n_classes"]),
+        n_classes=int(load_tensor_metadata(part_paths[0])[N_CLASSES_KEY]),
         fingerprint=dataset_record["fingerprint"],
         model_record=model_record,
         record={
@@ -520,10 +506,6 @@ def merge_extract_parts(
 
 def regime_diagnostics(accumulator: Any, hidden_size: int) -> dict[str, Any]:
     """N_train, d, the numerical rank of Cxx per hidden state, the regime and its warning."""
-    import torch
-
-    from ntps.regime import regime, regime_warning
-
     n_train = int(accumulator.n_examples)
     ranks = [
         int(torch.linalg.matrix_rank(accumulator.cxx_sum[layer], hermitian=True))
@@ -535,404 +517,3 @@ def regime_diagnostics(accumulator: Any, hidden_size: int) -> dict[str, Any]:
         "regime": regime(n_train, hidden_size),
         "warning": regime_warning(n_train, hidden_size),
     }
-
-
-def input_provenance(meta: Mapping[str, str]) -> dict[str, Any]:
-    """Dataset fingerprint and model provenance recorded by extract_pair in the tensors' metadata."""
-    out: dict[str, Any] = {}
-    if "dataset_fingerprint" in meta:
-        out["dataset_fingerprint"] = meta["dataset_fingerprint"]
-    if "model_provenance" in meta:
-        out["model_provenance"] = json.loads(meta["model_provenance"])
-    return out
-
-
-# --- scoring --------------------------------------------------------------------------------
-
-
-class OneShard:
-    """Shard ``j`` of a set of jackknife shards, seen as a set of one shard.
-
-    ``jackknife_moments(total, OneShard(shards, j), layer)`` is ``[total - shard_j]``: the same
-    arithmetic as the j-th element of ``jackknife_moments(total, shards, layer)``, without holding
-    the other K - 1 replicates. ``shards`` is a dict or an open safetensors handle.
-    """
-
-    def __init__(self, shards: Any, j: int) -> None:
-        self._get = shards.get_tensor if hasattr(shards, "get_tensor") else shards.__getitem__
-        self._prefix = f"shard{j}."
-        self._keys = {"n_shards"} | {
-            "shard0." + key[len(self._prefix) :]
-            for key in shards.keys()
-            if key.startswith(self._prefix)
-        }
-
-    def keys(self) -> set[str]:
-        return self._keys
-
-    def get_tensor(self, key: str) -> Any:
-        import torch
-
-        if key == "n_shards":
-            return torch.tensor([1], dtype=torch.int64)
-        if key not in self._keys:
-            raise KeyError(key)
-        return self._get(self._prefix + key.removeprefix("shard0."))
-
-
-#: The tensor fields of :class:`ntps.stats.LayerMoments`, moved to the scoring device.
-_MOMENT_TENSORS = ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean")
-
-
-def scoring_device(spec: str | None = "auto") -> Any:
-    """The torch device a scoring job runs on: ``auto`` = CUDA when the job sees a GPU, else CPU.
-
-    ``spec`` is the config's ``extraction.device`` (one setting for every job that can use a GPU).
-    ``cuda`` without a usable GPU raises :class:`ntps.errors.ConfigError` before any work.
-    """
-    import torch
-
-    from ntps.errors import ConfigError
-    from ntps.models import resolve_device
-
-    device = resolve_device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "extraction.device is 'cuda' but this scoring job sees no CUDA device "
-            "(set it to 'auto' to fall back to the CPU)"
-        )
-    return device
-
-
-def score_layer_with_se(
-    tensors: Any,
-    shards: Any,
-    layer: int,
-    k_grid: Sequence[int | float],
-    *,
-    ridge: float,
-    centered: bool,
-    eigen_cutoff: float | str = "auto",
-    device: Any = "cpu",
-    released: bool = True,
-) -> list[dict[str, Any]]:
-    """One layer's score records with their jackknife SEs (the body of :func:`score_pair`).
-
-    ``tensors`` holds the layer's :meth:`ntps.stats.StatisticsAccumulator.to_tensors` keys and
-    ``shards`` the :func:`ntps.stats.shards_to_tensors` keys (or None); either may be a dict or an
-    open safetensors handle. The eigendecompositions run in float64 on ``device``; the released
-    column (``released``, else NaN) always on the CPU, with scipy, as the authors ran it.
-    """
-    import dataclasses
-
-    from ntps.scores import jackknife_se, ntps_forms, score_layer
-    from ntps.stats import LayerMoments, jackknife_moments
-
-    n_shards = 0
-    if shards is not None:
-        get = shards.get_tensor if hasattr(shards, "get_tensor") else shards.__getitem__
-        n_shards = int(get("n_shards").reshape(-1)[0])
-    moments = LayerMoments.from_tensors(tensors, layer, device=device)
-    layer_records = score_layer(
-        moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered, released=released
-    )
-    replicates = []
-    if n_shards >= 2:
-        for j in range(n_shards):
-            # One replicate in memory at a time (K of them are K x the layer's statistics).
-            (rep,) = jackknife_moments(tensors, OneShard(shards, j), layer)
-            on_device = dataclasses.replace(
-                rep, **{name: getattr(rep, name).to(device) for name in _MOMENT_TENSORS}
-            )
-            replicates.append(
-                ntps_forms(on_device, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered)
-            )
-    records = []
-    for i, record in enumerate(layer_records):
-        paper = [rep[i][0] for rep in replicates]
-        reg = [rep[i][1] for rep in replicates]
-        records.append(
-            {
-                "layer": layer,
-                **record,
-                "ntps_paper_se": jackknife_se(paper),
-                "ntps_reg_se": jackknife_se(reg),
-                "jackknife_shards": n_shards,
-            }
-        )
-    return records
-
-
-def score_pair(
-    stats_path: str | Path,
-    k_grid: Sequence[int | float],
-    *,
-    ridge: float,
-    centered: bool,
-    eigen_cutoff: float | str = "auto",
-    shards_path: str | Path | None = None,
-    device: str = "cpu",
-    released: bool = True,
-) -> dict[str, Any]:
-    """NTPS records for every layer and k, loading one layer's statistics at a time.
-
-    With jackknife shards (``shards_path`` holding K >= 2 shards, see
-    :func:`ntps.stats.shards_to_tensors`) every record gets ``ntps_paper_se`` and ``ntps_reg_se``,
-    the leave-one-shard-out jackknife standard errors over the train texts (NaN without shards).
-    ``device`` ("auto", "cpu", "cuda"; see :func:`scoring_device`) is where the float64
-    eigendecompositions run; the device used is recorded as ``device``. ``released`` False leaves
-    ``ntps_released`` NaN (``scoring.released_column``).
-    """
-    from contextlib import ExitStack
-
-    from safetensors import safe_open
-
-    from ntps.regime import REGIME_OK, regime_warning
-
-    torch_device = scoring_device(device)
-    records: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    with ExitStack() as stack:
-        handle = stack.enter_context(safe_open(str(stats_path), framework="pt"))
-        shards = (
-            stack.enter_context(safe_open(str(shards_path), framework="pt"))
-            if shards_path is not None
-            else None
-        )
-        n_shards = int(shards.get_tensor("n_shards").reshape(-1)[0]) if shards else 0
-        meta = handle.metadata()
-        n_layers = int(meta["n_layers"])
-        keys = list(handle.keys())
-        for layer in range(n_layers):
-            prefix = f"layer{layer}."
-            tensors = {
-                k: handle.get_tensor(k) for k in keys if k.startswith(prefix) or "." not in k
-            }
-            records += score_layer_with_se(
-                tensors,
-                shards,
-                layer,
-                k_grid,
-                ridge=ridge,
-                centered=centered,
-                eigen_cutoff=eigen_cutoff,
-                device=torch_device,
-                released=released,
-            )
-    if records and records[0]["regime"] != REGIME_OK:
-        LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
-    # Timings go to the log, not the output: score JSONs are byte-identical across runs.
-    LOG.info(
-        "scored %d layers (%d jackknife replicates each) on %s in %.2f s",
-        n_layers, n_shards, torch_device, time.perf_counter() - started,
-    )  # fmt: skip
-    return {
-        "n_layers": n_layers,
-        "k_grid": list(k_grid),
-        "settings": {
-            "eigen_cutoff": eigen_cutoff,
-            "ridge": ridge,
-            "centered": centered,
-            "jackknife_shards": n_shards,
-            "released_column": released,
-        },
-        "device": str(torch_device),
-        "records": records,
-        "provenance": provenance(**input_provenance(meta)),
-    }
-
-
-# --- probes ---------------------------------------------------------------------------------
-
-
-def probe_pair(
-    features_path: str | Path,
-    n_classes: int,
-    settings: Mapping[str, Any],
-    out_head: str | Path | None = None,
-) -> dict[str, Any]:
-    """Held-out linear probes for every layer.
-
-    With ``out_head`` the last layer's logistic probe, folded onto the raw pooled features, is saved
-    there (``weight`` (c, d), ``bias`` (c,), ``test_predictions``): the LoRA head starts from it.
-    """
-    from safetensors import safe_open
-
-    from ntps.probes import fit_probe
-
-    records = []
-    started = time.perf_counter()
-    # numpy, not torch: the features are float32 and the probes are scikit-learn's.
-    with safe_open(str(features_path), framework="numpy") as handle:
-        meta = handle.metadata()
-        n_layers = int(meta["n_layers"])
-        train_y = handle.get_tensor("train.labels")
-        test_y = handle.get_tensor("test.labels")
-        for layer in range(n_layers):
-            result = fit_probe(
-                handle.get_tensor(feature_key("train", layer)),
-                train_y,
-                handle.get_tensor(feature_key("test", layer)),
-                test_y,
-                n_classes,
-                c_grid=settings["c_grid"],
-                cv_folds=settings["cv_folds"],
-                seed=settings["seed"],
-                keep_head=out_head is not None and layer == n_layers - 1,
-            )
-            if result.head_weight is not None:
-                save_tensors(
-                    out_head,
-                    {
-                        "weight": result.head_weight.astype("float32"),
-                        "bias": result.head_bias.astype("float32"),
-                        "test_predictions": result.test_predictions.astype("int64"),
-                    },
-                    {"layer": str(layer), "logistic_c": str(result.logistic_c), **meta},
-                )
-            records.append({"layer": layer, **result.to_dict()})
-            LOG.info("layer %d: accuracy %.3f mse %.3f", layer, result.accuracy, result.mse)
-    LOG.info("probed %d layers in %.1f s", n_layers, time.perf_counter() - started)
-    return {
-        "n_layers": n_layers,
-        "settings": dict(settings),
-        "records": records,
-        "provenance": provenance(seed=settings["seed"], **input_provenance(meta)),
-    }
-
-
-# --- LoRA -----------------------------------------------------------------------------------
-
-
-def train_lora_pair(
-    model_dir: str | Path,
-    table_path: str | Path,
-    dataset_record_path: str | Path,
-    settings: Mapping[str, Any],
-    device_spec: str,
-    max_length: int,
-    out_adapter_dir: str | Path,
-    checkpoint_dir: str | Path | None,
-    stats_path: str | Path,
-    out_stats: str | Path,
-    probe_head_path: str | Path | None = None,
-    progress: bool = True,
-    prompt_format: str = "raw",
-    model_name: str | None = None,
-    model_record_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Fine-tune LoRA adapters + a linear head on one dataset, save them, and write the adapted
-    model's train-split statistics (post-LoRA NTPS); return the metrics.
-
-    ``stats_path`` holds the pre-LoRA statistics: hidden states below the first adapted block are
-    unchanged by LoRA and are copied from there; the others are accumulated from the adapted model.
-    ``probe_head_path`` (the probe stage's last-layer head) starts the head when
-    ``settings.head_init`` is "probe". ``max_length`` is the extraction's, used unless the LoRA
-    settings give their own. ``model_record_path`` (the acquisition record) gives the model's load
-    options (remote code), as for the extraction.
-    """
-    from ntps.datasets import load_prepared
-    from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
-    from ntps.models import load_for_inference, resolve_device
-    from ntps.stats import is_packed, pack_statistics, splice_statistics
-    from ntps.text import check_prompt_format
-
-    lora_settings = LoRASettings.from_dict(dict(settings))
-    # The same fingerprint check as the extraction: LoRA must train on the texts that were scored.
-    prepared = load_prepared(table_path, dataset_record_path)
-    table = prepared.frame
-    n_classes = len(prepared.label_names)
-    initial_head, probe_predictions = None, None
-    if lora_settings.head_init == "probe":
-        if probe_head_path is None:
-            raise ValueError("lora.head_init is 'probe' but no probe head was given")
-        head = load_tensors(probe_head_path)
-        initial_head = (head["weight"], head["bias"])
-        probe_predictions = head["test_predictions"].tolist()
-    device = resolve_device(device_spec)
-    # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
-    model_name = model_name or Path(model_dir).name
-    base_model, tokenizer = load_for_inference(
-        model_dir,
-        dtype="float32",
-        device=device,
-        source=read_json(model_record_path) if model_record_path else None,
-        name=model_name,
-    )
-    check_prompt_format(tokenizer, prompt_format, model_name)
-    train = table[table["split"] == "train"]
-    test = table[table["split"] == "test"]
-    train_labels = train["label"].astype(int).tolist()
-    result = train_lora_classifier(
-        base_model,
-        tokenizer,
-        train["text"].tolist(),
-        train_labels,
-        n_classes,
-        lora_settings,
-        max_length=max_length,
-        initial_head=initial_head,
-        device=device,
-        test_texts=test["text"].tolist(),
-        test_labels=test["label"].astype(int).tolist(),
-        progress=progress,
-        checkpoint_dir=checkpoint_dir,
-        log=LOG.info,
-        prompt_format=prompt_format,
-    )
-    started = time.perf_counter()
-    first_state, upper = post_lora_statistics(
-        result.classifier, result.train_inputs, train_labels, lora_settings.eval_batch_size
-    )
-    # Read only now: the pre-LoRA sums (0.25 GB for SmolLM2) need not sit in memory during training.
-    base = load_tensors(stats_path)
-    stats = splice_statistics(base, upper, first_state)
-    save_tensors(
-        out_stats,
-        # The pre-LoRA statistics' storage form (storage.compact_statistics) carries over.
-        pack_statistics(stats) if is_packed(base) else stats,
-        {**load_tensor_metadata(stats_path), "first_recomputed_state": str(first_state)},
-    )
-    LOG.info(
-        "post-LoRA statistics: hidden states %d.. recomputed, 0..%d copied from %s (%.1f s)",
-        first_state, first_state - 1, stats_path, time.perf_counter() - started,
-    )  # fmt: skip
-    save_lora(result, out_adapter_dir)
-    summary = result.to_dict()
-    if probe_predictions is not None:
-        agree = [
-            a == b
-            for a, b in zip(summary["initial_test_predictions"], probe_predictions, strict=True)
-        ]
-        summary["initial_agreement_with_probe"] = sum(agree) / len(agree) if agree else None
-    LOG.info(
-        "LoRA: %d steps, test accuracy %.4f (start %s), loss first/last quarter %s / %s, %.1f s",
-        summary["steps_done"], summary["test_accuracy"], summary["initial_test_accuracy"],
-        summary["loss_first_quarter"], summary["loss_last_quarter"], summary["wall_time_s"],
-    )  # fmt: skip
-    return {
-        **summary,
-        "first_recomputed_state": first_state,
-        "prompt_format": prompt_format,
-        "device": str(device),
-        "provenance": provenance(seed=lora_settings.seed),
-    }
-
-
-def write_pair_json(path: str | Path, model: str, dataset: str, payload: dict[str, Any]) -> None:
-    write_json(path, {"model": model, "dataset": dataset, **payload})
-
-
-__all__ = [
-    "extract_pair",
-    "extract_part",
-    "feature_key",
-    "input_provenance",
-    "merge_extract_parts",
-    "probe_pair",
-    "score_layer_with_se",
-    "score_pair",
-    "scoring_device",
-    "train_lora_pair",
-    "write_pair_json",
-]
