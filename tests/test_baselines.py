@@ -33,7 +33,7 @@ from ntps.errors import ConfigError, NumericalError, PredictorUndefined
 
 REPO = Path(__file__).resolve().parents[1]
 #: The schema's default of ``predictors.{h_score,knn}.standardize`` (docs/predictors.md: measured).
-STANDARDIZE = False
+STANDARDIZE = True
 
 
 def two_gaussians(

@@ -124,7 +124,8 @@ def h_score(
     standardize : bool
         Score :func:`standardize_features` of the features (the correlation matrix instead of the
         covariance). Without shrinkage the score is invariant to rescaling features anyway; the
-        Ledoit-Wolf target ``mu I`` is not, so one high-variance channel sets its scale.
+        Ledoit-Wolf target ``mu I`` is not, so one high-variance channel sets its scale. False here
+        (the published estimator); the workflow's default is the config schema's.
 
     Returns
     -------
@@ -397,7 +398,7 @@ def knn_accuracy(
     standardize : bool
         Vote in the geometry of :func:`standardize_features`, whose means and SDs come from all
         the texts (no labels): otherwise Euclidean distances are those of the few channels with
-        the largest variance.
+        the largest variance. False here; the workflow's default is the config schema's.
 
     Returns
     -------
