@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from scipy.stats import multivariate_normal
 from ntps.baselines import (
     PREDICTORS,
     SOURCE_FEATURES,
+    evidence_is_unbounded,
     h_score,
     knn_accuracy,
     log_evidence,
@@ -23,12 +25,16 @@ from ntps.baselines import (
     max_evidence,
     perception_eigenvalues,
     perception_only,
+    predictor_value,
+    standardize_features,
 )
 from ntps.config import load_schema, validate_config
-from ntps.errors import ConfigError
+from ntps.errors import ConfigError, NumericalError, PredictorUndefined
 from ntps.workflow import FEATURE_PREDICTOR_SETTINGS, enabled_predictors, predictor_settings
 
 REPO = Path(__file__).resolve().parents[1]
+#: The schema's default of ``predictors.{h_score,knn}.standardize`` (docs/predictors.md: measured).
+STANDARDIZE = True
 
 
 def two_gaussians(
@@ -102,6 +108,59 @@ def test_h_score_without_shrinkage_saturates_when_n_below_d() -> None:
         h_score(x, y, 3, shrinkage="oas")
 
 
+def test_h_score_on_constant_features_is_undefined_not_a_linalg_error() -> None:
+    x, y = np.full((20, 6), 3.25), np.repeat([0, 1], 10)
+    for shrinkage in ("ledoit_wolf", "none"):
+        with pytest.raises(PredictorUndefined, match="every text has the same features"):
+            h_score(x, y, 2, shrinkage=shrinkage)
+    value, reason = predictor_value("h_score", x, y, 2, shrinkage="ledoit_wolf")
+    assert math.isnan(value) and reason is not None and reason.startswith("H-score undefined")
+    # One constant channel among varying ones is fine (and standardised to 0).
+    rng = np.random.default_rng(12)
+    x[:, 1:] = rng.normal(size=(20, 5)) + np.eye(2, 5)[y]
+    assert math.isfinite(h_score(x, y, 2)) and math.isfinite(h_score(x, y, 2, standardize=True))
+    assert np.all(standardize_features(x)[:, 0] == 0.0)
+
+
+# --- per-feature standardisation ------------------------------------------------------------
+
+
+def with_massive_channel(seed: int = 13) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three classes separated in 8 channels plus one label-free channel; returns the features, the
+    same features with that channel scaled by 1e4 (an LLM's massive activation), and the labels."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), 40)
+    x = rng.normal(size=(120, 9)) + 2.0 * np.eye(3, 9)[y] + 5.0
+    scaled = x.copy()
+    scaled[:, 8] *= 1e4
+    return x, scaled, y
+
+
+def test_standardize_features_is_zero_mean_unit_variance_and_scale_free() -> None:
+    x, scaled, _ = with_massive_channel()
+    z = standardize_features(x)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(standardize_features(scaled - 7.0), z, rtol=1e-9, atol=1e-9)
+
+
+def test_standardised_h_score_and_knn_do_not_see_one_channel_s_scale() -> None:
+    x, scaled, y = with_massive_channel()
+    plain = h_score(x, y, 3, standardize=True)
+    assert h_score(scaled, y, 3, standardize=True) == pytest.approx(plain, rel=1e-9)
+    assert knn_accuracy(scaled, y, 3, standardize=True) == knn_accuracy(x, y, 3, standardize=True)
+    # Without it one label-free channel decides both (why the option exists) ...
+    assert h_score(scaled, y, 3) < 0.5 * h_score(x, y, 3)
+    assert knn_accuracy(scaled, y, 3) < knn_accuracy(x, y, 3) - 0.3
+    # ... while the H-score without shrinkage never depended on feature scales.
+    assert h_score(scaled, y, 3, shrinkage="none") == pytest.approx(
+        h_score(x, y, 3, shrinkage="none"), rel=1e-7
+    )
+    assert h_score(x, y, 3, shrinkage="none", standardize=True) == pytest.approx(
+        h_score(x, y, 3, shrinkage="none"), rel=1e-9
+    )
+
+
 # --- LogME ----------------------------------------------------------------------------------
 
 
@@ -173,6 +232,64 @@ def test_logme_prefers_labels_its_model_generated_over_shuffled_ones() -> None:
         x2 = (u.T @ col) ** 2
         per_class.append(max_evidence(x2, s**2, float(col @ col - x2.sum()), n, d).log_evidence / n)
     assert real == pytest.approx(np.mean(per_class), rel=1e-12)
+
+
+def test_logme_with_labels_in_the_span_of_rank_deficient_features_is_undefined() -> None:
+    """Two distinct texts, each repeated 20 times (N <= d with duplicates): every class column lies
+    in range(F) of rank 2 < N, the evidence grows without bound. Before, this overflowed in
+    ``beta**2`` or returned a value set by rounding."""
+    y = np.repeat([0, 1], 20)
+    for seed in range(5):
+        x = np.random.default_rng(seed).normal(size=(2, 10))[y]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow, no RuntimeWarning
+            with pytest.raises(PredictorUndefined, match=r"class\(es\) \[0, 1\].*rank 2 is below"):
+                logme(x, y, 2)
+            value, reason = predictor_value("logme", x, y, 2)
+        assert math.isnan(value) and "evidence grows without bound" in reason
+    # The job's catch-all sees a NumericalError naming the cause, should it not record NaN.
+    assert issubclass(PredictorUndefined, NumericalError)
+    # One duplicated text among otherwise distinct ones, N < d: still in the span.
+    rng = np.random.default_rng(14)
+    x, labels = rng.normal(size=(30, 64)), rng.integers(0, 3, 30)
+    x[1], labels[1] = x[0], labels[0]
+    with pytest.raises(PredictorUndefined):
+        logme(x, labels, 3)
+    x[1] = x[0] + 1e-3 * rng.normal(size=64)  # no longer a duplicate: rank N, bounded
+    assert math.isfinite(logme(x, labels, 3))
+
+
+def test_evidence_is_unbounded_only_below_full_rank() -> None:
+    rng = np.random.default_rng(15)
+    f = rng.normal(size=(20, 50))  # rank N: every y is in range(F), the evidence stays bounded
+    y = (rng.integers(0, 2, 20) == 1).astype(float)
+    x2, sigma, _ = svd_parts(f, y)
+    assert not evidence_is_unbounded(x2, sigma, 0.0, 20, 50)
+    assert math.isfinite(max_evidence(x2, sigma, 0.0, 20, 50).log_evidence)
+    assert evidence_is_unbounded(x2[:19], sigma[:19], 0.0, 20, 50)
+    found = max_evidence(x2[:19], sigma[:19], 0.0, 20, 50)
+    assert found.log_evidence == math.inf and found.beta == math.inf
+    assert not evidence_is_unbounded(x2[:19], sigma[:19], 1e-3, 20, 50)
+    # A zero target (a class without texts) is left to the fixed point, as before.
+    assert not evidence_is_unbounded(np.zeros(19), sigma[:19], 0.0, 20, 50)
+
+
+def test_max_evidence_reaches_the_no_feature_limit_without_overflow() -> None:
+    """Features almost orthogonal to y: the maximum lies at alpha -> inf (weights pinned to 0),
+    where the evidence is max_beta log N(y; 0, I/beta). The iteration stops before alpha overflows."""
+    rng = np.random.default_rng(11)
+    n, d = 60, 8
+    f = rng.normal(size=(n, d))
+    f = f - f.mean(0) + 1e-3 * rng.normal(size=(n, d))
+    y = np.ones(n)
+    x2, sigma, rest = svd_parts(f, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = max_evidence(x2, sigma, rest, n, d)
+    assert not found.converged and found.alpha > 1e100
+    beta = n / (y @ y)
+    limit = 0.5 * n * math.log(beta) - 0.5 * beta * (y @ y) - 0.5 * n * math.log(2 * math.pi)
+    assert found.log_evidence == pytest.approx(limit, rel=1e-12)
 
 
 # --- kNN ------------------------------------------------------------------------------------
@@ -259,9 +376,9 @@ def test_config_defaults_and_settings_reach_every_feature_predictor() -> None:
     assert enabled_predictors(config) == list(PREDICTORS)
     settings = predictor_settings(config)
     assert settings == {
-        "h_score": {"shrinkage": "ledoit_wolf"},
+        "h_score": {"shrinkage": "ledoit_wolf", "standardize": STANDARDIZE},
         "logme": {},
-        "knn": {"k": 5, "folds": 5, "metric": "euclidean", "seed": 0},
+        "knn": {"k": 5, "folds": 5, "metric": "euclidean", "seed": 0, "standardize": STANDARDIZE},
         "perception_only": {"eigen_cutoff": "auto", "ridge": 0.0, "centered": False},
     }
     rng = np.random.default_rng(10)
@@ -276,6 +393,7 @@ def test_config_defaults_and_settings_reach_every_feature_predictor() -> None:
         ({"knn": {"k": 0}}, "predictors.knn.k"),
         ({"enabled": ["h_score", "fisher"]}, "predictors.enabled[1]"),
         ({"h_score": {"shrinkage": "oas"}}, "predictors.h_score.shrinkage"),
+        ({"knn": {"standardize": "yes"}}, "predictors.knn.standardize"),
     ):
         broken = {**copy.deepcopy(minimal), "predictors": bad}
         with pytest.raises(ConfigError, match=re.escape(key)):

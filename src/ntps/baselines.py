@@ -8,7 +8,10 @@ without fine-tuning and without a forward pass of its own::
 with ``features`` of shape (n_samples, n_features) and integer ``labels`` of shape (n_samples,) in
 ``0..n_classes-1``. Higher values mean "a linear read-out of these features should work better", the
 direction NTPS is read in, so every predictor is expected to correlate positively with held-out
-probe accuracy, -MSE and -LoRA gain.
+probe accuracy, -MSE and -LoRA gain. Where an estimator has no finite value on the given features
+(LogME's evidence unbounded, H-score's 0/0 on constant features) it raises
+:class:`~ntps.errors.PredictorUndefined` with the reason; :func:`predictor_value` turns that into
+``(NaN, reason)`` for the record.
 
 :data:`PREDICTORS` is the registry the workflow reads: adding a predictor is one function here, one
 :class:`Predictor` entry, its name in ``predictors.enabled`` of the config schema and what it takes
@@ -22,10 +25,11 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ntps.errors import ConfigError, DatasetError
+from ntps.errors import ConfigError, DatasetError, PredictorUndefined
 from ntps.probes import one_hot
 
 
@@ -49,6 +53,35 @@ def _check_inputs(
     return x, y.astype(np.int64)
 
 
+def standardize_features(features: np.ndarray) -> np.ndarray:
+    """Each feature centred and divided by its standard deviation over the texts (ddof 0).
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_samples, n_features)
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_features), float64
+        Zero mean and unit variance per feature; a feature with the same value for every text
+        becomes 0 (it carries nothing to scale). Unchanged by shifting any feature or scaling it
+        by a positive factor, so no single channel's scale (LLMs' massive activations) dominates
+        a Euclidean geometry.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    scale = np.sqrt(np.mean(centred**2, axis=0))
+    varies = np.ptp(x, axis=0) > 0  # exact: a constant channel's SD is rounding noise
+    out = np.zeros_like(centred)
+    out[:, varies] = centred[:, varies] / scale[varies]
+    return out
+
+
+def _all_constant(x: np.ndarray) -> bool:
+    """True when every text has the same feature vector, shape (n_samples, n_features)."""
+    return bool(x.shape[0] > 0 and np.all(x == x[0]))
+
+
 # --------------------------------------------------------------------------------------------
 # H-score
 # --------------------------------------------------------------------------------------------
@@ -63,6 +96,7 @@ def h_score(
     *,
     shrinkage: str = "ledoit_wolf",
     rcond: float = 1e-12,
+    standardize: bool = False,
 ) -> float:
     """H-score ``tr(cov(X)^-1 cov(E[X | y]))`` (Bao et al., "An information-theoretic approach to
     transferability in task transfer learning", ICIP 2019).
@@ -82,11 +116,21 @@ def h_score(
         covariance and its pseudo-inverse (Bao et al.'s definition).
     rcond : float
         Relative cut-off of the pseudo-inverse (``shrinkage="none"`` only).
+    standardize : bool
+        Score :func:`standardize_features` of the features (the correlation matrix instead of the
+        covariance). Without shrinkage the score is invariant to rescaling features anyway; the
+        Ledoit-Wolf target ``mu I`` is not, so one high-variance channel sets its scale. False here
+        (the published estimator); the workflow's default is the config schema's.
 
     Returns
     -------
     float
         Between 0 and ``n_classes - 1`` (the rank of the between-class covariance) without shrinkage.
+
+    Raises
+    ------
+    PredictorUndefined
+        When every text has the same features: both covariances vanish and the score is 0/0.
 
     Both covariances are normalised by N, so without shrinkage ``cov(X) = W + B`` exactly (law of
     total covariance; W within-class, B between-class) and the score is ``tr((W + B)^+ B)``.
@@ -96,6 +140,13 @@ def h_score(
             f"predictors.h_score.shrinkage must be one of {SHRINKAGE_CHOICES}, got {shrinkage!r}"
         )
     x, y = _check_inputs(features, labels, n_classes)
+    if _all_constant(x):
+        raise PredictorUndefined(
+            "H-score undefined: every text has the same features, so cov(X) and the between-class "
+            "covariance are both 0"
+        )
+    if standardize:
+        x = standardize_features(x)
     n = x.shape[0]
     x = x - x.mean(axis=0)
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
@@ -121,9 +172,23 @@ def h_score(
 # --------------------------------------------------------------------------------------------
 
 
+#: The fixed point stops (unconverged) before ``alpha + beta s_max`` passes this: its square and
+#: ``beta**2`` stay finite in float64. Far below it the evidence has reached its limit to rounding
+#: when the maximum lies at ``alpha -> inf`` (the features do not help) or ``beta -> inf`` with
+#: rank N (bounded), the two directions in which the iteration diverges.
+_PRECISION_MAX = 1e150
+#: Below this fraction of ||y||^2, ``||y||^2 - ||U^T y||^2`` has lost most of its digits and the
+#: part of y outside range(F) is measured from the residual vector instead.
+_REST_BY_SUBTRACTION_MIN = 1e-8
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """Maximised log evidence of one target column and the hyper-parameters attaining it."""
+    """Maximised log evidence of one target column and the hyper-parameters attaining it.
+
+    ``log_evidence`` is ``inf`` (and ``beta`` too) when the evidence has no upper bound
+    (:func:`evidence_is_unbounded`).
+    """
 
     log_evidence: float  # log p(y | F, alpha, beta), NOT divided by N
     alpha: float  # prior precision of the weights
@@ -168,6 +233,22 @@ def log_evidence(
     )
 
 
+def evidence_is_unbounded(x2: np.ndarray, sigma: np.ndarray, rest: float, n: int, d: int) -> bool:
+    """True when y lies in range(F) and F has rank below N: the evidence then has no maximum.
+
+    ``log N(y; 0, I/beta + F F^T/alpha)``: as ``beta -> inf`` the covariance tends to
+    ``F F^T/alpha``, singular when rank(F) = r < N, and y on its support has a density that grows
+    without bound (duplicated texts do this when N <= d, for every class column that is equal on
+    the duplicates). "In the span" to the precision of the rank decision:
+    ``||y - U U^T y|| <= max(N, D) eps ||y||``. With r = N any y lies in range(F) but the limit is
+    finite. Arguments as :func:`log_evidence`; a zero target (a class without texts) is left to the
+    fixed point, as before.
+    """
+    norm2 = float(np.sum(x2)) + rest
+    tol = max(n, d) * np.finfo(np.float64).eps
+    return bool(sigma.size < n and 0.0 < norm2 and rest <= tol**2 * norm2)
+
+
 def max_evidence(
     x2: np.ndarray,
     sigma: np.ndarray,
@@ -185,18 +266,25 @@ def max_evidence(
     ``gamma = sum b s_i / (a + b s_i)``, ``a <- gamma / ||m||^2``, ``b <- (N - gamma) / ||y - F m||^2``
     until ``a / b`` changes by less than ``tol`` (relative). LogME stops at 1e-3 or 11 iterations;
     iterating to convergence makes the value a property of the data rather than of the stopping rule.
+    When :func:`evidence_is_unbounded`, returns ``log_evidence = beta = inf`` without iterating.
     """
+    if evidence_is_unbounded(x2, sigma, rest, n, d):
+        return Evidence(math.inf, alpha, math.inf, 0, False)
+    s_max = float(sigma.max(initial=0.0))
     converged = False
     iterations = 0
     while iterations < max_iter:
         iterations += 1
         gamma, m2, res2 = _evidence_terms(x2, sigma, rest, alpha, beta)
         ratio = alpha / beta
-        # A target that F fits exactly (res2 = 0) or not at all (m2 = 0) has no finite maximum:
-        # stop at the last finite point rather than divide by zero.
+        # A target that F fits exactly (res2 = 0) or not at all (m2 = 0) has its supremum on the
+        # boundary: stop at the last finite point rather than divide by zero.
         if m2 <= 0.0 or res2 <= 0.0 or n - gamma <= 0.0:
             break
-        alpha, beta = gamma / m2, (n - gamma) / res2
+        next_alpha, next_beta = gamma / m2, (n - gamma) / res2
+        if not next_alpha + next_beta * s_max < _PRECISION_MAX:
+            break
+        alpha, beta = next_alpha, next_beta
         if abs(alpha / beta - ratio) <= tol * ratio:
             converged = True
             break
@@ -232,6 +320,14 @@ def logme(
     float
         Mean over classes of max log p(y_c | F) / N (nats per example).
 
+    Raises
+    ------
+    PredictorUndefined
+        When a class column lies in the span of features of rank below N
+        (:func:`evidence_is_unbounded`; e.g. duplicated texts with N <= D): its evidence grows
+        without bound as the noise variance goes to 0, and any finite value would be set by
+        rounding.
+
     One thin SVD of F serves every class. With fewer texts than dimensions the ``D - N`` zero
     eigenvalues of F^T F still enter log|A| (as ``log alpha``); transformer-ranker (0.2.0)
     sums only over the returned singular values, which drops ``(D - N)/2 log alpha``.
@@ -242,11 +338,24 @@ def logme(
     keep = s > s.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
     u, sigma = u[:, keep], s[keep] ** 2
     total = 0.0
-    for column in one_hot(y, n_classes).T:
+    unbounded = []
+    for label, column in enumerate(one_hot(y, n_classes).T):
         proj = u.T @ column
         x2 = proj**2
         rest = max(float(column @ column - x2.sum()), 0.0)
-        total += max_evidence(x2, sigma, rest, n, d, tol=tol, max_iter=max_iter).log_evidence / n
+        if rest <= _REST_BY_SUBTRACTION_MIN * float(column @ column):
+            residual = column - u @ proj  # accurate to rounding where the difference is not
+            rest = float(residual @ residual)
+        found = max_evidence(x2, sigma, rest, n, d, tol=tol, max_iter=max_iter)
+        if math.isinf(found.log_evidence):
+            unbounded.append(label)
+        total += found.log_evidence / n
+    if unbounded:
+        raise PredictorUndefined(
+            f"LogME undefined: the labels of class(es) {unbounded} lie in the span of the "
+            f"features, whose rank {sigma.size} is below the {n} texts (duplicated texts?), so "
+            "the evidence grows without bound as the noise variance goes to 0"
+        )
     return total / n_classes
 
 
@@ -266,6 +375,7 @@ def knn_accuracy(
     folds: int = 5,
     metric: str = "euclidean",
     seed: int = 0,
+    standardize: bool = False,
 ) -> float:
     """k-nearest-neighbour accuracy by stratified ``folds``-fold cross-validation on these texts.
 
@@ -280,6 +390,10 @@ def knn_accuracy(
     folds : int
         Stratified folds (shuffled with ``seed``); every text is predicted once, from the others.
     metric : {"euclidean", "cosine"}
+    standardize : bool
+        Vote in the geometry of :func:`standardize_features`, whose means and SDs come from all
+        the texts (no labels): otherwise Euclidean distances are those of the few channels with
+        the largest variance. False here; the workflow's default is the config schema's.
 
     Returns
     -------
@@ -300,6 +414,8 @@ def knn_accuracy(
     counts = np.bincount(y)
     if x.shape[0] < 2 or counts.max() < 2:
         raise DatasetError(f"kNN cross-validation needs a class with 2 texts, got counts {counts}")
+    if standardize:
+        x = standardize_features(x)
     # StratifiedKFold refuses more folds than the largest class has texts (and warns, but works,
     # when the smallest class has fewer texts than folds): fewer folds are still cross-validation.
     n_splits = min(folds, int(counts.max()))
@@ -450,3 +566,15 @@ def predictor(name: str) -> Predictor:
         raise ConfigError(
             f"predictors.enabled: unknown predictor {name!r}; known: {sorted(PREDICTORS)}"
         ) from None
+
+
+def predictor_value(
+    name: str, features: np.ndarray, labels: np.ndarray, n_classes: int, **settings: Any
+) -> tuple[float, str | None]:
+    """``(value, None)``, or ``(NaN, reason)`` when the predictor is undefined on these features
+    (:class:`~ntps.errors.PredictorUndefined`). Other errors propagate. Arguments as the
+    predictor's ``compute``."""
+    try:
+        return predictor(name).compute(features, labels, n_classes, **settings), None
+    except PredictorUndefined as exc:
+        return math.nan, str(exc)

@@ -21,3 +21,8 @@ class ModelSourceError(NTPSError):
 
 class NumericalError(NTPSError):
     """Non-finite values or a degenerate problem; names the layer and suggests a fix."""
+
+
+class PredictorUndefined(NumericalError):
+    """A transferability predictor has no finite value on these features (e.g. LogME's evidence is
+    unbounded); the message is the reason, recorded beside a NaN value by the predictors job."""

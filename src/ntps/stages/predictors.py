@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from ntps.baselines import predictor, preload
+from ntps.baselines import predictor_value, preload
 from ntps.errors import NTPSError, NumericalError
 from ntps.io import provenance
 from ntps.layout import N_LAYERS_KEY, NTPS, feature_key, input_provenance, labels_key
@@ -61,7 +61,7 @@ def predictors_pair(
             for name, kwargs in settings.items():
                 started = time.perf_counter()
                 try:
-                    value = predictor(name).compute(x, labels, n_classes, **kwargs)
+                    value, reason = predictor_value(name, x, labels, n_classes, **kwargs)
                 except NTPSError as exc:
                     raise type(exc)(f"{where}: predictor {name!r}, layer {layer}: {exc}") from exc
                 except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
@@ -71,7 +71,14 @@ def predictors_pair(
                         f"{features_path}"
                     ) from exc
                 seconds[name] += time.perf_counter() - started
-                records.append({"layer": layer, "predictor": name, "value": value})
+                record = {"layer": layer, "predictor": name, "value": value}
+                if reason is not None:
+                    # Undefined here (e.g. LogME's evidence unbounded): NaN (null) and why.
+                    record["reason"] = reason
+                    LOG.warning(
+                        "%s: predictor %r undefined on layer %d: %s", where, name, layer, reason
+                    )
+                records.append(record)
     if stats_path is not None and ntps_settings is not None:
         seconds[NTPS] = time_ntps(stats_path, n_layers, ntps_settings)
     for name, spent in seconds.items():
