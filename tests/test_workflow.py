@@ -248,7 +248,8 @@ def test_second_run_does_nothing(study: Path) -> None:
 
 
 def test_toggling_the_progress_bar_reruns_nothing(study: Path) -> None:
-    # `progress` is read from the config by the jobs, not a param: no re-extraction, no retraining.
+    # `progress` reaches the jobs as a no_rerun param (rules/common.smk), which Snakemake's params
+    # rerun trigger does not record: no re-extraction, no retraining.
     config = yaml.safe_load((study / "config.yaml").read_text())
     config["extraction"]["progress"] = not config["extraction"]["progress"]
     changed = study / "config-progress.yaml"
