@@ -7,6 +7,9 @@ from ntps.released import RoundingSpread
 from ntps.stages.score import score_pair
 from ntps.workflow import job_logging
 
+# The released column's rounding spread: asked for by the score rule, not by score_post_lora.
+spread = snakemake.params.get("released_spread")
+
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     result = score_pair(
         snakemake.input.stats,
@@ -17,7 +20,7 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         shards_path=snakemake.input.get("shards"),
         device=snakemake.params.device,
         released=snakemake.params.released,
-        rounding_spread=RoundingSpread(**snakemake.params.released_spread),
+        rounding_spread=RoundingSpread(**spread) if spread else None,
     )
     write_pair_json(
         snakemake.output.scores, snakemake.wildcards.model, snakemake.wildcards.dataset, result
