@@ -315,3 +315,18 @@ def fixed_layer_of_model(wildcards):
 
 def fixed_layers_by_model():
     return {model: fixed_layer_spec(config, model) for model in MODELS}
+
+
+def released_spread(wildcards):
+    """The released column's rounding spread (docs/method.md section 7): at the model's fixed layer
+    and k, where the summary reads it; changing those settings re-runs the model's score jobs.
+    """
+    scoring = config["scoring"]
+    return {
+        "n_roundings": (
+            scoring["released_roundings"] if scoring["released_column"] else 0
+        ),
+        "seed": scoring["released_rounding_seed"],
+        "layer": fixed_layer_spec(config, wildcards.model),
+        "k": (config["analysis"]["fixed_k"],),
+    }

@@ -21,6 +21,7 @@ rule score:
         **scoring_params(),
         device=config["extraction"]["device"],
         released=config["scoring"]["released_column"],
+        released_spread=released_spread,
         threads=score_threads,
     script:
         "../scripts/score.py"

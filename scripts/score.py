@@ -3,8 +3,12 @@
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 
 from ntps.layout import write_pair_json
+from ntps.released import RoundingSpread
 from ntps.stages.score import score_pair
 from ntps.workflow import job_logging
+
+# The released column's rounding spread: asked for by the score rule, not by score_post_lora.
+spread = snakemake.params.get("released_spread")
 
 with job_logging(snakemake.log[0], threads=snakemake.params.threads):
     result = score_pair(
@@ -16,6 +20,7 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         shards_path=snakemake.input.get("shards"),
         device=snakemake.params.device,
         released=snakemake.params.released,
+        rounding_spread=RoundingSpread(**spread) if spread else None,
     )
     write_pair_json(
         snakemake.output.scores, snakemake.wildcards.model, snakemake.wildcards.dataset, result

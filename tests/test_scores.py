@@ -43,6 +43,10 @@ ARCH_FIELDS = {
     "k_clipped",
     "eigen_cutoff",
     "ntps_released",
+    "ntps_released_min",
+    "ntps_released_max",
+    "ntps_released_sd",
+    "released_roundings",
     "lower_bound_zero",
     "ar_degenerate",
 }

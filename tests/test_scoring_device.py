@@ -16,6 +16,7 @@ from test_uncertainty import sharded, synthetic_texts
 
 from ntps.errors import ConfigError
 from ntps.io import save_tensors
+from ntps.released import RoundingSpread
 from ntps.stages.score import score_layer_with_se, score_pair, scoring_device
 from ntps.stats import shards_to_tensors
 
@@ -127,3 +128,34 @@ def test_replicates_read_one_at_a_time_from_open_files_are_exactly_the_jackknife
                 for name in ("cxx", "cxy", "s0", "s1", "x_mean", "y_mean"):
                     assert torch.equal(getattr(got, name), getattr(expected, name)), name
                 assert (got.n_examples, got.n_pairs) == (expected.n_examples, expected.n_pairs)
+
+
+def test_the_released_spread_is_computed_at_the_asked_layer_and_k_only(statistics) -> None:
+    stats_path, shards_path, _, _ = statistics
+    full = score(statistics, "cpu")
+    spread = RoundingSpread(n_roundings=3, seed=0, layer=1.0, k=(0.5,))  # 1.0: the last layer
+    with_spread = score_pair(
+        stats_path, K_GRID, ridge=0.0, centered=False, shards_path=shards_path,
+        rounding_spread=spread,
+    )  # fmt: skip
+    assert full["settings"]["released_spread"] is None
+    assert with_spread["settings"]["released_spread"] == {
+        "roundings": 3, "seed": 0, "layers": [1], "k": [0.5]
+    }  # fmt: skip
+    spread_keys = ("ntps_released_min", "ntps_released_max", "ntps_released_sd")
+    for a, b in zip(full["records"], with_spread["records"], strict=True):
+        if (b["layer"], b["k_spec"]) == (1, 0.5):
+            assert b["released_roundings"] == 3
+            assert b["ntps_released_min"] <= b["ntps_released"] <= b["ntps_released_max"]
+        else:
+            assert b["released_roundings"] == 0
+            assert all(math.isnan(b[key]) for key in spread_keys)
+        # Everything else as without the spread.
+        assert {k: v for k, v in a.items() if k not in (*spread_keys, "released_roundings")} == {
+            k: v for k, v in b.items() if k not in (*spread_keys, "released_roundings")
+        }
+    # No released column, no spread.
+    bare = score_pair(stats_path, K_GRID, ridge=0.0, centered=False, released=False,
+                      rounding_spread=spread)  # fmt: skip
+    assert bare["settings"]["released_spread"] is None
+    assert all(r["released_roundings"] == 0 for r in bare["records"])

@@ -77,6 +77,15 @@ def test_scores_table_contents(study: Path) -> None:
     assert post["ntps_reg_se"].isna().all()
     # The released convention's column and the precision-derived cut-off are in every row.
     assert scores["ntps_released"].notna().any() and (scores["eigen_cutoff"] > 0).all()
+    # Its rounding spread (16 roundings by default) at the fixed setting only: last layer, k 0.5.
+    spread = scores["released_roundings"] > 0
+    at_fixed = (pre["layer"] == 2) & (pre["k_label"] == "0.5")
+    assert spread.sum() == 4 and spread[at_fixed.index[at_fixed]].all()
+    assert (scores.loc[spread, "released_roundings"] == 16).all()
+    low, high = scores.loc[spread, "ntps_released_min"], scores.loc[spread, "ntps_released_max"]
+    assert (low <= scores.loc[spread, "ntps_released"]).all()
+    assert (scores.loc[spread, "ntps_released"] <= high).all()
+    assert scores.loc[~spread, "ntps_released_min"].isna().all()
 
 
 def test_regime_is_flagged_where_n_train_is_below_2d(study: Path) -> None:

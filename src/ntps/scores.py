@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from ntps.eigen import (
 from ntps.errors import ConfigError, NumericalError
 from ntps.regime import regime
 from ntps.stats import LayerMoments
+
+if TYPE_CHECKING:
+    from ntps.released import RoundingSpread
 
 _F64 = torch.float64
 
@@ -70,6 +73,10 @@ RECORD_FIELDS = (
     "ntps_paper",
     "ntps_reg",
     "ntps_released",
+    "ntps_released_min",
+    "ntps_released_max",
+    "ntps_released_sd",
+    "released_roundings",
     "baseline",
     "excess_loss",
     "bound_lower",
@@ -239,6 +246,7 @@ def score_layer(
     centered: bool = False,
     perception_solver: str = "lowrank",
     released: bool = True,
+    rounding_spread: RoundingSpread | None = None,
 ) -> list[dict[str, Any]]:
     """Score one layer for every k of ``k_grid``; one record (plain python scalars) per k.
 
@@ -249,18 +257,55 @@ def score_layer(
     Cxy); "dense" is the reference solver. They agree on everything except the arbitrary basis of
     the degenerate eigenspace, i.e. except ``ntps_paper`` where ``paper_degenerate`` is true.
     ``released`` adds ``ntps_released`` (:func:`ntps.released.released_scores`, the authors'
-    procedure on the uncentred, unridged statistics), else NaN.
+    procedure on the uncentred, unridged statistics), else NaN. ``rounding_spread`` (with
+    ``released``) adds its spread over random float32 roundings of the statistics at the k it
+    covers: ``ntps_released_min``, ``_max``, ``_sd`` and ``released_roundings`` (the number of
+    random roundings; NaN and 0 elsewhere; :func:`ntps.released.rounding_spread`).
     """
     records = _score(m, k_grid, tol, ridge, centered, perception_solver, diagnostics=True)
+    for record in records:
+        record.update(
+            ntps_released=math.nan,
+            ntps_released_min=math.nan,
+            ntps_released_max=math.nan,
+            ntps_released_sd=math.nan,
+            released_roundings=0,
+        )
     if released:
-        from ntps.released import released_scores
+        from ntps.released import released_scores  # scipy: imported only when used
 
         values = released_scores(m.cxx, m.cxy, m.s0, m.s1, k_grid)
-    else:
-        values = [math.nan] * len(records)
-    for record, value in zip(records, values, strict=True):
-        record["ntps_released"] = value
+        for record, value in zip(records, values, strict=True):
+            record["ntps_released"] = value
+        if rounding_spread is not None and rounding_spread.n_roundings > 0:
+            _add_rounding_spread(records, m, k_grid, rounding_spread)
     return [{key: record[key] for key in RECORD_FIELDS} for record in records]
+
+
+def _add_rounding_spread(
+    records: list[dict[str, Any]],
+    m: LayerMoments,
+    k_grid: Sequence[int | float],
+    spread: RoundingSpread,
+) -> None:
+    """Fill the released spread fields of the records whose k ``spread`` covers."""
+    from ntps.released import released_rounding_scores, rounding_spread
+
+    at = [i for i, k_spec in enumerate(k_grid) if spread.covers_k(k_spec)]
+    if not at:
+        return
+    ks = [k_grid[i] for i in at]
+    rounded = released_rounding_scores(
+        m.cxx, m.cxy, m.s0, m.s1, ks, n_roundings=spread.n_roundings, seed=spread.seed
+    )
+    nearest = [records[i]["ntps_released"] for i in at]
+    for i, (low, high, sd) in zip(at, rounding_spread(nearest, rounded), strict=True):
+        records[i].update(
+            ntps_released_min=low,
+            ntps_released_max=high,
+            ntps_released_sd=sd,
+            released_roundings=spread.n_roundings,
+        )
 
 
 def _score(

@@ -57,6 +57,34 @@ def correlation_view(correlations: pd.DataFrame) -> pd.DataFrame:
     return view[[*columns, "tau", "p_value"]]
 
 
+#: The released column and its rounding spread, as the summary's tables carry them.
+RELEASED_COLUMNS = ("ntps_released", "ntps_released_min", "ntps_released_max", "ntps_released_sd")
+
+
+def _released_fields(row: pd.Series) -> dict[str, float]:
+    return {column: float(row.get(column, np.nan)) for column in RELEASED_COLUMNS}
+
+
+def with_released_spread(frame: pd.DataFrame) -> pd.DataFrame:
+    """The Markdown view of a table with :data:`RELEASED_COLUMNS`: ``ntps_released`` as "0.41
+    (0.40-0.46)" (its min-max over the roundings) where a spread exists, the spread columns
+    dropped."""
+    if "ntps_released" not in frame.columns:
+        return frame
+    view = frame.copy()
+    low = view.get("ntps_released_min", pd.Series(np.nan, index=view.index))
+    high = view.get("ntps_released_max", pd.Series(np.nan, index=view.index))
+    view["ntps_released"] = [
+        _fmt(float(value))
+        if not (np.isfinite(lo) and np.isfinite(hi))
+        else f"{_fmt(float(value), 2)} ({lo:.2f}-{hi:.2f})"
+        for value, lo, hi in zip(
+            view["ntps_released"], low.to_numpy(float), high.to_numpy(float), strict=True
+        )
+    ]
+    return view.drop(columns=[c for c in RELEASED_COLUMNS[1:] if c in view.columns])
+
+
 def paper_comparison(
     scores: pd.DataFrame,
     probes: pd.DataFrame,
@@ -82,6 +110,7 @@ def paper_comparison(
             rows.append({
                 "dataset": ours, "study": "paper", "model": short_model_name(ref["model"]),
                 "setting": "paper's per-figure choice", "ntps": ref["ntps"],
+                **dict.fromkeys(RELEASED_COLUMNS, np.nan),
                 "probe_accuracy_test": np.nan, "probe_accuracy_train": ref["value"],
                 "lora_gain": float(gain.iloc[0]) if len(gain) else np.nan,
             })  # fmt: skip
@@ -103,6 +132,7 @@ def paper_comparison(
                 "dataset": ours, "study": "ours", "model": model,
                 "setting": f"layer {layer}, k {k_label(analysis['fixed_k'])}",
                 "ntps": float(row[analysis["score"]].iloc[0]),
+                **_released_fields(row.iloc[0]),
                 "probe_accuracy_test": float(probe["accuracy"].iloc[0]),
                 "probe_accuracy_train": float(probe["train_accuracy"].iloc[0]), "lora_gain": gain,
             })  # fmt: skip
@@ -131,7 +161,7 @@ def magnitude_table(scores: pd.DataFrame, analysis: Mapping[str, Any],
             "layer": layer,
             "ntps": row[score_col],
             "ntps_se": row.get(f"{score_col}_se", np.nan),
-            "ntps_released": row.get("ntps_released", np.nan),
+            **_released_fields(row),
             "baseline": row["baseline"],
             "position": float(baseline_position(row[score_col], row["baseline"])),
         }
@@ -203,13 +233,29 @@ RELEASED_EXPLANATION = (
     "within about two SE are noise). `ntps_released` is the paper form computed exactly as the "
     "authors' released code does (float32, scipy's `eigh`, an absolute 1e-8 cut-off when "
     "whitening, k = int(f x columns) for U and V separately, and no reordering of scipy's "
-    "ascending eigenvalues, so it uses the SMALLEST generalized eigenvectors). Those span Cxx's "
-    "numerical null space and the next-token problem's least-predictive directions; their basis in "
-    "the degenerate null space is whatever the LAPACK driver returns, so `ntps_released` depends on "
-    "the driver and library version, and at high fractions it approaches 1 for any model because "
-    "both subspaces then cover most of R^d. This is where the paper's ~0.85-0.95 values come "
+    "ascending eigenvalues, so it uses the SMALLEST generalized eigenvectors). Those lie in the "
+    "perception problem's null space (Cxy Cxy^T has rank <= c) and among the next-token "
+    "problem's least-determined directions, where float32 rounding, not the statistics, picks "
+    "the vectors: `ntps_released` moves with the BLAS thread count, the LAPACK driver and the "
+    "last bit of its inputs, and at high fractions it approaches 1 for any model because both "
+    "subspaces then cover most of R^d. {spread}This is where the paper's ~0.85-0.95 values come "
     "from; it is shown for comparison only, never used as the headline."
 )
+
+RELEASED_SPREAD = (
+    "In parentheses: its range over rounding to nearest and {roundings} seeded random float32 "
+    "roundings of the same statistics (`ntps_released_min`, `ntps_released_max`; the SD is in "
+    "`magnitudes.csv`); its digits inside that range are rounding, and so are differences between "
+    "datasets inside it. Other LAPACK drivers move it further (docs/method.md section 7). "
+)
+
+
+def _released_spread_text(scores: pd.DataFrame) -> str:
+    """:data:`RELEASED_SPREAD` with the number of roundings behind it ("" without a spread)."""
+    if "released_roundings" not in scores.columns:
+        return ""
+    roundings = int(pd.to_numeric(scores["released_roundings"]).fillna(0).max() or 0)
+    return RELEASED_SPREAD.format(roundings=roundings) if roundings else ""
 
 
 def regime_table(scores: pd.DataFrame) -> pd.DataFrame:
@@ -350,13 +396,15 @@ def summary_markdown(
         "",
         "## Magnitudes at the fixed setting",
         "",
-        markdown_table(magnitudes),
+        markdown_table(with_released_spread(magnitudes)),
         "",
         "`position` = (NTPS - baseline) / (1 - baseline): 0 = no better than a random subspace of the "
         f"same size, 1 = perfect. Excess-loss bounds hold in {int(checked['bound_holds'].sum())} of "
         f"{len(checked)} (model, dataset, stage, layer, k) rows.",
         "",
-        RELEASED_EXPLANATION.format(score=score_name, shards=shards or "no"),
+        RELEASED_EXPLANATION.format(
+            score=score_name, shards=shards or "no", spread=_released_spread_text(scores)
+        ),
         "",
         *bounds_lines(bounds if bounds is not None else pd.DataFrame()),
     ]
@@ -411,5 +459,10 @@ def summary_markdown(
         "",
     ]
     if not comparison.empty:
-        lines += ["Datasets both studies use:", "", markdown_table(comparison), ""]
+        lines += [
+            "Datasets both studies use (the paper's `ntps` is its released-code value):",
+            "",
+            markdown_table(with_released_spread(comparison)),
+            "",
+        ]
     return "\n".join(lines)

@@ -48,7 +48,8 @@ def records_table(paths: Iterable[str | Path], **constant: Any) -> pd.DataFrame:
 # Column order of the scores table (docs/outputs.md, "Tables"): keys first, the scores, diagnostics.
 SCORE_COLUMNS = (
     "model", "dataset", "stage", "layer", "k_label", "k_spec", "k_perception", "k_ar",
-    "ntps_paper", "ntps_reg", "ntps_paper_se", "ntps_reg_se", "ntps_released", "baseline",
+    "ntps_paper", "ntps_reg", "ntps_paper_se", "ntps_reg_se", "ntps_released",
+    "ntps_released_min", "ntps_released_max", "ntps_released_sd", "released_roundings", "baseline",
     "excess_loss", "bound_lower", "bound_upper", "lower_bound_zero", "paper_degenerate",
     "ar_degenerate", "k_clipped", "eigen_cutoff", "rank_perception", "rank_ar",
     "n_nonzero_perception", "jackknife_shards", "lam_min_cxx", "lam_max_cxx", "w_star_norm2",

@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ntps.analysis.layer_k import resolve_layer
 from ntps.errors import ConfigError
 from ntps.io import provenance
 from ntps.layout import N_LAYERS_KEY, input_provenance
 from ntps.models import resolve_device
 from ntps.regime import REGIME_OK, regime_warning
+from ntps.released import RoundingSpread
 from ntps.scores import jackknife_se, ntps_forms, score_layer
 from ntps.stats import LayerMoments, jackknife_replicates, layer_tensors, shard_count
 
@@ -54,18 +56,27 @@ def score_layer_with_se(
     eigen_cutoff: float | str = "auto",
     device: Any = "cpu",
     released: bool = True,
+    rounding_spread: RoundingSpread | None = None,
 ) -> list[dict[str, Any]]:
     """One layer's score records with their jackknife SEs (the body of :func:`score_pair`).
 
     ``tensors`` holds the layer's :meth:`ntps.stats.StatisticsAccumulator.to_tensors` keys and
     ``shards`` the :func:`ntps.stats.shards_to_tensors` keys (or None); either may be a dict or an
     open safetensors handle. The eigendecompositions run in float64 on ``device``; the released
-    column (``released``, else NaN) always on the CPU, with scipy, as the authors ran it.
+    column (``released``, else NaN) always on the CPU, with scipy, as the authors ran it, and its
+    spread over random float32 roundings where ``rounding_spread`` asks for it (this layer is
+    meant: its ``layer`` is not looked at here).
     """
     n_shards = shard_count(shards) if shards is not None else 0
     moments = LayerMoments.from_tensors(tensors, layer, device=device)
     layer_records = score_layer(
-        moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered, released=released
+        moments,
+        k_grid,
+        tol=eigen_cutoff,
+        ridge=ridge,
+        centered=centered,
+        released=released,
+        rounding_spread=rounding_spread,
     )
     replicates = []
     if n_shards >= 2:
@@ -90,6 +101,29 @@ def score_layer_with_se(
     return records
 
 
+def _spread_layers(spread: RoundingSpread | None, n_layers: int) -> frozenset[int]:
+    """The layers (indices) at which ``spread`` asks for the released rounding spread."""
+    if spread is None or spread.n_roundings == 0:
+        return frozenset()
+    if spread.layer is None:
+        return frozenset(range(n_layers))
+    return frozenset({resolve_layer(spread.layer, n_layers)})
+
+
+def _spread_settings(
+    spread: RoundingSpread | None, layers: frozenset[int]
+) -> dict[str, Any] | None:
+    """The rounding-spread settings a score JSON records (None: no spread)."""
+    if not layers or spread is None:
+        return None
+    return {
+        "roundings": spread.n_roundings,
+        "seed": spread.seed,
+        "layers": sorted(layers),
+        "k": None if spread.k is None else list(spread.k),
+    }
+
+
 def score_pair(
     stats_path: str | Path,
     k_grid: Sequence[int | float],
@@ -100,6 +134,7 @@ def score_pair(
     shards_path: str | Path | None = None,
     device: str = "cpu",
     released: bool = True,
+    rounding_spread: RoundingSpread | None = None,
 ) -> dict[str, Any]:
     """NTPS records for every layer and k, loading one layer's statistics at a time.
 
@@ -108,7 +143,10 @@ def score_pair(
     the leave-one-shard-out jackknife standard errors over the train texts (NaN without shards).
     ``device`` ("auto", "cpu", "cuda"; see :func:`scoring_device`) is where the float64
     eigendecompositions run; the device used is recorded as ``device``. ``released`` False leaves
-    ``ntps_released`` NaN (``scoring.released_column``).
+    ``ntps_released`` NaN (``scoring.released_column``). ``rounding_spread`` adds the released
+    column's spread over random float32 roundings of the statistics at its layer (a config layer
+    spec, resolved against this pair's depth; None: every layer) and k: ``ntps_released_min``,
+    ``ntps_released_max``, ``ntps_released_sd`` (docs/method.md section 7).
     """
     torch_device = scoring_device(device)
     records: list[dict[str, Any]] = []
@@ -123,6 +161,7 @@ def score_pair(
         n_shards = shard_count(shards) if shards else 0
         meta = handle.metadata()
         n_layers = int(meta[N_LAYERS_KEY])
+        spread_layers = _spread_layers(rounding_spread if released else None, n_layers)
         for layer in range(n_layers):
             records += score_layer_with_se(
                 layer_tensors(handle, layer),
@@ -134,6 +173,7 @@ def score_pair(
                 eigen_cutoff=eigen_cutoff,
                 device=torch_device,
                 released=released,
+                rounding_spread=rounding_spread if layer in spread_layers else None,
             )
     if records and records[0]["regime"] != REGIME_OK:
         LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
@@ -151,6 +191,7 @@ def score_pair(
             "centered": centered,
             "jackknife_shards": n_shards,
             "released_column": released,
+            "released_spread": _spread_settings(rounding_spread, spread_layers),
         },
         "device": str(torch_device),
         "records": records,
