@@ -641,6 +641,11 @@ def cost_per_pair(costs: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+#: Costs within this factor of the cheapest count as equal: sub-second compute times vary between
+#: runs by more than their differences, and the choice must not follow that noise.
+COST_TOLERANCE = 2.0
+
+
 def cheapest_tracking_baseline(
     pooled: pd.DataFrame,
     baselines: Sequence[str],
@@ -650,7 +655,10 @@ def cheapest_tracking_baseline(
 ) -> tuple[str, float, float] | None:
     """The cheapest baseline whose pooled within-model rho with ``target`` at the fixed setting
     reaches ``useful`` (the bar a pre-screen must pass): (name, rho, seconds per pair), or None.
-    Ties in cost: the order of ``baselines``."""
+
+    Costs within ``COST_TOLERANCE`` of the cheapest tracking baseline's count as equal; among
+    those the one with the highest rho, then the first in ``baselines``. A baseline without a
+    cost comes last."""
     rows = pooled[
         (pooled["target"] == target)
         & (pooled["mode"] == "fixed")
@@ -662,10 +670,13 @@ def cheapest_tracking_baseline(
             continue
         rho = float(rows.loc[name, "rho"])
         if math.isfinite(rho) and rho >= useful:
-            tracking.append((costs.get(name, math.inf), index, name, rho))
+            cost = float(costs.get(name, math.inf))
+            tracking.append((cost if math.isfinite(cost) else math.inf, index, name, rho))
     if not tracking:
         return None
-    cost, _, name, rho = min(tracking)
+    cheapest = min(cost for cost, *_ in tracking)
+    near = [t for t in tracking if t[0] <= COST_TOLERANCE * cheapest or t[0] == cheapest]
+    cost, _, name, rho = min(near, key=lambda t: (-t[3], t[1]))
     return name, rho, cost
 
 
