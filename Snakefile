@@ -21,6 +21,7 @@ include: "rules/lora.smk"
 include: "rules/report.smk"
 include: "rules/plots.smk"
 include: "rules/predictors.smk"
+include: "rules/evidence.smk"
 
 
 # Seconds of pandas/matplotlib each: run in the main Snakemake process, not as cluster jobs.
@@ -34,6 +35,7 @@ localrules:
     plot_lora,
     plot_predictors,
     predictor_tables,
+    evidence,
     summary,
 
 

@@ -248,12 +248,39 @@ def predictor_table_inputs(wildcards):
     return inputs
 
 
+def evidence_inputs(wildcards):
+    inputs = {
+        "scores": "results/tables/scores.parquet",
+        "probes": "results/tables/probes.parquet",
+        "correlations": "results/tables/correlations.csv",
+    }
+    if lora_pairs(config):
+        inputs.update(
+            lora="results/tables/lora.csv",
+            lora_correlations="results/tables/lora_correlations.csv",
+        )
+    if predictors_enabled():
+        inputs.update(
+            predictor_values="results/tables/predictor_values.csv",
+            predictors="results/tables/predictors.csv",
+        )
+    return inputs
+
+
+# The evidence tables the summary renders (rule evidence), by input name.
+SUMMARY_EVIDENCE = {
+    f"evidence_{name}": f"results/tables/evidence_{name}.csv"
+    for name in ("targets", "correlations", "pooled", "across_models", "incremental")
+}
+
+
 def summary_inputs(wildcards):
     inputs = {
         "scores": "results/tables/scores.parquet",
         "probes": "results/tables/probes.parquet",
         "correlations": "results/tables/correlations.csv",
         "reference": REFERENCE_CSV,
+        **SUMMARY_EVIDENCE,
     }
     if lora_pairs(config):
         inputs.update(
@@ -264,6 +291,8 @@ def summary_inputs(wildcards):
         )
     if predictors_enabled():
         inputs["predictors"] = "results/tables/predictors.csv"
+        # Which baseline is cheapest, for the sentence on what NTPS adds beyond it.
+        inputs["predictor_costs"] = "results/tables/predictor_costs.csv"
     return inputs
 
 
@@ -291,6 +320,7 @@ def per_model_outputs(pattern):
 def final_outputs():
     outputs = [
         "results/summary.md",
+        "results/verdict.rst",
         "results/tables/scores.csv",
         "results/tables/probes.csv",
         "results/tables/correlations.csv",

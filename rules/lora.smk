@@ -73,6 +73,15 @@ rule lora_tables:
         scores="results/tables/scores.parquet",
         probes="results/tables/probes.parquet",
         models=per_model_outputs("resources/models/{model}/model.json"),
+        # The per-text test predictions of the probe (its head file) and of LoRA (metrics.json),
+        # scored against the test labels of the features file: the gain's paired-bootstrap SE.
+        # Only the labels are read from the features.
+        features=lora_pair_outputs(
+            "results/extract/{model}/{dataset}/features.safetensors"
+        ),
+        probe_heads=lora_pair_outputs(
+            "results/probes/{model}/{dataset}.head.safetensors"
+        ),
     output:
         lora=report(
             "results/tables/lora.csv",
@@ -99,6 +108,9 @@ rule lora_tables:
     params:
         analysis=canonical(config["analysis"]),
         fixed_layers=fixed_layers_by_model(),
+        # The (model, dataset) of each entry of input.features and input.probe_heads, in order.
+        pairs=lora_pairs(config),
+        gain_bootstrap=config["evidence"]["gain_bootstrap"],
     script:
         "../scripts/lora_tables.py"
 

@@ -11,6 +11,13 @@ rule summary:
             category="1. Summary",
             labels={"document": "summary"},
         ),
+        # The verdict alone, for the report's landing page (report/workflow.rst includes it).
+        verdict=report(
+            "results/verdict.rst",
+            caption="../report/verdict.rst",
+            category="1. Summary",
+            labels={"document": "verdict"},
+        ),
         magnitudes=report(
             "results/tables/magnitudes.csv",
             caption="../report/magnitudes.rst",
@@ -40,5 +47,7 @@ rule summary:
         analysis=canonical(config["analysis"]),
         fixed_layers=fixed_layers_by_model(),
         reference_names=reference_names(),
+        useful_rho=config["evidence"]["useful_rho"],
+        enabled=enabled_predictors(config),
     script:
         "../scripts/summary.py"

@@ -9,7 +9,22 @@ from ntps.workflow import job_logging
 
 with job_logging(snakemake.log[0]) as log:
     probes = pd.read_parquet(snakemake.input.probes)
-    lora = lora_table(snakemake.input.metrics, probes, snakemake.input.models)
+    test_files = {
+        (model, dataset): files
+        for (model, dataset), files in zip(
+            snakemake.params.pairs,
+            zip(snakemake.input.features, snakemake.input.probe_heads, strict=True),
+            strict=True,
+        )
+    }
+    lora = lora_table(
+        snakemake.input.metrics,
+        probes,
+        snakemake.input.models,
+        test_files,
+        gain_bootstrap=snakemake.params.gain_bootstrap,
+        seed=snakemake.params.analysis["seed"],
+    )
     results = lora_analysis(
         pd.read_parquet(snakemake.input.scores),
         lora,
@@ -21,3 +36,4 @@ with job_logging(snakemake.log[0]) as log:
         write_table(snakemake.output[key], results[key])
     log.info("\n%s", results["correlations"][["model", "mode", "rho", "p_value"]])
     log.info("\n%s", results["paired"])
+    log.info("%d of %d gains within 2 SE of 0", int(lora["gain_within_noise"].sum()), len(lora))

@@ -5,6 +5,7 @@ from pathlib import Path
 import _ntps_path  # noqa: F401  (this workflow's src/ first on sys.path)
 import pandas as pd
 
+from ntps.evidence_tables import StudyEvidence, cost_per_pair, verdict_rst
 from ntps.io import atomic_path, write_table
 from ntps.reference import load_paper_reference, paper_correlations
 from ntps.summary import bounds_table, magnitude_table, paper_comparison, summary_markdown
@@ -29,6 +30,17 @@ with job_logging(snakemake.log[0]):
     comparison = paper_comparison(
         scores, probes, reference, snakemake.params.reference_names, analysis, fixed_layers, lora
     )
+    costs = optional_csv("predictor_costs")
+    evidence = StudyEvidence(
+        {
+            name.removeprefix("evidence_"): pd.read_csv(path)
+            for name, path in snakemake.input.items()
+            if name.startswith("evidence_")
+        },
+        cost_per_pair(costs) if costs is not None else {},
+        snakemake.params.enabled if costs is not None else [],
+        snakemake.params.useful_rho,
+    )
     text = summary_markdown(
         snakemake.params.study,
         pd.read_csv(snakemake.input.correlations),
@@ -43,6 +55,7 @@ with job_logging(snakemake.log[0]):
         bounds,
         analysis["score"],
         optional_csv("predictors"),
+        evidence,
     )
     write_table(
         snakemake.output.magnitudes,
@@ -52,3 +65,5 @@ with job_logging(snakemake.log[0]):
     write_table(snakemake.output.paper_comparison, comparison)
     with atomic_path(snakemake.output.summary) as tmp:
         Path(tmp).write_text(text + "\n", encoding="utf-8")
+    with atomic_path(snakemake.output.verdict) as tmp:
+        Path(tmp).write_text(verdict_rst(evidence.verdict()), encoding="utf-8")

@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from ntps.analysis import bootstrap_ci, permutation_pvalue, select_layer_k, spearman
+from ntps.analysis import (
+    bootstrap_ci,
+    pearson_rows,
+    permutation_pvalue,
+    select_layer_k,
+    spearman,
+)
 from ntps.errors import ConfigError, DatasetError
 from ntps.evidence import (
     accuracy_se,
@@ -34,6 +40,7 @@ from ntps.evidence import (
     pooled_within_model_table,
     read_correlation,
     selected_pairs,
+    useful_tau,
     weighted_tau,
     with_power_columns,
 )
@@ -190,6 +197,31 @@ def test_pooled_single_model_equals_per_model_row() -> None:
     ci = bootstrap_ci(x, y, spearman, n_boot=400, seed=3)
     assert (rec["ci_low"], rec["ci_high"], rec["n_boot_used"]) == (ci.low, ci.high, ci.n_used)
     assert rec["p_value"] == permutation_pvalue(x, y, spearman, n_perm=1000, seed=3)
+
+
+def test_pooled_min_detectable_comes_from_the_test_s_own_null() -> None:
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=7), rng.normal(size=7)
+    # one model, 7! <= n_perm: the exact untied null, as min_detectable_correlation
+    rec = pooled_within_model(_pairs({"m": (x, y)}), n_boot=100, n_perm=6000)
+    assert rec["p_exact"] and rec["min_detectable"] == pytest.approx(min_detectable_correlation(7))
+    # the mean over two models varies less under the null: a smaller rho is detectable
+    two = pooled_within_model(_pairs({"a": (x, y), "b": (y, x**3)}), n_boot=100, n_perm=4000)
+    assert two["min_detectable"] < rec["min_detectable"]
+    assert 0.4 < two["min_detectable"] < 0.75
+    pooled = pooled_all_pairs(_pairs({"a": (x, y), "b": (y, x**3)}), n_boot=100, n_perm=6000)
+    assert pooled["p_exact"] and 0 < pooled["min_detectable"] <= 1
+    assert math.isnan(pooled_all_pairs(_pairs({"a": (x, y)}))["min_detectable"])
+
+
+def test_pearson_rows_relative_threshold_for_residuals() -> None:
+    a = np.array([[1.0, 2.0, 3.0, 4.0], [1e-17, -1e-17, 0.0, 0.0]])
+    b = np.array([[2.0, 1.0, 4.0, 3.0], [1.0, 2.0, 3.0, 5.0]])
+    plain = pearson_rows(a, b)
+    assert plain[0] == pytest.approx(0.6) and np.isfinite(plain[1])  # rounding noise correlates
+    strict = pearson_rows(a, b, rtol=1e-12)
+    assert strict[0] == plain[0] and np.isnan(strict[1])  # ... unless counted as constant
+    assert np.isnan(pearson_rows(np.ones(4), b[0]))
 
 
 def test_pooled_bootstrap_resamples_datasets_jointly() -> None:
@@ -567,6 +599,21 @@ def test_read_correlation_rules() -> None:
     )
 
 
+def test_useful_tau_and_readings_of_tau() -> None:
+    # bivariate normal: rho_S = 0.5 <-> r = 2 sin(pi/12) <-> tau = (2/pi) asin(r)
+    assert useful_tau(0.5) == pytest.approx(2 / math.pi * math.asin(2 * math.sin(math.pi / 12)))
+    assert useful_tau(0.5) == pytest.approx(0.346, abs=1e-3)
+    assert useful_tau(1.0) == pytest.approx(1.0) and useful_tau(0.0) == 0.0
+    assert read_correlation(0.4, 0.9, useful_tau(0.5), "tau") == (
+        "positive evidence: CI excludes tau < 0.35"
+    )
+    assert read_correlation(-0.2, 0.3, 0.35, "tau") == (
+        "negative evidence: CI excludes tau >= 0.35 (spans both signs)"
+    )
+    with pytest.raises(ConfigError, match="useful rho"):
+        useful_tau(1.5)
+
+
 def test_evidence_line_and_power_columns() -> None:
     line = evidence_line(8, -0.47, -0.97, 0.41)
     assert line == (
@@ -575,6 +622,10 @@ def test_evidence_line_and_power_columns() -> None:
     )
     assert "no value can reach p < 0.05" in evidence_line(
         3, 0.5, -1.0, 1.0, unit="models", statistic="kendall", symbol="tau"
+    )
+    # a pooled test's own threshold instead of the single-correlation one
+    assert "(p < 0.05 needs |rho| >= 0.55)" in evidence_line(
+        8, 0.3, -0.2, 0.7, unit="datasets, mean of 2 models", threshold=0.55
     )
     table = pd.DataFrame({"n_datasets": [8, 4], "ci_low": [0.2, -1.0], "ci_high": [0.9, 1.0]})
     out = with_power_columns(table)

@@ -64,3 +64,27 @@ def test_fit_probe_head_reproduces_its_predictions(n_classes):
     assert logits.argmax(1).tolist() == result.test_predictions.tolist()
     assert np.mean(result.test_predictions == y_test) == pytest.approx(result.accuracy)
     assert "head_weight" not in result.to_dict()
+
+
+def test_fit_probe_records_the_standard_error_of_its_mse():
+    rng = np.random.default_rng(2)
+    y_train, y_test = rng.integers(0, 3, 90), rng.integers(0, 3, 40)
+    centers = rng.normal(scale=2.0, size=(3, 5))
+    x_train = centers[y_train] + rng.normal(size=(90, 5))
+    x_test = centers[y_test] + rng.normal(size=(40, 5))
+    result = fit_probe(x_train, y_train, x_test, y_test, 3, c_grid=[1.0])
+    record = result.to_dict()
+    assert list(record)[:4] == ["accuracy", "macro_f1", "mse", "mse_se"]
+    # the SE of a mean over the 40 test texts, from the same ridge fit recomputed here
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    from ntps.probes import DEFAULT_RIDGE_ALPHAS
+
+    scaler = StandardScaler().fit(x_train)
+    ridge = RidgeCV(alphas=list(DEFAULT_RIDGE_ALPHAS)).fit(
+        scaler.transform(x_train), np.eye(3)[y_train]
+    )
+    per_text = ((np.eye(3)[y_test] - ridge.predict(scaler.transform(x_test))) ** 2).sum(axis=1)
+    assert result.mse == pytest.approx(per_text.mean(), rel=1e-12)
+    assert result.mse_se == pytest.approx(per_text.std(ddof=1) / np.sqrt(40), rel=1e-12)

@@ -80,3 +80,10 @@ def test_rehearsal_runs_the_paper_dag(rehearsal: tuple[Path, dict], tmp_path: Pa
     assert len(lora) == len(record["models"]) * len(CLASSES)
     assert (lora["steps"] == config["lora"]["settings"]["max_steps"]).all()
     assert (root / "results/summary.md").stat().st_size > 0
+    # With 3 or more models the across-model view (which model to pick per dataset) exists.
+    across = pd.read_csv(root / "results/tables/evidence_across_models.csv")
+    ntps = across[(across["predictor"] == "ntps") & (across["mode"] == "fixed")]
+    if len(record["models"]) >= 3:
+        assert ntps["mean_tau"].notna().all() and (ntps["n_models"] >= 3).all()
+    else:
+        assert ntps["reason"].str.startswith("fewer than 3 models").all()

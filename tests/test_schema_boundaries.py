@@ -134,3 +134,26 @@ def test_scoring_boundary_values_reach_the_scorer(key: str, value: float) -> Non
         centered=scoring["centered"],
     )  # fmt: skip
     assert len(records) == 2
+
+
+EVIDENCE_CASES = cases(SCHEMA["properties"]["evidence"]["properties"])
+
+
+@pytest.mark.parametrize(("key", "bound", "value"), EVIDENCE_CASES)
+def test_evidence_boundary_values_reach_the_evidence_code(
+    key: str, bound: str, value: float
+) -> None:
+    import numpy as np
+
+    from ntps.evidence import paired_bootstrap_gain_se, read_correlation, useful_tau
+    from ntps.evidence_tables import EvidenceSettings
+
+    config = minimal_config()
+    config["evidence"] = {key: value}
+    validate_config(config)
+    evidence = config["evidence"]
+    settings = EvidenceSettings.from_config(config["analysis"], evidence)
+    assert 0 < useful_tau(settings.useful) < 1
+    assert read_correlation(-0.1, 0.2, settings.useful)
+    before = np.array([1.0, 0.0, 1.0, 1.0])
+    assert paired_bootstrap_gain_se(before, 1 - before, n_boot=evidence["gain_bootstrap"]) > 0

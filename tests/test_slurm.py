@@ -344,7 +344,7 @@ def test_only_model_rules_request_a_gpu(scenario: Scenario) -> None:
     assert MODEL_RULES | {"acquire_model", "prepare_dataset", "score", "probe"} <= submitted_rules
     # The light rules are localrules: run by the main Snakemake process, never an sbatch job each.
     light = {"tables", "correlations", "lora_tables", "plot_model", "plot_bounds", "plot_lora",
-             "summary"}  # fmt: skip
+             "evidence", "summary"}  # fmt: skip
     assert not submitted_rules & light, submitted_rules & light
     for submission in scenario.submissions:
         record = submission.record

@@ -115,6 +115,10 @@ def test_probe_table_tracks_signal(study: Path) -> None:
     best = probes.groupby("dataset")["accuracy"].max()
     assert best["strong"] > best["noisy"]
     assert best["strong"] > 0.6  # 3 balanced classes: chance is 1/3
+    # Standard errors of the held-out metrics: binomial for accuracy, per-text for the MSE.
+    binomial = np.sqrt(probes["accuracy"] * (1 - probes["accuracy"]) / probes["n_test"])
+    assert np.allclose(probes["accuracy_se"], binomial)
+    assert (probes["mse_se"] > 0).all() and (probes["mse_se"] < probes["mse"]).all()
     record = read_json(study / "results/probes/tiny-llama/strong.json")
     assert record["provenance"]["seed"] == 0
     assert record["provenance"]["packages"]["torch"].startswith("2.")
@@ -228,6 +232,68 @@ def test_predictors_beside_ntps(study: Path) -> None:
     assert "## NTPS beside cheap pre-screens" in summary
 
 
+def test_evidence_tables(study: Path) -> None:
+    tables = study / "results/tables"
+    # The LoRA gain's paired-bootstrap SE over the test texts, and whether it is within noise.
+    lora = pd.read_csv(tables / "lora.csv")
+    assert (lora["gain_se"] >= 0).all() and (lora["n_test"] > 0).all()
+    assert (lora["gain_se"] > 0).any()  # 0 only where probe and LoRA agree on every text
+    within = (lora["gain"].abs() < 2 * lora["gain_se"]) | (lora["gain"] == 0)
+    assert (lora["gain_within_noise"] == within).all()
+    evidence = {
+        name: pd.read_csv(tables / f"evidence_{name}.csv")
+        for name in (
+            "targets", "correlations", "pooled", "across_models", "across_models_datasets",
+            "incremental", "incremental_lodo", "pairs",
+        )
+    }  # fmt: skip
+    # The per-model rows are the correlation tables' own, with power and a reading.
+    rows = evidence["correlations"]
+    assert set(rows["predictor"]) == {
+        "ntps", "h_score", "logme", "knn", "perception_only", "probe_accuracy",
+    }  # fmt: skip
+    ntps = rows[rows["predictor"] == "ntps"].set_index(["target", "mode"])
+    for name in ("correlations.csv", "lora_correlations.csv"):
+        theirs = pd.read_csv(tables / name).set_index(["target", "mode"])
+        assert np.allclose(ntps.loc[theirs.index, "rho"], theirs["rho"])
+        assert np.allclose(ntps.loc[theirs.index, "ci_low"], theirs["ci_low"])
+    assert rows["min_detectable"].isna().all()  # 4 datasets: no rho can reach p < 0.05
+    assert rows["reading"].str.len().gt(0).all()
+    # One model: pooled within-model rows are its own; all pairs and across models say why not.
+    pooled = evidence["pooled"]
+    within = pooled[(pooled["view"] == "within_model") & (pooled["predictor"] == "ntps")]
+    within = within.set_index(["target", "mode"])
+    assert np.allclose(within.loc[ntps.index, "rho"], ntps["rho"], equal_nan=True)
+    every = pooled[pooled["view"] == "all_pairs"]
+    assert every["rho"].isna().all()
+    assert every["reason"].str.contains("fewer than 2 models (1)", regex=False).all()
+    across = evidence["across_models"]
+    assert across["mean_tau"].isna().all()
+    assert across["reason"].str.contains("fewer than 3 models (1)", regex=False).all()
+    assert (evidence["across_models_datasets"]["n_models"] == 1).all()
+    # What NTPS adds beyond each baseline, per target (probe accuracy only for the gain).
+    incremental = evidence["incremental"]
+    baselines = incremental.groupby("target")["baseline"].apply(set).to_dict()
+    assert baselines["accuracy"] == {"h_score", "logme", "knn", "perception_only"}
+    assert baselines["-gain"] == {"h_score", "logme", "knn", "perception_only", "probe_accuracy"}
+    # (a baseline undefined on every dataset has no prediction scope)
+    assert set(incremental["scope"].dropna()) == {"tiny-llama"}
+    assert (incremental.loc[incremental["baseline"] == "knn", "scope"] == "tiny-llama").all()
+    # Target noise at the fixed setting: the gains within noise counted as lora.csv flags them.
+    targets = evidence["targets"].set_index("target")
+    assert targets.loc["-gain", "n_within_noise"] == int(lora["gain_within_noise"].sum())
+    assert (targets["mean_se"] > 0).all()
+    # The summary states the verdict and what the evidence can show; the verdict is a file.
+    summary = (study / "results/summary.md").read_text()
+    k, n = int(lora["gain_within_noise"].sum()), len(lora)
+    assert "## Verdict" in summary and "## What the evidence can show" in summary
+    assert f"{k} of {n} gains are within 2 SE of 0" in summary
+    assert "Not computed: fewer than 3 models (1)" in summary
+    assert "no value can reach p < 0.05" in summary
+    verdict = (study / "results/verdict.rst").read_text()
+    assert verdict.startswith("**Verdict.**") and "Overall, at the fixed setting" in verdict
+
+
 def test_extraction_record(study: Path) -> None:
     record = read_json(study / "results/extract/tiny-llama/strong/extract.json")
     assert record["n_layers"] == 3
@@ -249,6 +315,8 @@ def test_summary_and_report(study: Path) -> None:
     html = (study / "results/report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "leave-one-dataset-out" in html
     assert "Cheap pre-screens" in html  # the predictors table and plot have their category
+    # The landing page carries the study's verdict (report/workflow.rst includes verdict.rst).
+    assert "Overall, at the fixed setting" in html and "Evidence" in html
 
 
 def test_second_run_does_nothing(study: Path) -> None:

@@ -47,8 +47,10 @@ from ntps.analysis import (
     kendall,
     lodo_scores,
     pair_with_target,
+    pearson_rows,
     resolve_layer,
     spearman,
+    spearman_rows,
 )
 from ntps.errors import ConfigError, DatasetError
 
@@ -58,6 +60,8 @@ NOISE_MULTIPLE = 2.0
 MIN_MODELS_ACROSS = 3
 #: The correlation a pre-screen must reach to be useful, for :func:`read_correlation`.
 USEFUL_RHO = 0.5
+#: Level of the "smallest detectable correlation" (two-sided): p < 0.05.
+DETECTABLE_ALPHA = 0.05
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,26 +81,14 @@ def _check_alternative(alternative: str) -> None:
         raise ConfigError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
 
 
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r of each row pair along the last axis; NaN where a row is constant."""
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    num = (a * b).sum(axis=-1)
-    den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
-    # Relative threshold: residuals that are zero up to rounding count as constant.
-    scale = np.sqrt((a * a).sum(axis=-1) + (b * b).sum(axis=-1))
-    ok = den > 1e-12 * np.maximum(scale, 1e-300) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(ok, num / np.where(ok, den, 1.0), np.nan)
-    return np.clip(r, -1.0, 1.0)
+# Residuals of a regression on a baseline's ranks can be zero up to rounding (the predictor or
+# target is a function of the baseline's ranks): count those as constant, not as noise.
+_RESIDUAL_RTOL = 1e-12
 
 
-def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rho of each row pair (average ranks for ties); NaN for a constant row or n < 3."""
-    a, b = np.broadcast_arrays(np.atleast_2d(a), np.atleast_2d(b))
-    if a.shape[-1] < 3:
-        return np.full(a.shape[:-1], np.nan)
-    return _pearson_rows(average_ranks(a), average_ranks(b))
+def _residual_correlation_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson r of each row pair of residuals; NaN where a residual row is zero up to rounding."""
+    return pearson_rows(a, b, rtol=_RESIDUAL_RTOL)
 
 
 def _percentile_ci(values: np.ndarray, n_boot: int, level: float) -> BootstrapCI:
@@ -128,6 +120,23 @@ def _permutation_p(values: np.ndarray, observed: float, alternative: str, exact:
     if exact:
         return count / values.size
     return (1 + count) / (1 + values.size)
+
+
+def _threshold_from_null(values: np.ndarray, alpha: float, exact: bool) -> float:
+    """Smallest |statistic| a permutation test with null ``values`` calls significant.
+
+    Two-sided, p = P(|null| >= |t|) (exact) or (1 + #) / (1 + draws) (Monte Carlo), as
+    :func:`_permutation_p` computes it; the threshold is one of the null's own magnitudes. NaN
+    when none reaches p < ``alpha``.
+    """
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan
+    magnitudes, counts = np.unique(np.round(np.abs(values), 12), return_counts=True)
+    at_least = np.cumsum(counts[::-1])[::-1]  # #{|null| >= magnitudes[i]}
+    p = at_least / values.size if exact else (1 + at_least) / (1 + values.size)
+    reach = np.flatnonzero(p < alpha)
+    return float(magnitudes[reach[0]]) if reach.size else math.nan
 
 
 def _within_model_permutations(
@@ -529,7 +538,7 @@ def error_bootstrap_ci(
     idx = rng.integers(0, n, size=(n_boot, n))
     xb = xa[idx] if x_se is None else xa[idx] + xs[idx] * rng.standard_normal((n_boot, n))
     yb = ya[idx] if y_se is None else ya[idx] + ys[idx] * rng.standard_normal((n_boot, n))
-    return _percentile_ci(_spearman_rows(xb, yb), n_boot, level)
+    return _percentile_ci(spearman_rows(xb, yb), n_boot, level)
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,14 +585,15 @@ def pooled_within_model(
     -------
     dict
         n_models, n_datasets, rho_pooled, rho_min, rho_max, rho_per_model (JSON {model: rho}),
-        ci_low, ci_high, n_boot_used, p_value, p_exact, pooling ("mean"), models_dropped,
-        datasets_dropped (JSON lists).
+        ci_low, ci_high, n_boot_used, p_value, p_exact, min_detectable (the smallest |pooled
+        rho| this permutation test calls significant at two-sided p < 0.05, from its own null
+        distribution), pooling ("mean"), models_dropped, datasets_dropped (JSON lists).
     """
     _check_resampling(n_boot, level)
     _check_alternative(alternative)
     mats = _matrices(frame, [x_col, y_col], "pooled within-model")
     x, y = mats.values[x_col], mats.values[y_col]
-    rho = _spearman_rows(x, y) if mats.datasets else np.full(len(mats.models), np.nan)
+    rho = spearman_rows(x, y) if mats.datasets else np.full(len(mats.models), np.nan)
     ok = np.isfinite(rho)
     models = [m for m, good in zip(mats.models, ok, strict=True) if good]
     x, y, rho = x[ok], y[ok], rho[ok]
@@ -602,6 +612,7 @@ def pooled_within_model(
         "n_boot_used": 0,
         "p_value": math.nan,
         "p_exact": False,
+        "min_detectable": math.nan,
         "pooling": "mean",
         "models_dropped": json.dumps([m for m in mats.models if m not in models]),
         "datasets_dropped": json.dumps(mats.dropped_datasets),
@@ -612,11 +623,11 @@ def pooled_within_model(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     # The plain mean over models: NaN (dropped) where any model's rho is undefined.
-    boot = np.stack([_spearman_rows(x[m][idx], y[m][idx]) for m in range(n_models)]).mean(axis=0)
+    boot = np.stack([spearman_rows(x[m][idx], y[m][idx]) for m in range(n_models)]).mean(axis=0)
     ci = _percentile_ci(boot, n_boot, level)
     perms, exact = _within_model_permutations(n_models, n, n_perm, seed)
     rx, ry = average_ranks(x), average_ranks(y)  # ranks permute with the values
-    null = np.stack([_pearson_rows(rx[m], ry[m][perms[m]]) for m in range(n_models)]).mean(0)
+    null = np.stack([pearson_rows(rx[m], ry[m][perms[m]]) for m in range(n_models)]).mean(0)
     record.update(
         rho_pooled=observed,
         rho_min=float(rho.min()),
@@ -626,6 +637,7 @@ def pooled_within_model(
         n_boot_used=ci.n_used,
         p_value=_permutation_p(null, observed, alternative, exact),
         p_exact=exact,
+        min_detectable=_threshold_from_null(null, DETECTABLE_ALPHA, exact),
     )
     return record
 
@@ -662,6 +674,7 @@ def pooled_all_pairs(
     -------
     dict
         n_models, n_datasets, n_pairs, rho, ci_low, ci_high, n_boot_used, p_value, p_exact,
+        min_detectable (from this test's null distribution, as in :func:`pooled_within_model`),
         reason ("" or why the row is empty: fewer than ``min_models`` models).
     """
     _check_resampling(n_boot, level)
@@ -679,6 +692,7 @@ def pooled_all_pairs(
         "n_boot_used": 0,
         "p_value": math.nan,
         "p_exact": False,
+        "min_detectable": math.nan,
         "reason": "",
     }
     if n_models < min_models:
@@ -694,10 +708,10 @@ def pooled_all_pairs(
     idx = rng.integers(0, n, size=(n_boot, n))
     xb = x[:, idx].transpose(1, 0, 2).reshape(n_boot, -1)
     yb = y[:, idx].transpose(1, 0, 2).reshape(n_boot, -1)
-    ci = _percentile_ci(_spearman_rows(xb, yb), n_boot, level)
+    ci = _percentile_ci(spearman_rows(xb, yb), n_boot, level)
     perms, exact = _shared_permutations(n, n_perm, seed)
     yp = y[:, perms].transpose(1, 0, 2).reshape(len(perms), -1)
-    null = _spearman_rows(x.ravel(), yp)
+    null = spearman_rows(x.ravel(), yp)
     record.update(
         rho=observed,
         ci_low=ci.low,
@@ -705,6 +719,7 @@ def pooled_all_pairs(
         n_boot_used=ci.n_used,
         p_value=_permutation_p(null, observed, alternative, exact),
         p_exact=exact,
+        min_detectable=_threshold_from_null(null, DETECTABLE_ALPHA, exact),
     )
     return record
 
@@ -918,7 +933,7 @@ def _partial_rows(p: np.ndarray, t: np.ndarray, b: np.ndarray) -> np.ndarray:
     if p.shape[-1] < 4:
         return np.full(p.shape[:-1], np.nan)
     rb = average_ranks(b)
-    return _pearson_rows(
+    return _residual_correlation_rows(
         _residualise_rows(average_ranks(p), rb), _residualise_rows(average_ranks(t), rb)
     )
 
@@ -987,7 +1002,8 @@ def incremental_validity(
     -------
     dict
         n_models, n_datasets, partial_rho, partial_per_model (JSON), ci_low, ci_high,
-        n_boot_used, p_value, p_exact, rho_predictor_target, rho_baseline_target,
+        n_boot_used, p_value, p_exact, min_detectable (from the Freedman-Lane null, as in
+        :func:`pooled_within_model`), rho_predictor_target, rho_baseline_target,
         rho_predictor_baseline, models_dropped (JSON).
     """
     _check_resampling(n_boot, level)
@@ -1002,7 +1018,7 @@ def incremental_validity(
     n_models, n = p.shape
 
     def pooled_rho(u: np.ndarray, v: np.ndarray) -> float:
-        return float(_spearman_rows(u, v).mean()) if n_models else math.nan
+        return float(spearman_rows(u, v).mean()) if n_models else math.nan
 
     record: dict[str, Any] = {
         "n_models": n_models,
@@ -1016,6 +1032,7 @@ def incremental_validity(
         "n_boot_used": 0,
         "p_value": math.nan,
         "p_exact": False,
+        "min_detectable": math.nan,
         "rho_predictor_target": pooled_rho(p, t),
         "rho_baseline_target": pooled_rho(b, t),
         "rho_predictor_baseline": pooled_rho(p, b),
@@ -1034,7 +1051,7 @@ def incremental_validity(
         rb = average_ranks(b[m])
         res_p = _residualise_rows(average_ranks(p[m]), rb)
         res_t = _residualise_rows(average_ranks(t[m]), rb)
-        null_parts.append(_pearson_rows(_residualise_rows(res_p[perms[m]], rb), res_t))
+        null_parts.append(_residual_correlation_rows(_residualise_rows(res_p[perms[m]], rb), res_t))
     null = np.stack(null_parts).mean(axis=0)
     record.update(
         partial_rho=observed,
@@ -1043,6 +1060,7 @@ def incremental_validity(
         n_boot_used=ci.n_used,
         p_value=_permutation_p(null, observed, alternative, exact),
         p_exact=exact,
+        min_detectable=_threshold_from_null(null, DETECTABLE_ALPHA, exact),
     )
     return record
 
@@ -1178,11 +1196,7 @@ def _min_detectable(n: int, statistic: str, alpha: float, n_perm: int, seed: int
                 _null_values(n, statistic, rng.permuted(np.tile(np.arange(n), (size, 1)), axis=1))
             )
         values = np.concatenate(chunks)
-    magnitudes, counts = np.unique(np.round(np.abs(values), 12), return_counts=True)
-    at_least = np.cumsum(counts[::-1])[::-1]  # #{|R| >= magnitudes[i]}
-    p = at_least / values.size if exact else (1 + at_least) / (1 + values.size)
-    reach = np.flatnonzero(p < alpha)
-    return float(magnitudes[reach[0]]) if reach.size else math.nan
+    return _threshold_from_null(values, alpha, exact)
 
 
 def min_detectable_correlation(
@@ -1223,10 +1237,13 @@ def min_detectable_correlation(
     return _min_detectable(int(n), statistic, float(alpha), int(n_perm), int(seed))
 
 
-def read_correlation(ci_low: float, ci_high: float, useful: float = USEFUL_RHO) -> str:
+def read_correlation(
+    ci_low: float, ci_high: float, useful: float = USEFUL_RHO, symbol: str = "rho"
+) -> str:
     """One-line reading of a correlation from its CI (the claim's direction is positive).
 
-    ``useful`` is the rho a pre-screen would need to be worth computing (default 0.5). Rules,
+    ``useful`` is the rho a pre-screen would need to be worth computing (default 0.5); ``symbol``
+    names the statistic in the text (e.g. "tau", with :func:`useful_tau` as ``useful``). Rules,
     first match wins; the category is the text before the colon:
 
     1. a bound is NaN -> "no reading: the correlation or its CI is undefined"
@@ -1242,20 +1259,33 @@ def read_correlation(ci_low: float, ci_high: float, useful: float = USEFUL_RHO) 
     sign is open in rule 6.
     """
     low, high = float(ci_low), float(ci_high)
-    u = f"{useful:g}"
+    u = f"{useful:.2g}"
     if not (math.isfinite(low) and math.isfinite(high)):
         return "no reading: the correlation or its CI is undefined"
     if low >= useful:
-        return f"positive evidence: CI excludes rho < {u}"
+        return f"positive evidence: CI excludes {symbol} < {u}"
     if low > 0:
         if high < useful:
-            return f"weak positive evidence: CI excludes 0 and rho >= {u}"
+            return f"weak positive evidence: CI excludes 0 and {symbol} >= {u}"
         return "positive evidence: CI excludes 0"
     if high < 0:
-        return "negative evidence: CI excludes rho >= 0 (reversed)"
+        return f"negative evidence: CI excludes {symbol} >= 0 (reversed)"
     if high < useful:
-        return f"negative evidence: CI excludes rho >= {u} (spans both signs)"
+        return f"negative evidence: CI excludes {symbol} >= {u} (spans both signs)"
     return "inconclusive: CI spans both signs"
+
+
+def useful_tau(useful_rho: float = USEFUL_RHO) -> float:
+    """The Kendall tau that goes with a Spearman rho, for reading a tau against the same bar.
+
+    Under a bivariate normal with Pearson r, rho_S = (6 / pi) asin(r / 2) and
+    tau = (2 / pi) asin(r); so rho_S = 0.5 corresponds to tau = 0.346. Tau is smaller than rho
+    for the same association, and reading a tau against the rho bar would be stricter.
+    """
+    if not -1 <= useful_rho <= 1:
+        raise ConfigError(f"useful rho must be in [-1, 1], got {useful_rho}")
+    r = 2.0 * math.sin(math.pi * useful_rho / 6.0)
+    return 2.0 / math.pi * math.asin(r)
 
 
 def evidence_line(
@@ -1268,13 +1298,18 @@ def evidence_line(
     statistic: str = "spearman",
     symbol: str = "rho",
     useful: float = USEFUL_RHO,
+    threshold: float | None = None,
 ) -> str:
     """A correlation with its CI, what n could detect, and its reading, in one line.
 
     e.g. "rho = -0.47 [-0.97, 0.41] over 8 datasets (p < 0.05 needs |rho| >= 0.74):
-    inconclusive: CI spans both signs".
+    inconclusive: CI spans both signs". ``threshold``: the smallest detectable value when the
+    test is not a single untied correlation over n points (a pooled test's own, e.g. the
+    ``min_detectable`` of :func:`pooled_within_model`); default :func:`min_detectable_correlation`
+    of n.
     """
-    threshold = min_detectable_correlation(n, statistic=statistic)
+    if threshold is None:
+        threshold = min_detectable_correlation(n, statistic=statistic)
     can = (
         f"p < 0.05 needs |{symbol}| >= {threshold:.2f}"
         if math.isfinite(threshold)
@@ -1282,7 +1317,7 @@ def evidence_line(
     )
     return (
         f"{symbol} = {rho:.2f} [{ci_low:.2f}, {ci_high:.2f}] over {n} {unit} ({can}): "
-        f"{read_correlation(ci_low, ci_high, useful)}"
+        f"{read_correlation(ci_low, ci_high, useful, symbol)}"
     )
 
 
@@ -1294,6 +1329,7 @@ def with_power_columns(
     ci_high_col: str = "ci_high",
     statistic: str = "spearman",
     useful: float = USEFUL_RHO,
+    symbol: str = "rho",
 ) -> pd.DataFrame:
     """A correlation table with ``min_detectable`` (:func:`min_detectable_correlation` of its n)
     and ``reading`` (:func:`read_correlation` of its CI) added as columns."""
@@ -1306,7 +1342,7 @@ def with_power_columns(
         for n in out[n_col]
     ]
     out["reading"] = [
-        read_correlation(lo, hi, useful)
+        read_correlation(lo, hi, useful, symbol)
         for lo, hi in zip(out[ci_low_col], out[ci_high_col], strict=True)
     ]
     return out

@@ -10,7 +10,8 @@ Regularisation (stated because it changes the numbers):
   (``RidgeCV``) on the train split, for the same N < d reason (plain least squares interpolates the
   training labels and its held-out MSE is meaningless).
 Features are standardised with train-split statistics. MSE is the mean over examples of the squared
-error summed over classes, E||y - y_hat||^2, the loss the NTPS excess-loss bound is stated in.
+error summed over classes, E||y - y_hat||^2, the loss the NTPS excess-loss bound is stated in; its
+standard error ``mse_se`` is that of a mean over the test texts (:func:`ntps.evidence.mean_se`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class ProbeResult:
     accuracy: float
     macro_f1: float
     mse: float
+    # Standard error of the held-out MSE: of the mean of the per-text squared errors.
+    mse_se: float
     train_accuracy: float
     train_mse: float
     logistic_c: float
@@ -128,9 +131,15 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
+def squared_errors(y_true_onehot: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Per-example squared error summed over classes: shape (n_samples,) from two
+    (n_samples, n_classes) arrays."""
+    return np.sum((y_true_onehot - y_pred) ** 2, axis=1)
+
+
 def squared_error(y_true_onehot: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean over examples of the squared error summed over classes."""
-    return float(np.mean(np.sum((y_true_onehot - y_pred) ** 2, axis=1)))
+    return float(np.mean(squared_errors(y_true_onehot, y_pred)))
 
 
 def choose_logistic_c(
@@ -181,6 +190,8 @@ def fit_probe(
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
 
+    from ntps.evidence import mean_se
+
     train_y = np.asarray(train_y, dtype=np.int64)
     test_y = np.asarray(test_y, dtype=np.int64)
     scaler = StandardScaler().fit(train_x.astype(np.float64))
@@ -198,10 +209,12 @@ def fit_probe(
     ridge = RidgeCV(alphas=list(ridge_alphas)).fit(xtr, one_hot(train_y, n_classes))
     counts = np.bincount(test_y, minlength=n_classes)
     accuracy, macro_f1 = classification_metrics(test_y, test_pred, n_classes)
+    test_errors = squared_errors(one_hot(test_y, n_classes), ridge.predict(xte))
     return ProbeResult(
         accuracy=accuracy,
         macro_f1=macro_f1,
-        mse=squared_error(one_hot(test_y, n_classes), ridge.predict(xte)),
+        mse=float(np.mean(test_errors)),
+        mse_se=mean_se(test_errors),
         train_accuracy=classification_metrics(train_y, train_pred, n_classes)[0],
         train_mse=squared_error(one_hot(train_y, n_classes), ridge.predict(xtr)),
         logistic_c=c,

@@ -10,6 +10,8 @@ import pandas as pd
 
 from ntps.analysis.checks import baseline_position, bound_check
 from ntps.analysis.layer_k import k_label, rows_at_setting
+from ntps.evidence import NOISE_MULTIPLE, min_detectable_correlation
+from ntps.evidence_tables import StudyEvidence, verdict_markdown
 from ntps.reference import paper_lora_frame, short_model_name
 
 MODE_LABELS = {
@@ -35,8 +37,25 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def correlation_view(correlations: pd.DataFrame) -> pd.DataFrame:
-    """Selection-mode table: one row per model, target and mode with rho, CI and p."""
+def _ci(low: Any, high: Any) -> str:
+    return f"[{_fmt(float(low), 2)}, {_fmt(float(high), 2)}]"
+
+
+def correlation_view(
+    correlations: pd.DataFrame, evidence: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Selection-mode table: one row per model, target and mode with rho, CI and p.
+
+    With ``evidence`` (evidence_correlations.csv) also the CI carrying the target's SE, the
+    smallest rho that reaches p < 0.05 with the row's n, and the reading.
+    """
+    extra = None
+    if evidence is not None and not evidence.empty:
+        own = evidence[evidence["predictor"] == "ntps"].set_index(["model", "target", "mode"])
+        keys = list(
+            zip(correlations["model"], correlations["target"], correlations["mode"], strict=True)
+        )
+        extra = own.reindex(keys)
     view = correlations.copy()
     view["setting"] = [
         "varies by dataset" if mode == "lodo" and layer == "varies" else f"layer {layer}, k {klab}"
@@ -54,7 +73,16 @@ def correlation_view(correlations: pd.DataFrame) -> pd.DataFrame:
             for lo, hi in zip(view["ci_low_se"], view["ci_high_se"], strict=True)
         ]
         columns.append("95% CI with SE")
-    return view[[*columns, "tau", "p_value"]]
+    if extra is None:
+        return view[[*columns, "tau", "p_value"]]
+    view["95% CI with target SE"] = [
+        _ci(lo, hi) for lo, hi in zip(extra["ci_low_noise"], extra["ci_high_noise"], strict=True)
+    ]
+    view["rho for p < 0.05"] = [_fmt(float(v), 2) for v in extra["min_detectable"]]
+    view["reading"] = extra["reading"].fillna("").to_numpy()
+    return view[
+        [*columns, "95% CI with target SE", "tau", "p_value", "rho for p < 0.05", "reading"]
+    ]
 
 
 #: The released column and its rounding spread, as the summary's tables carry them.
@@ -302,6 +330,7 @@ def regime_lines(scores: pd.DataFrame) -> list[str]:
 LORA_SUMMARY_COLUMNS = [
     "model", "dataset", "loss_first_quarter", "loss_last_quarter", "learned",
     "lora_accuracy_at_start", "lora_accuracy", "majority_rate", "probe_accuracy_last_layer", "gain",
+    "gain_se", "gain_within_noise",
 ]  # fmt: skip
 
 
@@ -356,6 +385,280 @@ def predictor_lines(predictors: pd.DataFrame | None) -> list[str]:
     ]
 
 
+# --- evidence ----------------------------------------------------------------------------------
+
+TARGET_LABELS = {"accuracy": "accuracy", "-mse": "-MSE", "-gain": "-gain"}
+VIEW_LABELS = {"within_model": "within model, pooled", "all_pairs": "all pairs"}
+
+
+def _count(value: Any) -> str:
+    return "" if value is None or not np.isfinite(float(value)) else str(int(value))
+
+
+def _rho_ci(value: Any, low: Any, high: Any) -> str:
+    return f"{_fmt(float(value), 2)} {_ci(low, high)}"
+
+
+POWER_NOTE = (
+    " `95% CI with target SE`: the dataset bootstrap with each score perturbed by its jackknife "
+    "SE and each target by its own SE (counts the noise twice: a sensitivity check). "
+    "`rho for p < 0.05`: the smallest |rho| a permutation test over this many datasets can call "
+    "significant. `reading`: what the CI shows against a useful pre-screen (rho >= {useful:.2g})."
+)
+
+
+def verdict_lines(evidence: StudyEvidence | None) -> list[str]:
+    """The summary's verdict section, generated from the evidence tables."""
+    if evidence is None:
+        return []
+    return ["## Verdict", "", *verdict_markdown(evidence.verdict()), ""]
+
+
+def _noise_lines(targets: pd.DataFrame) -> list[str]:
+    if targets.empty:
+        return []
+    view = pd.DataFrame(
+        {
+            "target": targets["target"].map(TARGET_LABELS),
+            "model": targets["model"],
+            "datasets": targets["n_datasets"].map(_count),
+            "min": targets["value_min"],
+            "max": targets["value_max"],
+            "SD across datasets": targets["sd_across_datasets"],
+            "mean SE": targets["mean_se"],
+            "SD / SE": targets["sd_over_mean_se"],
+            f"within {NOISE_MULTIPLE:g} SE of 0": targets["n_within_noise"].map(_count),
+        }
+    )
+    lines = [
+        "### How noisy the targets are",
+        "",
+        markdown_table(view),
+        "",
+        "At the fixed setting, values unsigned. SE: binomial for the held-out accuracy, of the "
+        "mean over test texts for the MSE, paired bootstrap over the same test texts for the "
+        "LoRA gain (probe and LoRA model on the same texts). A target whose spread across "
+        "datasets is not well above its own SE (`SD / SE` near 1) cannot be ranked by any "
+        "predictor.",
+    ]
+    gains = targets[targets["target"] == "-gain"]
+    within = gains["n_within_noise"].to_numpy(float)
+    if len(gains) and np.isfinite(within).all():
+        k, n = int(within.sum()), int(gains["n_datasets"].sum())
+        lines[-1] += (
+            f" {k} of {n} LoRA gains are within {NOISE_MULTIPLE:g} SE of 0 "
+            "(`gain_within_noise` in lora.csv)."
+        )
+    return [*lines, ""]
+
+
+def _pooled_view(pooled: pd.DataFrame) -> pd.DataFrame:
+    """NTPS's pooled rows; the all-pairs rows only where one is defined."""
+    rows = pooled[pooled["predictor"] == "ntps"]
+    every = rows["view"] == "all_pairs"
+    if not np.isfinite(rows.loc[every, "rho"].to_numpy(float)).any():
+        rows = rows[~every]
+    return pd.DataFrame(
+        {
+            "target": rows["target"].map(TARGET_LABELS),
+            "mode": rows["mode"].map(MODE_LABELS),
+            "view": rows["view"].map(VIEW_LABELS),
+            "models": rows["n_models"].map(_count),
+            "datasets": rows["n_datasets"].map(_count),
+            "rho": rows["rho"],
+            "95% CI": [_ci(lo, hi) for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)],
+            "p": rows["p_value"],
+            "rho for p < 0.05": rows["min_detectable"],
+            "reading": [
+                str(reason) if isinstance(reason, str) and reason else reading
+                for reading, reason in zip(rows["reading"], rows["reason"], strict=True)
+            ],
+        }
+    )
+
+
+def _all_pairs_absent(pooled: pd.DataFrame) -> list[str]:
+    """Why the all-pairs view is absent, when it is (fewer than 2 models)."""
+    every = pooled[pooled["view"] == "all_pairs"]
+    if every.empty or np.isfinite(every["rho"].to_numpy(float)).any():
+        return []
+    reasons = [r for r in every["reason"] if isinstance(r, str) and r]
+    return [f"All pairs in one correlation: not computed: {reasons[0] if reasons else 'n/a'}.", ""]
+
+
+def _fixed_overview(pooled: pd.DataFrame, across: pd.DataFrame) -> pd.DataFrame:
+    """One row per predictor and target at the fixed setting: the three views side by side."""
+    fixed = pooled[pooled["mode"] == "fixed"]
+    across_fixed = across[across["mode"] == "fixed"].set_index(["predictor", "target"])
+    show_across = np.isfinite(across_fixed["mean_tau"].to_numpy(float)).any()
+    every_rows = fixed[fixed["view"] == "all_pairs"]
+    show_all_pairs = np.isfinite(every_rows["rho"].to_numpy(float)).any()
+    rows = []
+    for (name, target), group in fixed.groupby(["predictor", "target"], sort=False):
+        within = group[group["view"] == "within_model"].iloc[0]
+        row = {
+            "predictor": name,
+            "target": TARGET_LABELS.get(target, target),
+            "within model: rho [CI]": _rho_ci(within["rho"], within["ci_low"], within["ci_high"]),
+            "reading": within["reading"],
+        }
+        if show_all_pairs:
+            every = group[group["view"] == "all_pairs"].iloc[0]
+            row["all pairs: rho [CI]"] = _rho_ci(every["rho"], every["ci_low"], every["ci_high"])
+        if show_across and (name, target) in across_fixed.index:
+            a = across_fixed.loc[(name, target)]
+            row["across models: tau [CI]"] = _rho_ci(
+                a["mean_tau"], a["tau_ci_low"], a["tau_ci_high"]
+            )
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def _across_lines(across: pd.DataFrame) -> list[str]:
+    lines = ["### Across models: which model to pick for a dataset", ""]
+    defined = across[np.isfinite(across["mean_tau"].to_numpy(float))]
+    if defined.empty:
+        reasons = [r for r in across["reason"] if isinstance(r, str) and r]
+        why = reasons[0] if reasons else "no dataset has a defined tau"
+        return [*lines, f"Not computed: {why}.", ""]
+    fixed = defined[defined["mode"] == "fixed"]
+    view = pd.DataFrame(
+        {
+            "predictor": fixed["predictor"],
+            "target": fixed["target"].map(TARGET_LABELS),
+            "top": fixed["top"],
+            "models": fixed["n_models"].map(_count),
+            "datasets": fixed["n_datasets"].map(_count),
+            "mean tau [CI]": [
+                _rho_ci(v, lo, hi)
+                for v, lo, hi in zip(
+                    fixed["mean_tau"], fixed["tau_ci_low"], fixed["tau_ci_high"], strict=True
+                )
+            ],
+            "mean weighted tau [CI]": [
+                _rho_ci(v, lo, hi)
+                for v, lo, hi in zip(
+                    fixed["mean_tau_w"], fixed["tau_w_ci_low"], fixed["tau_w_ci_high"], strict=True
+                )
+            ],
+            "reading": fixed["reading"],
+        }
+    )
+    return [
+        *lines,
+        markdown_table(view),
+        "",
+        "Per dataset, Kendall tau and weighted tau (top-weighted, `scipy.stats.weightedtau`) "
+        "between the predictor and the target across models, at the fixed setting; their mean "
+        "over datasets with a bootstrap CI over datasets. `top`: the end weighted tau emphasises, "
+        "the models a user would pick (highest accuracy, lowest MSE: `high`; largest LoRA gain: "
+        "`low` of -gain). The reading holds tau against the tau that goes with the useful rho. "
+        "Every mode and the per-dataset values: `evidence_across_models*.csv`.",
+        "",
+    ]
+
+
+def _incremental_lines(evidence: StudyEvidence) -> list[str]:
+    table = evidence.tables["incremental"]
+    if table.empty:
+        return []
+    view = pd.DataFrame(
+        {
+            "target": table["target"].map(TARGET_LABELS),
+            "baseline": table["baseline"],
+            "models": table["n_models"].map(_count),
+            "datasets": table["n_datasets"].map(_count),
+            "partial rho [CI]": [
+                _rho_ci(v, lo, hi)
+                for v, lo, hi in zip(
+                    table["partial_rho"], table["ci_low"], table["ci_high"], strict=True
+                )
+            ],
+            "p": table["p_value"],
+            "MAE, mean only": table["mae_mean"],
+            "MAE, baseline": table["mae_baseline"],
+            "MAE, baseline + NTPS": table["mae_baseline_predictor"],
+        }
+    )
+    return [
+        "### Does NTPS add information beyond the baselines?",
+        "",
+        markdown_table(view),
+        "",
+        "At the fixed setting. Partial rho: Spearman of NTPS with the target given the baseline "
+        "(ranks within each model, the residuals of NTPS's and the target's ranks after "
+        "regressing each on the baseline's), the mean over models; CI from resampling datasets, "
+        "p from permuting NTPS's residuals within model. MAE: leave-one-dataset-out linear "
+        "prediction of the target from the baseline alone and from the baseline and NTPS "
+        "(all models, one intercept per model), beside the mean alone.",
+        "",
+        *(f"{sentence}\n" for sentence in evidence.incremental_sentences()),
+    ]
+
+
+def _power_lines(evidence: StudyEvidence) -> list[str]:
+    pooled = evidence.tables["pooled"]
+    rows = pooled[
+        (pooled["predictor"] == "ntps")
+        & (pooled["mode"] == "fixed")
+        & (pooled["view"] == "within_model")
+    ]
+    if rows.empty:
+        return []
+    row = rows.iloc[0]
+    n, models = int(row["n_datasets"]), int(row["n_models"])
+    single = min_detectable_correlation(n)
+    if np.isfinite(single):
+        one = f"one model's Spearman rho reaches p < 0.05 only from |rho| >= {single:.2f}"
+    else:
+        one = "no Spearman rho of one model can reach p < 0.05"
+    text = f"With {n} datasets {one}"
+    pooled_threshold = float(row["min_detectable"])
+    if models > 1 and np.isfinite(pooled_threshold):
+        text += f"; the mean over {models} models from {pooled_threshold:.2f}"
+    text += (
+        f" (permutation distributions; column `min_detectable` of the evidence tables). A CI "
+        f"that spans both signs and reaches rho = {evidence.useful:.2g} is inconclusive, not "
+        "evidence of no relation."
+    )
+    return ["### Power", "", text, ""]
+
+
+def evidence_lines(evidence: StudyEvidence | None) -> list[str]:
+    """The summary's section on what the evidence can show (rule evidence's tables)."""
+    if evidence is None:
+        return []
+    tables = evidence.tables
+    return [
+        "## What the evidence can show",
+        "",
+        "How noisy the targets are, the models pooled, the across-model view the "
+        "transferability literature uses, and what NTPS adds beyond the baselines; all in "
+        "`results/tables/evidence_*.csv` (docs/outputs.md).",
+        "",
+        *_power_lines(evidence),
+        *_noise_lines(tables["targets"]),
+        "### NTPS pooled over models",
+        "",
+        markdown_table(_pooled_view(tables["pooled"])),
+        "",
+        *_all_pairs_absent(tables["pooled"]),
+        "Within model, pooled: the mean of the models' Spearman rhos across datasets (a plain "
+        "mean, not Fisher z), CI from a bootstrap that resamples datasets jointly for every "
+        "model, p from permuting the target within each model. All pairs: one Spearman rho over "
+        "every (model, dataset) pair, CI resampling datasets with all their models, p permuting "
+        "datasets. `rho for p < 0.05`: the smallest |rho| the row's own test can call "
+        "significant.",
+        "",
+        "### Every predictor at the fixed setting",
+        "",
+        markdown_table(_fixed_overview(tables["pooled"], tables["across_models"])),
+        "",
+        *_across_lines(tables["across_models"]),
+        *_incremental_lines(evidence),
+    ]
+
+
 def summary_markdown(
     study: str,
     correlations: pd.DataFrame,
@@ -370,12 +673,16 @@ def summary_markdown(
     bounds: pd.DataFrame | None = None,
     score_name: str = "ntps_reg",
     predictors: pd.DataFrame | None = None,
+    evidence: StudyEvidence | None = None,
 ) -> str:
     """Everything a reader needs first, in one Markdown page.
 
     ``paper`` is :func:`ntps.reference.paper_correlations` of the released figures (the summary
-    rule also writes it as a table, so it is computed once there).
+    rule also writes it as a table, so it is computed once there). ``evidence`` adds the verdict
+    (after the regime statement), the power and readings of the correlations, and the section on
+    what the evidence can show.
     """
+    evidence_correlations = evidence.tables["correlations"] if evidence is not None else None
     checked = bound_check(scores)
     shards = int(scores["jackknife_shards"].max()) if "jackknife_shards" in scores.columns else 0
     lines = [
@@ -385,14 +692,16 @@ def summary_markdown(
         f"NTPS over {scores['layer'].nunique()} layer indices x {scores['k_label'].nunique()} k settings.",
         "",
         *regime_lines(scores),
+        *verdict_lines(evidence),
         "## NTPS vs held-out linear-probe metrics (Spearman across datasets)",
         "",
-        markdown_table(correlation_view(correlations)),
+        markdown_table(correlation_view(correlations, evidence_correlations)),
         "",
         "Targets: `accuracy` = held-out probe accuracy; `-mse` = held-out probe MSE with the sign "
         "flipped, so a positive rho always means NTPS agrees with the task being easy for a linear "
         "read-out. CIs: percentile bootstrap over datasets; p: permutation test. The in-sample row "
-        "picks the best of the whole layer x k grid on the same datasets and is optimistic.",
+        "picks the best of the whole layer x k grid on the same datasets and is optimistic."
+        + (POWER_NOTE.format(useful=evidence.useful) if evidence is not None else ""),
         "",
         "## Magnitudes at the fixed setting",
         "",
@@ -427,7 +736,7 @@ def summary_markdown(
         lines += [
             "## LoRA gain",
             "",
-            markdown_table(correlation_view(lora_correlations)),
+            markdown_table(correlation_view(lora_correlations, evidence_correlations)),
             "",
             "Gain = LoRA test accuracy - held-out probe accuracy on the last layer; target `-gain`, "
             "so a positive rho means low NTPS goes with a large gain (the paper's claim).",
@@ -448,6 +757,7 @@ def summary_markdown(
             "",
         ]
     lines += predictor_lines(predictors)
+    lines += evidence_lines(evidence)
     wide = paper.pivot(index="model", columns="target", values="rho").reset_index()
     lines += [
         "## The paper's released numbers",

@@ -18,8 +18,10 @@ import pandas as pd
 from ntps.analysis.layer_k import k_label, rows_at_setting
 from ntps.analysis.prediction import paired_change, predict_gain_lodo
 from ntps.analysis.selection import correlation_grid, select_layer_k
+from ntps.errors import DatasetError
+from ntps.evidence import accuracy_se, gain_uncertainty
 from ntps.io import read_json
-from ntps.layout import pair_of
+from ntps.layout import HEAD_TEST_PREDICTIONS_KEY, labels_key, pair_of
 
 
 def pair_from_path(path: str | Path) -> tuple[str, str]:
@@ -55,8 +57,9 @@ SCORE_COLUMNS = (
     "n_nonzero_perception", "jackknife_shards", "lam_min_cxx", "lam_max_cxx", "w_star_norm2",
 )  # fmt: skip
 PROBE_COLUMNS = (
-    "model", "dataset", "layer", "accuracy", "macro_f1", "mse", "train_accuracy", "train_mse",
-    "chance_accuracy", "n_train", "n_test", "n_classes", "logistic_c", "ridge_alpha",
+    "model", "dataset", "layer", "accuracy", "accuracy_se", "macro_f1", "mse", "mse_se",
+    "train_accuracy", "train_mse", "chance_accuracy", "n_train", "n_test", "n_classes",
+    "logistic_c", "ridge_alpha",
 )  # fmt: skip
 
 
@@ -77,7 +80,17 @@ def scores_table(
 
 
 def probes_table(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per (model, dataset, layer) of the probe records, with the standard errors of the
+    held-out metrics: ``accuracy_se`` binomial from accuracy and ``n_test``
+    (:func:`ntps.evidence.accuracy_se`), ``mse_se`` as the probe job recorded it (NaN for records
+    written before it did)."""
     frame = records_table(paths).sort_values(["model", "dataset", "layer"], kind="stable")
+    if "accuracy" in frame.columns and "n_test" in frame.columns:
+        frame["accuracy_se"] = accuracy_se(
+            frame["accuracy"].to_numpy(float), frame["n_test"].to_numpy(float)
+        )
+    if "mse" in frame.columns and "mse_se" not in frame.columns:
+        frame["mse_se"] = np.nan
     return _ordered(frame, PROBE_COLUMNS).reset_index(drop=True)
 
 
@@ -169,16 +182,86 @@ def bounds_frame(scores: pd.DataFrame, probes: pd.DataFrame) -> pd.DataFrame:
 # --- LoRA ------------------------------------------------------------------------------------
 
 
+def read_array(path: str | Path, key: str) -> np.ndarray:
+    """One tensor of a safetensors file as a numpy array (the others are not read; no torch)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        if key not in handle.keys():
+            raise DatasetError(f"{path} has no tensor {key!r}; it has {sorted(handle.keys())}")
+        return handle.get_tensor(key)
+
+
+def per_text_correct(labels: np.ndarray, predictions: Any, what: str) -> np.ndarray:
+    """Per-text 0/1 correctness, shape (n_test,), of ``predictions`` against ``labels``."""
+    predicted = np.asarray(predictions, dtype=np.int64).ravel()
+    if predicted.shape != labels.shape:
+        raise DatasetError(f"{what}: {predicted.size} test predictions for {labels.size} labels")
+    return (predicted == labels).astype(np.float64)
+
+
+#: Columns the per-text test predictions add to the LoRA table (:func:`lora_table`).
+GAIN_NOISE_COLUMNS = ("n_test", "lora_accuracy_se", "gain_se", "gain_within_noise")
+
+
+def gain_noise(
+    metrics: Mapping[str, Any],
+    features_path: str | Path,
+    probe_head_path: str | Path,
+    probe_accuracy: float,
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The uncertainty of one pair's LoRA gain, from the per-text test predictions.
+
+    Before: the last-layer probe's test predictions (saved with its head, the classifier the
+    gain is measured against whatever ``head_init``); after: the LoRA model's
+    (``test_predictions`` in ``metrics``). Paired bootstrap over the same test texts
+    (:func:`ntps.evidence.gain_uncertainty`). Both accuracies must equal the tables' (the
+    probe's, and LoRA's ``test_accuracy``): the texts and labels are then the ones scored.
+    """
+    model, dataset = pair_of(metrics)
+    what = f"LoRA gain of {model} x {dataset}"
+    labels = read_array(features_path, labels_key("test"))
+    probe_predictions = read_array(probe_head_path, HEAD_TEST_PREDICTIONS_KEY)
+    before = per_text_correct(labels, probe_predictions, f"{what} ({probe_head_path})")
+    after = per_text_correct(labels, metrics["test_predictions"], f"{what} (LoRA metrics)")
+    record = gain_uncertainty(before, after, n_boot=n_boot, seed=seed)
+    for name, mine, theirs in (
+        ("probe accuracy", record["accuracy_before"], probe_accuracy),
+        ("LoRA test accuracy", record["accuracy_after"], metrics["test_accuracy"]),
+    ):
+        if not np.isclose(mine, theirs, rtol=0, atol=1e-9):
+            raise DatasetError(
+                f"{what}: {name} from the per-text predictions is {mine:.6f}, the recorded one "
+                f"{theirs:.6f}: the predictions and the labels in {features_path} do not match"
+            )
+    return {
+        "n_test": record["n_texts"],
+        "lora_accuracy_se": record["accuracy_after_se"],
+        "gain_se": record["gain_se"],
+        "gain_within_noise": record["gain_within_noise"],
+    }
+
+
 def lora_table(
     metrics_paths: Iterable[str | Path],
     probes: pd.DataFrame,
     model_records: Iterable[str | Path],
+    test_files: Mapping[tuple[str, str], tuple[str | Path, str | Path]] | None = None,
+    *,
+    gain_bootstrap: int = 2000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """One row per (model, dataset): LoRA test accuracy, last-layer probe accuracy, and the gain.
 
     Also whether LoRA learned (mean training loss of the last quarter of steps below the first
     quarter) and the test majority-class rate LoRA accuracy must not fall below. ``model_records``
     are the acquisition records (``model.json``), which give each model's parameter count.
+    ``test_files`` maps (model, dataset) to its (features file, probe head file): with them the
+    gain gets its uncertainty (:func:`gain_noise`, ``gain_bootstrap`` resamples, ``seed``), in
+    the columns ``GAIN_NOISE_COLUMNS``, after the others.
     """
     n_params = {}
     for path in model_records:
@@ -193,26 +276,37 @@ def lora_table(
         probe = float(last_layer.loc[(model, dataset), "accuracy"])
         majority = float(last_layer.loc[(model, dataset), "chance_accuracy"])
         first, last = metrics.get("loss_first_quarter"), metrics.get("loss_last_quarter")
-        rows.append(
-            {
-                "model": model,
-                "dataset": dataset,
-                "lora_accuracy": metrics["test_accuracy"],
-                "lora_macro_f1": metrics["test_macro_f1"],
-                "probe_accuracy_last_layer": probe,
-                "gain": metrics["test_accuracy"] - probe,
-                "lora_accuracy_at_start": metrics.get("initial_test_accuracy", np.nan),
-                "majority_rate": majority,
-                "above_majority": metrics["test_accuracy"] >= majority,
-                "loss_first_quarter": first if first is not None else np.nan,
-                "loss_last_quarter": last if last is not None else np.nan,
-                "learned": first is not None and last is not None and last < first,
-                "head_init": metrics.get("head_init", "random"),
-                "first_adapted_block": metrics.get("first_adapted_block"),
-                "n_params": n_params[model],
-                "steps": metrics["steps_done"],
-            }
-        )
+        row = {
+            "model": model,
+            "dataset": dataset,
+            "lora_accuracy": metrics["test_accuracy"],
+            "lora_macro_f1": metrics["test_macro_f1"],
+            "probe_accuracy_last_layer": probe,
+            "gain": metrics["test_accuracy"] - probe,
+            "lora_accuracy_at_start": metrics.get("initial_test_accuracy", np.nan),
+            "majority_rate": majority,
+            "above_majority": metrics["test_accuracy"] >= majority,
+            "loss_first_quarter": first if first is not None else np.nan,
+            "loss_last_quarter": last if last is not None else np.nan,
+            "learned": first is not None and last is not None and last < first,
+            "head_init": metrics.get("head_init", "random"),
+            "first_adapted_block": metrics.get("first_adapted_block"),
+            "n_params": n_params[model],
+            "steps": metrics["steps_done"],
+        }
+        if test_files is not None:
+            if (model, dataset) not in test_files:
+                raise DatasetError(
+                    f"no features and probe head file given for the LoRA pair {model} x "
+                    f"{dataset} ({path})"
+                )
+            features_path, head_path = test_files[(model, dataset)]
+            row.update(
+                gain_noise(
+                    metrics, features_path, head_path, probe, n_boot=gain_bootstrap, seed=seed
+                )
+            )
+        rows.append(row)
     return pd.DataFrame(rows).sort_values(["model", "dataset"]).reset_index(drop=True)
 
 

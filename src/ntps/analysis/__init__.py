@@ -34,7 +34,15 @@ from typing import Any
 # The public names of each module. A module is imported when one of its names is first used:
 # the summary job needs two small modules of the seven, and every module costs job start-up.
 _PUBLIC = {
-    "ranks": ("Statistic", "average_ranks", "kendall", "spearman"),
+    "ranks": (
+        "Statistic",
+        "average_ranks",
+        "kendall",
+        "kendall_rows",
+        "pearson_rows",
+        "spearman",
+        "spearman_rows",
+    ),
     "resampling": ("ALTERNATIVES", "BootstrapCI", "bootstrap_ci", "permutation_pvalue"),
     "layer_k": ("k_label", "resolve_layer", "rows_at_setting"),
     "pairing": ("pair_with_target",),

@@ -20,13 +20,25 @@ Statistic = Callable[[np.ndarray, np.ndarray], float]
 _ROW_CHUNK = 512  # rows per vectorised block: bounds memory of the pairwise Kendall tensors
 
 
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def pearson_rows(a: np.ndarray, b: np.ndarray, *, rtol: float = 0.0) -> np.ndarray:
+    """Pearson r of each row pair along the last axis; NaN where a row is constant.
+
+    ``a``, ``b``: shape (..., n), broadcastable; returns shape (...). ``rtol`` > 0 also counts a
+    row as constant when its centred values are zero up to rounding relative to the pair's scale
+    (residuals of a regression that fits exactly, e.g. in a partial correlation); 0 means exactly
+    constant.
+    """
     a = a - a.mean(axis=-1, keepdims=True)
     b = b - b.mean(axis=-1, keepdims=True)
     num = (a * b).sum(axis=-1)
     den = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
+    if rtol > 0:
+        scale = np.sqrt((a * a).sum(axis=-1) + (b * b).sum(axis=-1))
+        ok = den > rtol * np.maximum(scale, 1e-300) ** 2
+    else:
+        ok = den > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        r = np.where(ok, num / np.where(ok, den, 1.0), np.nan)
     return np.clip(r, -1.0, 1.0)
 
 
@@ -72,7 +84,7 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = np.atleast_2d(b)
     if a.shape[-1] < 3:
         return np.full(np.broadcast_shapes(a.shape, b.shape)[:-1], np.nan)
-    return _pearson_rows(average_ranks(a), average_ranks(b))
+    return pearson_rows(average_ranks(a), average_ranks(b))
 
 
 def kendall_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
