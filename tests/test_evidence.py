@@ -1,5 +1,6 @@
-"""Tests for ntps.evidence: target noise, pooled and across-model views, incremental validity,
-power."""
+"""Tests for the evidence analyses of ntps.analysis: target noise (uncertainty), pooled and
+across-model views (pooled, across), incremental validity (incremental), power (power), and the
+selection modes' pairs (selection.selected_pairs)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,10 @@ import pytest
 from scipy import stats as sps
 
 from ntps.analysis import (
-    bootstrap_ci,
-    pearson_rows,
-    permutation_pvalue,
-    select_layer_k,
-    spearman,
-)
-from ntps.errors import ConfigError, DatasetError
-from ntps.evidence import (
     accuracy_se,
     across_models,
     across_models_table,
+    bootstrap_ci,
     error_bootstrap_ci,
     evidence_line,
     gain_uncertainty,
@@ -35,15 +29,20 @@ from ntps.evidence import (
     min_detectable_correlation,
     paired_bootstrap_gain_se,
     partial_spearman,
+    pearson_rows,
+    permutation_pvalue,
     pooled_all_pairs,
     pooled_within_model,
     pooled_within_model_table,
     read_correlation,
+    select_layer_k,
     selected_pairs,
+    spearman,
     useful_tau,
     weighted_tau,
     with_power_columns,
 )
+from ntps.errors import ConfigError, DatasetError
 
 
 def _pairs(models: dict[str, tuple[np.ndarray, np.ndarray]], **extra: np.ndarray) -> pd.DataFrame:
@@ -58,7 +57,7 @@ def _pairs(models: dict[str, tuple[np.ndarray, np.ndarray]], **extra: np.ndarray
 
 
 # --------------------------------------------------------------------------------------------
-# 1. target uncertainty
+# 1. target uncertainty (analysis/uncertainty.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -159,7 +158,7 @@ def test_error_bootstrap_reduces_to_dataset_bootstrap_and_widens_with_noise() ->
 
 
 # --------------------------------------------------------------------------------------------
-# 2. pooled within-model correlation
+# 2. pooled within-model correlation (analysis/pooled.py)
 # --------------------------------------------------------------------------------------------
 
 N8 = np.arange(8.0)
@@ -299,7 +298,7 @@ def test_pooled_all_pairs_value_cluster_bootstrap_and_exact_p() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 3. across models, per dataset
+# 3. across models, per dataset (analysis/across.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -414,7 +413,7 @@ def test_across_models_table_on_a_dress_rehearsal_shape() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 4. incremental validity
+# 4. incremental validity (analysis/incremental.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -549,7 +548,7 @@ def test_lodo_incremental_prediction_pooled_scope_uses_model_intercepts() -> Non
 
 
 # --------------------------------------------------------------------------------------------
-# 5. power and readings
+# 5. power and readings (analysis/power.py)
 # --------------------------------------------------------------------------------------------
 
 
@@ -639,7 +638,7 @@ def test_evidence_line_and_power_columns() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# selection modes: the same points as select_layer_k
+# selection modes: the same points as select_layer_k (analysis/selection.py)
 # --------------------------------------------------------------------------------------------
 
 LAYERS = [0, 1, 2, 3]

@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from ntps.analysis import k_label, select_layer_k, spearman
-from ntps.evidence import (
+from ntps.analysis import (
     accuracy_se,
     incremental_validity,
+    k_label,
     min_detectable_correlation,
     read_correlation,
+    select_layer_k,
+    spearman,
 )
 from ntps.evidence_tables import (
     ACROSS_COLUMNS,

@@ -145,7 +145,7 @@ def test_evidence_boundary_values_reach_the_evidence_code(
 ) -> None:
     import numpy as np
 
-    from ntps.evidence import paired_bootstrap_gain_se, read_correlation, useful_tau
+    from ntps.analysis import paired_bootstrap_gain_se, read_correlation, useful_tau
     from ntps.evidence_tables import EvidenceSettings
 
     config = minimal_config()

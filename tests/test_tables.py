@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ntps.analysis import paired_bootstrap_gain_se
 from ntps.errors import DatasetError
-from ntps.evidence import paired_bootstrap_gain_se
 from ntps.io import save_tensors, write_json
 from ntps.layout import HEAD_TEST_PREDICTIONS_KEY, labels_key
 from ntps.tables import (

@@ -1,8 +1,8 @@
 """The study's evidence tables (``results/tables/evidence_*.csv``) and its generated verdict.
 
 Built from the tables a study already writes (scores, probes, LoRA, predictor values and costs,
-the per-model correlation tables); the maths is in :mod:`ntps.evidence`, the selection of layer
-and k in :mod:`ntps.analysis`. Pure functions of data frames: the rule ``evidence``
+the per-model correlation tables); the maths (the selection of layer and k, the evidence
+analyses) is in :mod:`ntps.analysis`. Pure functions of data frames: the rule ``evidence``
 (rules/evidence.smk) reads and writes the files, the summary renders the text.
 
 One frame feeds every view: :func:`evidence_pairs`, the (predictor value, target) point of every
@@ -28,22 +28,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ntps.baselines import PREDICTORS
-from ntps.errors import DatasetError
-from ntps.evidence import (
-    NOISE_MULTIPLE,
-    across_models,
-    error_bootstrap_ci,
+from ntps.analysis.across import across_models
+from ntps.analysis.incremental import incremental_validity, lodo_incremental_prediction
+from ntps.analysis.pooled import pooled_all_pairs, pooled_within_model
+from ntps.analysis.power import (
     evidence_line,
-    incremental_validity,
-    lodo_incremental_prediction,
     min_detectable_correlation,
-    pooled_all_pairs,
-    pooled_within_model,
     read_correlation,
-    selected_pairs,
     useful_tau,
 )
+from ntps.analysis.selection import selected_pairs
+from ntps.analysis.uncertainty import NOISE_MULTIPLE, error_bootstrap_ci
+from ntps.baselines import PREDICTORS
+from ntps.errors import DatasetError
 from ntps.layout import NTPS
 from ntps.tables import n_layers_by_model
 
@@ -76,7 +73,7 @@ MODE_ORDER = {"fixed": 0, "in_sample": 1, "lodo": 2}
 
 #: Which end of each (signed) target weighted tau emphasises: the models a user would pick for a
 #: dataset, i.e. the highest accuracy, the lowest MSE (top of -mse), the LARGEST LoRA gain (the
-#: bottom of -gain). ``ntps.evidence.weighted_tau``'s "high" weights the largest values of both
+#: bottom of -gain). ``ntps.analysis.weighted_tau``'s "high" weights the largest values of both
 #: predictor and target, "low" the smallest.
 WEIGHTED_TAU_TOP = {"accuracy": "high", "-mse": "high", "-gain": "low"}
 
@@ -168,7 +165,7 @@ def evidence_pairs(
     NTPS (the headline score ``settings.score``, pre-LoRA) and every enabled baseline in
     ``values`` (the predictor values table: model, dataset, layer, predictor, value) against each
     target it applies to, in the three selection modes as the correlation tables select them
-    (:func:`ntps.evidence.selected_pairs`): fixed (the model's ``fixed_layers`` entry and, for
+    (:func:`ntps.analysis.selected_pairs`): fixed (the model's ``fixed_layers`` entry and, for
     NTPS, ``settings.fixed_k``), in-sample best, leave-one-dataset-out.
 
     Returns
@@ -236,7 +233,7 @@ CORRELATION_COLUMNS = (
 
 def noise_ci(sub: pd.DataFrame, settings: EvidenceSettings) -> tuple[float, float]:
     """CI of one model's Spearman rho carrying the score's SE (where it has one) and the target's
-    (:func:`ntps.evidence.error_bootstrap_ci`, same resamples as the plain dataset bootstrap)."""
+    (:func:`ntps.analysis.error_bootstrap_ci`, same resamples as the plain dataset bootstrap)."""
     x_se = sub["score_se"].to_numpy(float)
     ci = error_bootstrap_ci(
         sub["score"],
@@ -261,8 +258,8 @@ def correlation_rows(
     for NTPS, predictors.csv for the baselines; a table without a ``predictor`` column is NTPS's;
     NTPS rows of predictors.csv are skipped, being copies). Adds ``ci_low_noise``,
     ``ci_high_noise`` (:func:`noise_ci` over the same points, from ``pairs``), ``min_detectable``
-    (:func:`ntps.evidence.min_detectable_correlation` of n_datasets) and ``reading``
-    (:func:`ntps.evidence.read_correlation` of the plain CI).
+    (:func:`ntps.analysis.min_detectable_correlation` of n_datasets) and ``reading``
+    (:func:`ntps.analysis.read_correlation` of the plain CI).
 
     Returns
     -------
@@ -315,8 +312,8 @@ def pooled_rows(
     pairs: pd.DataFrame, predictors: Sequence[str], settings: EvidenceSettings
 ) -> pd.DataFrame:
     """Per predictor, target and mode: the models' Spearman rhos pooled (view ``within_model``,
-    :func:`ntps.evidence.pooled_within_model`) and one rho over all (model, dataset) pairs (view
-    ``all_pairs``, :func:`ntps.evidence.pooled_all_pairs`; with fewer than 2 models only its
+    :func:`ntps.analysis.pooled_within_model`) and one rho over all (model, dataset) pairs (view
+    ``all_pairs``, :func:`ntps.analysis.pooled_all_pairs`; with fewer than 2 models only its
     ``reason``). ``min_detectable`` is each test's own (from its permutation distribution).
 
     Returns
@@ -382,13 +379,13 @@ def across_model_rows(
     pairs: pd.DataFrame, predictors: Sequence[str], settings: EvidenceSettings
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Which model should I pick for a dataset? Per predictor, target and mode: Kendall tau and
-    weighted tau across models per dataset (:func:`ntps.evidence.across_models`, top-weighted at
+    weighted tau across models per dataset (:func:`ntps.analysis.across_models`, top-weighted at
     ``WEIGHTED_TAU_TOP`` of the target), and their means over datasets with bootstrap CIs.
 
     With fewer than 3 models every row is empty and its ``reason`` says why. ``min_detectable``:
     the smallest |tau| one dataset's tau over n_models models can reach p < 0.05 with (NaN up to
     4 models); ``reading``: the mean tau's CI against the tau that goes with the useful rho
-    (:func:`ntps.evidence.useful_tau`).
+    (:func:`ntps.analysis.useful_tau`).
 
     Returns
     -------
@@ -471,9 +468,9 @@ def incremental_rows(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Does NTPS carry information beyond each baseline? At the fixed setting, per target and
     baseline: the partial Spearman of NTPS with the target given the baseline, pooled over models
-    (:func:`ntps.evidence.incremental_validity`), and leave-one-dataset-out MAE of the target
+    (:func:`ntps.analysis.incremental_validity`), and leave-one-dataset-out MAE of the target
     from the baseline alone vs the baseline and NTPS
-    (:func:`ntps.evidence.lodo_incremental_prediction`). The summary row carries the MAEs of the
+    (:func:`ntps.analysis.lodo_incremental_prediction`). The summary row carries the MAEs of the
     scope over all models (``pooled`` with several models, else the model's own).
 
     Returns

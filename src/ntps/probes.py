@@ -11,7 +11,7 @@ Regularisation (stated because it changes the numbers):
   training labels and its held-out MSE is meaningless).
 Features are standardised with train-split statistics. MSE is the mean over examples of the squared
 error summed over classes, E||y - y_hat||^2, the loss the NTPS excess-loss bound is stated in; its
-standard error ``mse_se`` is that of a mean over the test texts (:func:`ntps.evidence.mean_se`).
+standard error ``mse_se`` is that of a mean over the test texts (:func:`ntps.analysis.mean_se`).
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def fit_probe(
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
 
-    from ntps.evidence import mean_se
+    from ntps.analysis.uncertainty import mean_se
 
     train_y = np.asarray(train_y, dtype=np.int64)
     test_y = np.asarray(test_y, dtype=np.int64)

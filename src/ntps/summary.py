@@ -10,7 +10,8 @@ import pandas as pd
 
 from ntps.analysis.checks import baseline_position, bound_check
 from ntps.analysis.layer_k import k_label, rows_at_setting
-from ntps.evidence import NOISE_MULTIPLE, min_detectable_correlation
+from ntps.analysis.power import min_detectable_correlation
+from ntps.analysis.uncertainty import NOISE_MULTIPLE
 from ntps.evidence_tables import StudyEvidence, verdict_markdown
 from ntps.reference import paper_lora_frame, short_model_name
 

@@ -18,8 +18,8 @@ import pandas as pd
 from ntps.analysis.layer_k import k_label, rows_at_setting
 from ntps.analysis.prediction import paired_change, predict_gain_lodo
 from ntps.analysis.selection import correlation_grid, select_layer_k
+from ntps.analysis.uncertainty import accuracy_se, gain_uncertainty
 from ntps.errors import DatasetError
-from ntps.evidence import accuracy_se, gain_uncertainty
 from ntps.io import read_json
 from ntps.layout import HEAD_TEST_PREDICTIONS_KEY, labels_key, pair_of
 
@@ -82,7 +82,7 @@ def scores_table(
 def probes_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per (model, dataset, layer) of the probe records, with the standard errors of the
     held-out metrics: ``accuracy_se`` binomial from accuracy and ``n_test``
-    (:func:`ntps.evidence.accuracy_se`), ``mse_se`` as the probe job recorded it (NaN for records
+    (:func:`ntps.analysis.accuracy_se`), ``mse_se`` as the probe job recorded it (NaN for records
     written before it did)."""
     frame = records_table(paths).sort_values(["model", "dataset", "layer"], kind="stable")
     if "accuracy" in frame.columns and "n_test" in frame.columns:
@@ -218,7 +218,7 @@ def gain_noise(
     Before: the last-layer probe's test predictions (saved with its head, the classifier the
     gain is measured against whatever ``head_init``); after: the LoRA model's
     (``test_predictions`` in ``metrics``). Paired bootstrap over the same test texts
-    (:func:`ntps.evidence.gain_uncertainty`). Both accuracies must equal the tables' (the
+    (:func:`ntps.analysis.gain_uncertainty`). Both accuracies must equal the tables' (the
     probe's, and LoRA's ``test_accuracy``): the texts and labels are then the ones scored.
     """
     model, dataset = pair_of(metrics)

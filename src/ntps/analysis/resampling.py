@@ -1,4 +1,9 @@
-"""Uncertainty of a correlation across datasets: percentile bootstrap CIs, permutation p-values."""
+"""Uncertainty of a correlation across datasets: percentile bootstrap CIs, permutation p-values.
+
+Also the pieces the study-level analyses share: checks of their resampling settings, a
+percentile CI of resampled values, the p-value and the smallest significant value of a
+permutation null, and permutations within each model or shared by all.
+"""
 
 from __future__ import annotations
 
@@ -116,3 +121,95 @@ def permutation_pvalue(
     if exact:
         return count / values.size
     return (1 + count) / (1 + values.size)
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces of the study-level analyses (uncertainty, pooled, across, incremental, power)
+# --------------------------------------------------------------------------------------------
+
+
+def check_resampling(n_boot: int, level: float) -> None:
+    if not 0 < level < 1:
+        raise ConfigError(f"bootstrap level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be >= 1, got {n_boot}")
+
+
+def check_alternative(alternative: str) -> None:
+    if alternative not in ALTERNATIVES:
+        raise ConfigError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+
+
+def percentile_ci(values: np.ndarray, n_boot: int, level: float) -> BootstrapCI:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return BootstrapCI(math.nan, math.nan, 0, n_boot, level)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return BootstrapCI(float(low), float(high), int(values.size), n_boot, level)
+
+
+def _tail_count(values: np.ndarray, observed: float, alternative: str) -> int:
+    # Rank statistics take few distinct values; the tolerance keeps floating-point noise from
+    # splitting ties with the observed value.
+    eps = 1e-12 * max(1.0, abs(observed))
+    if alternative == "greater":
+        return int(np.sum(values >= observed - eps))
+    if alternative == "less":
+        return int(np.sum(values <= observed + eps))
+    return int(np.sum(np.abs(values) >= abs(observed) - eps))
+
+
+def pvalue_from_null(values: np.ndarray, observed: float, alternative: str, exact: bool) -> float:
+    """p from a permutation distribution: exact (identity included) or Monte Carlo with +1."""
+    if not math.isfinite(observed):
+        return math.nan
+    values = values[np.isfinite(values)]
+    count = _tail_count(values, observed, alternative)
+    if exact:
+        return count / values.size
+    return (1 + count) / (1 + values.size)
+
+
+def threshold_from_null(values: np.ndarray, alpha: float, exact: bool) -> float:
+    """Smallest |statistic| a permutation test with null ``values`` calls significant.
+
+    Two-sided, p = P(|null| >= |t|) (exact) or (1 + #) / (1 + draws) (Monte Carlo), as
+    :func:`pvalue_from_null` computes it; the threshold is one of the null's own magnitudes. NaN
+    when none reaches p < ``alpha``.
+    """
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan
+    magnitudes, counts = np.unique(np.round(np.abs(values), 12), return_counts=True)
+    at_least = np.cumsum(counts[::-1])[::-1]  # #{|null| >= magnitudes[i]}
+    p = at_least / values.size if exact else (1 + at_least) / (1 + values.size)
+    reach = np.flatnonzero(p < alpha)
+    return float(magnitudes[reach[0]]) if reach.size else math.nan
+
+
+def within_model_permutations(
+    n_models: int, n: int, n_perm: int, seed: int
+) -> tuple[list[np.ndarray], bool]:
+    """Index arrays that permute each model's datasets independently.
+
+    Returns one (n_draws, n) array per model and whether the set is exact: all (n!)^n_models
+    combinations (identity included) when that count is <= ``n_perm``, else ``n_perm`` Monte
+    Carlo draws, each model's permutation drawn independently.
+    """
+    total = math.factorial(n) ** n_models
+    if total <= n_perm:
+        base = np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+        which = np.unravel_index(np.arange(total), (len(base),) * n_models)
+        return [base[w] for w in which], True
+    rng = np.random.default_rng(seed)
+    tiled = np.tile(np.arange(n), (n_perm, 1))
+    return [rng.permuted(tiled, axis=1) for _ in range(n_models)], False
+
+
+def shared_permutations(n: int, n_perm: int, seed: int) -> tuple[np.ndarray, bool]:
+    """(n_draws, n) permutations of n items: all n! when n! <= n_perm, else Monte Carlo."""
+    if math.factorial(n) <= n_perm:
+        return np.array(list(itertools.permutations(range(n))), dtype=np.intp), True
+    rng = np.random.default_rng(seed)
+    return rng.permuted(np.tile(np.arange(n), (n_perm, 1)), axis=1), False

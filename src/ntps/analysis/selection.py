@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ntps.analysis.layer_k import resolve_layer
+from ntps.analysis.layer_k import k_label, resolve_layer
 from ntps.analysis.pairing import Grid, model_grid, pair_with_target, signed_target_name
 from ntps.analysis.ranks import kendall, kendall_rows, spearman, spearman_rows
 from ntps.analysis.resampling import BootstrapCI, bootstrap_ci, permutation_pvalue
@@ -295,3 +295,86 @@ def select_layer_k(
         "p_value",
     ]
     return pd.DataFrame.from_records(records, columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs of the three selection modes
+# --------------------------------------------------------------------------------------------
+
+SELECTED_COLUMNS = (
+    "mode", "model", "dataset", "layer", "k_label", "score", "score_se", "target",
+)  # fmt: skip
+
+
+def selected_pairs(
+    scores: pd.DataFrame,
+    targets: pd.DataFrame,
+    *,
+    score_col: str = "ntps_reg",
+    target_col: str = "accuracy",
+    sign: int = 1,
+    fixed: Mapping[str, tuple[int | float, int | float | str]] | None = None,
+    n_layers: Mapping[str, int] | None = None,
+    stage: str | None = "pre_lora",
+) -> pd.DataFrame:
+    """The (score, target) pair of every (model, dataset) under each selection mode.
+
+    The rows :func:`ntps.analysis.select_layer_k` correlates, so the pooled and across-model views
+    see the same points as the per-model rows: ``fixed`` (the model's configured (layer spec, k);
+    only when ``fixed`` is given), ``in_sample`` (the first grid setting, in layer then k order,
+    with the highest Spearman rho across the model's datasets) and ``lodo`` (for each held-out
+    dataset the setting that is best on the others; ``layer``/``k_label`` vary by row).
+
+    Returns
+    -------
+    DataFrame with columns ``SELECTED_COLUMNS``: mode, model, dataset, layer, k_label, score,
+    score_se, target (signed as ``sign * target_col``). A LODO row whose pick failed has NaN
+    layer, score and target.
+    """
+    paired = pair_with_target(scores, targets, score_col, target_col, sign, stage)
+    grid = correlation_grid(scores, targets, score_col, target_col, sign, stage)
+    parts = []
+    for model, sub in paired.groupby("model", sort=True):
+        rhos = grid[grid["model"] == model]
+        if rhos.empty:  # no setting complete over datasets: select_layer_k skips the model
+            continue
+        complete = set(zip(rhos["layer"], rhos["k_label"], strict=True))
+        if fixed is not None:
+            if model not in fixed:
+                raise ConfigError(
+                    f"no fixed (layer, k) configured for model {model!r}; "
+                    f"configured: {sorted(fixed)}"
+                )
+            layer_spec, k = fixed[model]
+            depth = (n_layers or {}).get(model, int(sub["layer"].max()) + 1)
+            layer = resolve_layer(layer_spec, depth)
+            at_layer = sub[sub["layer"] == layer]
+            if isinstance(k, str):
+                hit = at_layer["k_label"] == k
+            else:
+                order = at_layer["k_order"].to_numpy(float)
+                hit = (at_layer["k_label"] == k_label(k)) | np.isclose(
+                    order, float(k), rtol=1e-9, atol=1e-12
+                )
+            chosen = at_layer[hit]
+            labels = set(chosen["k_label"])
+            if len(labels) != 1 or (layer, next(iter(labels))) not in complete:
+                raise ConfigError(
+                    f"fixed setting (layer={layer}, k={k!r}) for model {model!r} is not in the "
+                    f"scored grid (complete over datasets); k labels at that layer: "
+                    f"{sorted(set(at_layer['k_label']))}"
+                )
+            parts.append(chosen.assign(mode="fixed"))
+        finite = rhos[np.isfinite(rhos["rho"].to_numpy(float))]
+        if not finite.empty:
+            # correlation_grid lists settings in grid order; the first maximum wins, as in
+            # select_layer_k.
+            best = finite[finite["rho"] >= finite["rho"].max() - 1e-12].iloc[0]
+            at_best = (sub["layer"] == best["layer"]) & (sub["k_label"] == best["k_label"])
+            parts.append(sub[at_best].assign(mode="in_sample"))
+    lodo = lodo_scores(scores, targets, score_col, target_col, sign, stage)
+    parts.append(lodo[lodo["model"].isin(set(grid["model"]))].assign(mode="lodo"))
+    out = pd.concat(parts, ignore_index=True)
+    modes = {"fixed": 0, "in_sample": 1, "lodo": 2}
+    out = out.assign(_m=out["mode"].map(modes)).sort_values(["_m", "model", "dataset"])
+    return out[list(SELECTED_COLUMNS)].reset_index(drop=True)
