@@ -19,9 +19,8 @@ from ntps.analysis.ranks import average_ranks, pearson_rows, spearman_rows
 from ntps.analysis.resampling import (
     check_alternative,
     check_resampling,
+    inference_fields,
     percentile_ci,
-    pvalue_from_null,
-    threshold_from_null,
     within_model_permutations,
 )
 from ntps.errors import DatasetError
@@ -178,12 +177,7 @@ def incremental_validity(
     null = np.stack(null_parts).mean(axis=0)
     record.update(
         partial_rho=observed,
-        ci_low=ci.low,
-        ci_high=ci.high,
-        n_boot_used=ci.n_used,
-        p_value=pvalue_from_null(null, observed, alternative, exact),
-        p_exact=exact,
-        min_detectable=threshold_from_null(null, DETECTABLE_ALPHA, exact),
+        **inference_fields(ci, null, observed, alternative, exact, DETECTABLE_ALPHA),
     )
     return record
 

@@ -22,10 +22,9 @@ from ntps.analysis.ranks import average_ranks, pearson_rows, spearman, spearman_
 from ntps.analysis.resampling import (
     check_alternative,
     check_resampling,
+    inference_fields,
     percentile_ci,
-    pvalue_from_null,
     shared_permutations,
-    threshold_from_null,
     within_model_permutations,
 )
 
@@ -116,12 +115,7 @@ def pooled_within_model(
         rho_pooled=observed,
         rho_min=float(rho.min()),
         rho_max=float(rho.max()),
-        ci_low=ci.low,
-        ci_high=ci.high,
-        n_boot_used=ci.n_used,
-        p_value=pvalue_from_null(null, observed, alternative, exact),
-        p_exact=exact,
-        min_detectable=threshold_from_null(null, DETECTABLE_ALPHA, exact),
+        **inference_fields(ci, null, observed, alternative, exact, DETECTABLE_ALPHA),
     )
     return record
 
@@ -198,12 +192,7 @@ def pooled_all_pairs(
     null = spearman_rows(x.ravel(), yp)
     record.update(
         rho=observed,
-        ci_low=ci.low,
-        ci_high=ci.high,
-        n_boot_used=ci.n_used,
-        p_value=pvalue_from_null(null, observed, alternative, exact),
-        p_exact=exact,
-        min_detectable=threshold_from_null(null, DETECTABLE_ALPHA, exact),
+        **inference_fields(ci, null, observed, alternative, exact, DETECTABLE_ALPHA),
     )
     return record
 

@@ -213,3 +213,22 @@ def shared_permutations(n: int, n_perm: int, seed: int) -> tuple[np.ndarray, boo
         return np.array(list(itertools.permutations(range(n))), dtype=np.intp), True
     rng = np.random.default_rng(seed)
     return rng.permuted(np.tile(np.arange(n), (n_perm, 1)), axis=1), False
+
+
+def inference_fields(
+    ci: BootstrapCI, null: np.ndarray, observed: float, alternative: str, exact: bool, alpha: float
+) -> dict[str, Any]:
+    """The CI, permutation p and smallest detectable |statistic| of one statistic, as record fields.
+
+    ``null`` holds the statistic's permutation distribution, shape (n_permutations,); ``exact``
+    says it enumerates every permutation. Shared by the pooled and incremental views so their
+    tables carry the same columns in the same order.
+    """
+    return {
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "n_boot_used": ci.n_used,
+        "p_value": pvalue_from_null(null, observed, alternative, exact),
+        "p_exact": exact,
+        "min_detectable": threshold_from_null(null, alpha, exact),
+    }
