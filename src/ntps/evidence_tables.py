@@ -805,6 +805,12 @@ def _pooled_line(row: pd.Series, useful: float) -> str:
     )
 
 
+def _reason(row: pd.Series) -> str:
+    """A row's ``reason``, or "" where there is none (NaN once the table went through CSV)."""
+    value = row.get("reason")
+    return value if isinstance(value, str) else ""
+
+
 def verdict(
     pooled: pd.DataFrame,
     across: pd.DataFrame,
@@ -857,9 +863,9 @@ def verdict(
     words = _target_words(primary)
     every = _pooled_row(pooled, primary, "all_pairs")
     if every is not None:
-        if every["reason"]:
+        if _reason(every):
             bullets.append(
-                f"All (model, dataset) pairs in one correlation, {words}: not judged: {every['reason']}."
+                f"All (model, dataset) pairs in one correlation, {words}: not judged: {_reason(every)}."
             )
         else:
             bullets.append(
@@ -877,7 +883,7 @@ def verdict(
                 f"{row['mean_tau']:.2f} [{row['tau_ci_low']:.2f}, {row['tau_ci_high']:.2f}], "
                 f"weighted tau {row['mean_tau_w']:.2f}, over {int(row['n_datasets'])} datasets of "
                 f"{int(row['n_models'])} models: {row['reading']}"
-                + (f" ({row['reason']})" if row["reason"] else "")
+                + (f" ({_reason(row)})" if _reason(row) else "")
                 + "."
             )
         else:
