@@ -180,6 +180,12 @@ def scoring_params():
     }
 
 
+def jackknife_params():
+    """The scoring settings the jackknife replicates depend on (all but the k grid)."""
+    scoring = config["scoring"]
+    return {key: scoring[key] for key in ("eigen_cutoff", "ridge", "centered")}
+
+
 def score_gpu(wildcards):
     return score_resources(config, wildcards.model)["gpu"]
 
@@ -194,7 +200,8 @@ def score_threads(wildcards):
 
 
 def shard_statistics(path):
-    """The jackknife shard statistics: deleted after scoring unless the config keeps them."""
+    """The jackknife shard statistics: deleted once the replicates are scored (rule jackknife)
+    unless the config keeps them."""
     return path if config["uncertainty"]["keep_shard_statistics"] else temp(path)
 
 

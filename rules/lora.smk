@@ -46,6 +46,8 @@ rule lora:
 rule score_post_lora:
     input:
         stats="results/lora/{model}/{dataset}/stats_post_lora.safetensors",
+        # The states below the first adapted block are the pre-LoRA statistics: their scores.
+        lower_scores="results/scores/{model}/{dataset}.json",
     output:
         scores="results/scores_post_lora/{model}/{dataset}.json",
     log:

@@ -172,6 +172,12 @@ def test_pair_outputs_agree_except_timings(reference: Path, serial_run: Path) ->
     for kind, pattern in (("extract", "*.safetensors"), ("lora", "stats_post_lora.safetensors")):
         for path in sorted((serial_run / "results" / kind / MODEL / LORA_DATASET).rglob(pattern)):
             relative = path.relative_to(serial_run)
+            if not (reference / relative).exists():
+                # The shard statistics are temporary (deleted once the jackknife rule scored
+                # them); the interrupted run may still hold its copy. The SEs compared above
+                # are what they were for.
+                assert path.name == "stats_shards.safetensors", relative
+                continue
             theirs, mine = load_tensors(path), load_tensors(reference / relative)
             assert mine.keys() == theirs.keys(), relative
             for key, tensor in mine.items():

@@ -286,3 +286,28 @@ def test_splice_statistics_takes_lower_states_from_base_and_the_rest_from_upper(
         splice_statistics(base.to_tensors(), other, 2)
     with pytest.raises(NTPSError, match="cannot splice"):
         splice_statistics(base.to_tensors(), upper, 1)
+
+
+def test_upper_statistics_keep_only_the_recomputed_states_under_their_own_indices():
+    from ntps.errors import NTPSError
+    from ntps.stats import splice_statistics, stored_layers, upper_statistics
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = [torch.randn(3, 5, 4, generator=gen) for _ in range(4)]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    labels = torch.tensor([0, 1, 1])
+    base = StatisticsAccumulator(4, 4, 2)
+    base.update(hidden, mask, labels)
+    upper = StatisticsAccumulator(2, 4, 2)
+    upper.update([h * 2.0 for h in hidden[2:]], mask, labels)
+    kept = upper_statistics(base.to_tensors(), upper, 2)
+    assert stored_layers(kept.keys()) == [2, 3]
+    spliced = splice_statistics(base.to_tensors(), upper, 2)
+    for key, value in kept.items():  # exactly what the splice takes from upper, and the counts
+        assert torch.equal(value, spliced[key]), key
+    for layer in (2, 3):
+        assert LayerMoments.from_tensors(kept, layer).n_examples == 3
+    with pytest.raises(NTPSError, match="layer 0 was not stored"):
+        LayerMoments.from_tensors(kept, 0)
+    with pytest.raises(NTPSError, match="cannot splice"):
+        upper_statistics(base.to_tensors(), upper, 1)

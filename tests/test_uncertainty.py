@@ -11,6 +11,7 @@ import scipy.linalg
 import torch
 
 from ntps.analysis import bootstrap_ci
+from ntps.errors import NTPSError
 from ntps.scores import STATISTICS_PRECISION, jackknife_se, ntps_forms, score_layer
 from ntps.stats import (
     LayerMoments,
@@ -353,3 +354,99 @@ def test_lower_bound_is_flagged_zero_when_cxx_is_rank_deficient():
     texts, labels = synthetic_texts(g, 100, 5, 2)
     full = score_layer(accumulate(texts, labels, 2).layer_moments(0), [0.5], released=False)[0]
     assert not full["lower_bound_zero"] and full["bound_lower"] > 0
+
+
+# --- jackknife replicates reduced to their scores at every k (the jackknife rule's file) --------
+
+
+@pytest.mark.parametrize("rank_ar, rank_p", [(1, 1), (7, 3), (3, 7), (40, 40), (64, 61), (5, 90)])
+def test_reachable_k_pairs_hold_every_k_a_grid_can_ask_for(rank_ar, rank_p):
+    from ntps.scores import reachable_k_pairs, resolve_k
+
+    pairs = {tuple(p) for p in reachable_k_pairs(rank_ar, rank_p).tolist()}
+    fractions = [i / 1000 for i in range(1, 1000)] + [j / r for r in (rank_ar, rank_p, 97)
+                                                      for j in range(1, r)] + [1e-6, 0.999999]  # fmt: skip
+    ints = list(range(1, max(rank_ar, rank_p) + 3))
+    for k in fractions + ints:
+        if isinstance(k, float) and not 0 < k < 1:
+            continue
+        assert (resolve_k(k, rank_ar), resolve_k(k, rank_p)) in pairs, k
+    # O(rank) pairs, not rank_ar x rank_p.
+    assert len(pairs) <= 6 * (rank_ar + rank_p)
+
+
+def test_replicate_curves_give_the_scores_of_any_k_grid():
+    from ntps.scores import replicate_curves
+
+    texts, labels = synthetic_texts(torch.Generator().manual_seed(4), 300, 12, 3)
+    acc = accumulate(texts, labels, 3)
+    for layer in range(acc.n_layers):
+        m = acc.layer_moments(layer)
+        curves = replicate_curves(m, tol="auto")
+        for grid in (
+            [0.25, 0.5, 2],
+            [0.01, 0.333, 0.999, 1, 7, 1000],
+            [i / 23 for i in range(1, 23)],
+        ):
+            want = ntps_forms(m, grid, tol="auto")
+            got = curves.forms(grid)
+            np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-12, atol=1e-15)
+
+
+def test_stored_replicates_give_the_standard_errors_of_the_shards(tmp_path):
+    from ntps.errors import NTPSError
+    from ntps.io import save_tensors
+    from ntps.stages.score import jackknife_pair, score_pair
+
+    texts, labels = synthetic_texts(torch.Generator().manual_seed(5), 400, 10, 2)
+    total, shards = sharded(texts, labels, 2, n_shards=5)
+    stats, shard_file = tmp_path / "stats.safetensors", tmp_path / "shards.safetensors"
+    save_tensors(stats, total.to_tensors(), {"n_layers": str(total.n_layers)})
+    save_tensors(shard_file, shards_to_tensors(shards), {"n_layers": str(total.n_layers)})
+    kw = {"ridge": 0.0, "centered": False, "released": False}
+    assert jackknife_pair(stats, shard_file, tmp_path / "jk.safetensors", ridge=0.0,
+                          centered=False) == 5  # fmt: skip
+    # A grid the replicates were never asked about.
+    grid = [0.1, 0.37, 0.9, 3]
+    direct = score_pair(stats, grid, shards_path=shard_file, **kw)["records"]
+    stored = score_pair(stats, grid, jackknife_path=tmp_path / "jk.safetensors", **kw)["records"]
+    for want, got in zip(direct, stored, strict=True):
+        assert got["jackknife_shards"] == want["jackknife_shards"] == 5
+        for key in ("ntps_paper_se", "ntps_reg_se"):
+            assert want[key] > 0 and got[key] == pytest.approx(want[key], rel=1e-10), key
+    # Replicates made with other scoring settings are refused, not silently used.
+    with pytest.raises(NTPSError, match="jackknife replicates made with"):
+        score_pair(stats, grid, jackknife_path=tmp_path / "jk.safetensors",
+                   **{**kw, "ridge": 0.1})  # fmt: skip
+
+
+def test_post_lora_scores_of_unchanged_states_are_the_pre_lora_records(tmp_path):
+    """Post-LoRA statistics hold the recomputed states only; scoring them with the pre-LoRA
+    scores gives what scoring the whole spliced statistics gives."""
+    import json
+
+    from ntps.io import save_tensors
+    from ntps.layout import FIRST_RECOMPUTED_STATE_KEY
+    from ntps.stages.score import score_pair
+    from ntps.stats import splice_statistics, upper_statistics
+
+    g = torch.Generator().manual_seed(6)
+    one, labels = synthetic_texts(g, 200, 8, 3)
+    texts = [torch.cat([t, t * 0.7 + 0.1, torch.tanh(t)]) for t in one]  # three hidden states
+    base = accumulate(texts, labels, 3)
+    upper = accumulate([t[2:] * 1.5 for t in texts], labels, 3)
+    meta = {"n_layers": "3"}
+    save_tensors(tmp_path / "base.safetensors", base.to_tensors(), meta)
+    spliced = splice_statistics(base.to_tensors(), upper, 2)
+    save_tensors(tmp_path / "full.safetensors", spliced, meta)
+    kept = upper_statistics(base.to_tensors(), upper, 2)
+    save_tensors(tmp_path / "upper.safetensors", kept, {**meta, FIRST_RECOMPUTED_STATE_KEY: "2"})
+    grid, kw = [0.25, 0.5, 2], {"ridge": 0.0, "centered": False}
+    pre = score_pair(tmp_path / "base.safetensors", grid, **kw)
+    whole = score_pair(tmp_path / "full.safetensors", grid, **kw)
+    post = score_pair(tmp_path / "upper.safetensors", grid, lower_scores=pre, **kw)
+    assert json.dumps(post["records"]) == json.dumps(whole["records"])
+    with pytest.raises(NTPSError, match="pre-LoRA scores were made with"):
+        score_pair(tmp_path / "upper.safetensors", [0.5], lower_scores=pre, **kw)
+    with pytest.raises(NTPSError, match="which were not given"):
+        score_pair(tmp_path / "upper.safetensors", grid, **kw)

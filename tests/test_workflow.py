@@ -344,5 +344,9 @@ def test_changing_k_grid_does_not_rerun_extraction(study: Path) -> None:
     result = run_snakemake(study, "--dry-run", configfile=changed)
     planned = jobs_planned(result.stdout)
     assert planned.get("score") == 4
+    # The jackknife replicates serve any k grid: the shard statistics (deleted by default once
+    # scored) are not needed again.
+    assert "jackknife" not in planned, planned
+    assert not list((study / "results/extract").rglob("stats_shards.safetensors"))
     assert "extract" not in planned and "acquire_model" not in planned
     assert "prepare_dataset" not in planned and "probe" not in planned

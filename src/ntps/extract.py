@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ntps.errors import NumericalError
-from ntps.stats import StatisticsAccumulator, merge_all, shard_assignment
+from ntps.stats import StatisticsAccumulator, merge_all, shard_assignment, shard_tensors
 from ntps.text import (
     context_length,
     forward_kwargs,
@@ -46,10 +46,11 @@ class ExtractionResult:
     n_batches: int
     max_length: int
     seconds: float
-    #: With ``n_shards``: the statistics of each jackknife shard (``statistics`` is their sum).
-    #: For one part of a split (``part``): one accumulator per jackknife shard (one without
-    #: jackknife), those the part never fed left empty, and ``statistics`` None.
-    shards: list[StatisticsAccumulator] | None = None
+    #: With ``n_shards``: each jackknife shard as stored (:func:`ntps.stats.shard_tensors`;
+    #: ``statistics`` is their sum). For one part of a split (``part``): one accumulator per
+    #: jackknife shard (one without jackknife), those the part never fed left empty, and
+    #: ``statistics`` None.
+    shards: list[StatisticsAccumulator] | list[dict[str, torch.Tensor]] | None = None
     #: Positions in ``texts`` of the rows of ``pooled`` (ascending); None: every text, in order.
     indices: list[int] | None = None
     #: The part's batches ``[first, last)`` of the split's ``n_batches_total`` planned batches.
@@ -120,8 +121,10 @@ def extract_features(
 
     ``n_shards`` >= 2 also keeps the statistics of that many disjoint random shards of the texts
     (:func:`ntps.stats.shard_assignment` with ``shard_seed``) for the jackknife; batches are then
-    formed within shards, so each batch feeds one shard accumulator (memory: n_shards times the
-    statistics).
+    formed within shards, in shard order, so one float64 shard accumulator is live at a time:
+    a finished shard is added into the total (in shard order, as :func:`ntps.stats.merge_all`
+    sums them) and kept in its stored float32 form (memory: the total, one shard, and n_shards
+    times half the statistics).
 
     ``part = (index, count)`` with count > 1 runs only the index-th of ``count`` contiguous,
     cost-balanced ranges of the split's batch plan (:func:`plan_batches`, the same batches as the
@@ -173,6 +176,25 @@ def extract_features(
     # which differ between architectures (e.g. OpenELM's num_transformer_layers/model_dim).
     features: torch.Tensor | None = None
     accumulators: list[StatisticsAccumulator] = []
+    # Whole split with jackknife shards: the shards' batches are contiguous, in shard order.
+    streamed = sharded and n_parts == 1
+    finished: list[dict[str, torch.Tensor]] = []  # stored form of each finished shard
+    total: StatisticsAccumulator | None = None
+    live = 0  # the shard the live accumulator holds
+
+    def finish_live() -> None:
+        nonlocal total, live
+        acc = accumulators[0]
+        # Normal tensors (as the accumulators'), so the total can be added into after the loop.
+        with torch.inference_mode(False):
+            if total is None:
+                total = acc.copy()
+            else:
+                total._add_(acc)  # before shard_tensors symmetrizes the shard: merge_all's sums
+            finished.append(shard_tensors(acc))
+            acc.reset_()
+        live += 1
+
     label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
     pad_id = pad_token_id(tokenizer)
 
@@ -204,11 +226,13 @@ def extract_features(
                                 device=device,
                                 product_dtype=product_dtype,
                             )
-                            for _ in range(n_shards if sharded else 1)
+                            for _ in range(n_shards if sharded and not streamed else 1)
                         ]
             if accumulators:
+                while streamed and live < shard:
+                    finish_live()
                 try:
-                    pooled = accumulators[shard].update(
+                    pooled = accumulators[0 if streamed else shard].update(
                         hidden, mask, label_tensor[batch].to(device)
                     )
                 except NumericalError as exc:  # the accumulator does not know the model's name
@@ -224,8 +248,17 @@ def extract_features(
         raise ValueError(f"{name}: no texts to extract features from")
 
     whole = n_parts == 1
-    # A part's statistics are merged with the other parts' per jackknife shard, not here.
-    accumulator = merge_all(accumulators) if accumulators and whole else None
+    shards: list[Any] | None = None
+    if streamed:
+        while live < n_shards:
+            finish_live()
+        accumulator, shards = total, finished
+    elif accumulators and whole:
+        accumulator = merge_all(accumulators)
+    else:
+        # A part's statistics are merged with the other parts' per jackknife shard, not here.
+        accumulator = None
+        shards = accumulators or None
     if not accumulators:
         # The accumulator checks finiteness itself; without it, check the pooled features.
         finite = torch.isfinite(features).flatten(1).all(dim=1)
@@ -245,7 +278,7 @@ def extract_features(
         n_batches=len(batches),
         max_length=limit,
         seconds=seconds,
-        shards=accumulators if sharded or (accumulators and not whole) else None,
+        shards=shards,
         indices=None if whole else indices,
         batch_range=None if whole else (first, last),
         n_batches_total=n_batches_total,

@@ -7,6 +7,11 @@ Every writer and reader of these files names its keys here, so a key is spelled 
   ``layer{l}.{sum}.triu``, :data:`PACKED_SUFFIX`) and study-wide counts without a dot;
 - jackknife shards (``stats_shards.safetensors``): the same keys of shard ``j`` under
   :func:`shard_prefix` and their number under :data:`N_SHARDS_KEY`;
+- jackknife replicates (``scores/{model}/{dataset}.jackknife.safetensors``): each
+  leave-one-shard-out replicate of each hidden state reduced to its scores at every k
+  (:func:`replicate_key`; ranks, ``reg``, ``pairs``, ``paper`` of
+  :class:`ntps.scores.ReplicateCurves`), their number under :data:`N_SHARDS_KEY` and the scoring
+  settings they were made with under :data:`JACKKNIFE_SETTINGS_KEY` (metadata);
 - features (``features.safetensors``): :func:`feature_key` and :func:`labels_key` per split;
 - extraction shards (``shards/{i}-of-{S}.safetensors``): the features and labels of the part's
   texts with their positions (:func:`index_key`), the statistics of each jackknife shard the
@@ -92,6 +97,16 @@ def shard_prefix(j: int) -> str:
     return f"shard{j}."
 
 
+def replicate_key(layer: int, j: int, name: str) -> str:
+    """Jackknife replicate ``j`` (all texts but shard ``j``) of hidden state ``layer``: field
+    ``name`` (``ranks``, ``reg``, ``pairs``, ``paper``) of its :class:`ntps.scores.ReplicateCurves`."""
+    return f"layer{layer}.jk{j}.{name}"
+
+
+#: Metadata key of a jackknife replicates file: the scoring settings (JSON) it was made with.
+JACKKNIFE_SETTINGS_KEY = "jackknife_settings"
+
+
 def part_statistics_prefix(j: int) -> str:
     """Prefix of the statistics of jackknife shard ``j`` (0 without jackknife) that an extraction
     shard fed."""
@@ -112,6 +127,8 @@ HEAD_TEST_PREDICTIONS_KEY = "test_predictions"
 # --- tensor metadata --------------------------------------------------------------------------
 
 N_LAYERS_KEY = "n_layers"
+#: Post-LoRA statistics: the first hidden state they hold (the states below are the pre-LoRA ones).
+FIRST_RECOMPUTED_STATE_KEY = "first_recomputed_state"
 N_CLASSES_KEY = "n_classes"
 DATASET_FINGERPRINT_KEY = "dataset_fingerprint"
 MODEL_PROVENANCE_KEY = "model_provenance"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -237,6 +238,95 @@ def ntps_forms(
     return [(r["ntps_paper"], r["ntps_reg"]) for r in _score(m, k_grid, tol, ridge, centered)]
 
 
+@dataclass(frozen=True)
+class ReplicateCurves:
+    """The two scores of one layer's moments at every k any grid can ask for.
+
+    What a jackknife replicate is reduced to (:func:`replicate_curves`), so that the standard
+    errors of a new k grid need no shard statistics: ``ntps_reg`` depends on k only through
+    ``k_ar``, ``ntps_paper`` through ``(k_ar, k_perception)``, and both k are resolved from the
+    two ranks (:func:`resolve_k`).
+
+    Attributes
+    ----------
+    rank_perception, rank_ar : int
+        Retained ranks of the perception and the autoregressive problem.
+    reg : Tensor of shape (rank_ar,), float64
+        ``ntps_reg`` at ``k_ar = 1 .. rank_ar`` (NaN when ``W* = 0``).
+    pairs : Tensor of shape (n, 2), int64
+        The ``(k_ar, k_perception)`` every integer k and every fraction in (0, 1) resolve to
+        (:func:`reachable_k_pairs`).
+    paper : Tensor of shape (n,), float64
+        ``ntps_paper`` at ``pairs`` (NaN where ``||U_k||`` is 0).
+    """
+
+    rank_perception: int
+    rank_ar: int
+    reg: Tensor
+    pairs: Tensor
+    paper: Tensor
+
+    def forms(self, k_grid: Sequence[int | float]) -> list[tuple[float, float]]:
+        """``(ntps_paper, ntps_reg)`` per k of ``k_grid``, as :func:`ntps_forms` gives them."""
+        index = {(int(a), int(p)): i for i, (a, p) in enumerate(self.pairs.tolist())}
+        out = []
+        for k_spec in k_grid:
+            kp = resolve_k(k_spec, self.rank_perception)
+            ka = resolve_k(k_spec, self.rank_ar)
+            at = index.get((ka, kp))
+            if at is None:  # reachable_k_pairs covers every k spec; this is a bug guard
+                raise NumericalError(f"k = {k_spec}: (k_ar, k_perception) = {(ka, kp)} not kept")
+            out.append((float(self.paper[at]), float(self.reg[ka - 1])))
+        return out
+
+
+def reachable_k_pairs(rank_ar: int, rank_p: int) -> Tensor:
+    """Every ``(k_ar, k_perception)`` a k spec can resolve to (:func:`resolve_k`) -> (n, 2) int64.
+
+    An integer k gives ``(min(k, rank_ar), min(k, rank_p))``. A fraction f gives
+    ``k_ar = i`` only for f in ``[(i - 1e-9) / rank_ar, (i + 1) / rank_ar)``, hence ``k_perception``
+    between ``floor(i rank_p / rank_ar) - 1`` and ``floor((i + 1) rank_p / rank_ar) + 1`` (from 1
+    when ``i = 1``: small f clip to 1): a band of about ``rank_p / rank_ar + 3`` values per i, so
+    O(rank) pairs, not rank_ar x rank_p. Sorted, unique.
+    """
+    if rank_ar < 1 or rank_p < 1:
+        raise NumericalError(f"no k exists for ranks ({rank_ar}, {rank_p})")
+    found = {(min(k, rank_ar), min(k, rank_p)) for k in range(1, max(rank_ar, rank_p) + 1)}
+    for i in range(1, rank_ar + 1):
+        low = 1 if i == 1 else max(1, (i * rank_p) // rank_ar - 1)
+        high = min(rank_p, ((i + 1) * rank_p) // rank_ar + 1)
+        found.update((i, kp) for kp in range(low, high + 1))
+    return torch.tensor(sorted(found), dtype=torch.int64)
+
+
+def _replicate_curves(
+    paper_num: Tensor, paper_den: Tensor, reg_num: Tensor, w2: float, rank_p: int, rank_ar: int
+) -> ReplicateCurves:
+    pairs = reachable_k_pairs(rank_ar, rank_p)
+    ka, kp = pairs[:, 0] - 1, pairs[:, 1] - 1
+    den = paper_den[kp]
+    nan = torch.full_like(den, math.nan)
+    paper = torch.where(den > 0, paper_num[ka, kp] / torch.where(den > 0, den, 1.0), nan)
+    reg = reg_num / w2 if w2 > 0 else torch.full_like(reg_num, math.nan)
+    return ReplicateCurves(rank_p, rank_ar, reg.cpu(), pairs, paper.cpu())
+
+
+def replicate_curves(
+    m: LayerMoments,
+    *,
+    tol: float | str | None = None,
+    ridge: float = 0.0,
+    centered: bool = False,
+) -> ReplicateCurves:
+    """Both scores of ``m`` at every k (:class:`ReplicateCurves`): :func:`ntps_forms` for any grid.
+
+    The same computation as :func:`ntps_forms` with the nested bases taken over the whole
+    retained ranks; its values at a grid's k agree with :func:`ntps_forms` up to float64 rounding
+    (the QR then spans more columns).
+    """
+    return _score(m, (), tol, ridge, centered, curves=True)
+
+
 def score_layer(
     m: LayerMoments,
     k_grid: Sequence[int | float] = DEFAULT_K_GRID,
@@ -318,7 +408,10 @@ def _score(
     *,
     diagnostics: bool = False,
     ar_whitening: str = "cholesky",
-) -> list[dict[str, Any]]:
+    curves: bool = False,
+) -> Any:
+    """The records of :func:`score_layer` (``diagnostics``) or of :func:`ntps_forms`; with
+    ``curves`` (``k_grid`` then only checked) the layer's :class:`ReplicateCurves` instead."""
     for k in k_grid:
         check_k_spec(k)
     where = f"layer {m.layer}" if m.layer is not None else "this layer"
@@ -354,8 +447,12 @@ def _score(
         )
 
     ks = [(k, resolve_k(k, rank_p), resolve_k(k, rank_ar)) for k in k_grid]
-    kp_max = max(kp for _, kp, _ in ks)
-    ka_max = max(ka for _, _, ka in ks)
+    if curves:
+        # Every k any grid can ask for: the whole nested range of both problems.
+        kp_max, ka_max = rank_p, rank_ar
+    else:
+        kp_max = max(kp for _, kp, _ in ks)
+        ka_max = max(ka for _, _, ka in ks)
     q, _ = torch.linalg.qr(v[:, :ka_max])  # nested orthonormal bases of span(V_k)
 
     # Paper form: ||Q_k^T U_k||^2 / ||U_k||^2 for all (k_ar, k_p) via 2-D cumulative sums.
@@ -364,6 +461,8 @@ def _score(
     paper_den = u.square().sum(0).cumsum(0)
     # Regression form: ||Q_k^T W*||^2 for all k_ar.
     reg_num = (q.T @ w_star).square().sum(1).cumsum(0)
+    if curves:
+        return _replicate_curves(paper_num, paper_den, reg_num, w2, rank_p, rank_ar)
 
     records = []
     for k_spec, kp, ka in ks:

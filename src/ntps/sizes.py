@@ -8,6 +8,9 @@ splits):
 * statistics (float64): ``8 S (3 d^2 + d c + d)``; compact (``storage.compact_statistics``):
   ``8 S (d^2 + d(d+1) + d c + d)``, plus the safetensors header (~90 bytes per tensor);
 * jackknife shards (float32 sums): ``4 K S (3 d^2 + d c + d)`` (compact as above);
+* jackknife replicates (each replicate of each state reduced to its scores at every k): about
+  ``K S (8 d + 24 n_k)`` with ``n_k ~ 4 d`` (k_ar, k_perception) pairs, plus headers;
+* post-LoRA statistics: the statistics of the states LoRA can change only (its top blocks' outputs);
 * pooled features (float32): ``4 S d N`` plus the labels;
 * LoRA adapter: fp32 ``r (d_in + d_out)`` per adapted module, counted as 3 modules (q, k, v) of
   ``d -> d`` per adapted block (an upper bound: grouped-query k/v are narrower), plus the head.
@@ -73,3 +76,27 @@ def lora_adapter_bytes(
     modules = len(settings.get("target_modules") or ()) or LORA_MODULES_PER_BLOCK
     adapter = blocks * modules * r * 2 * hidden_size
     return 4 * (adapter + n_classes * hidden_size + n_classes)
+
+
+#: (k_ar, k_perception) pairs a replicate keeps per unit of rank (ntps.scores.reachable_k_pairs:
+#: 2556 at rank 640, measured).
+K_PAIRS_PER_RANK = 4
+
+
+def jackknife_replicates_bytes(n_states: int, hidden_size: int, n_shards: int) -> int:
+    """The jackknife rule's file: per shard and state, ranks (2 int64), the regression curve
+    (d float64) and ~4 d (k_ar, k_perception) pairs (2 int64) with their paper score (float64);
+    full-rank problems assumed (an upper bound)."""
+    n_pairs = K_PAIRS_PER_RANK * hidden_size
+    per_replicate = 16 + 8 * hidden_size + 24 * n_pairs + 4 * HEADER_BYTES_PER_TENSOR
+    return n_shards * n_states * per_replicate
+
+
+def lora_recomputed_states(n_blocks: int, settings: Mapping[str, Any]) -> int:
+    """Hidden states the post-LoRA statistics hold: the outputs of the adapted blocks from the
+    first one on (every state when all blocks are adapted)."""
+    if settings.get("layers_to_transform"):
+        return n_blocks - min(int(b) for b in settings["layers_to_transform"])
+    if settings.get("top_blocks"):
+        return min(int(settings["top_blocks"]), n_blocks)
+    return n_blocks + 1

@@ -459,6 +459,25 @@ class StatisticsAccumulator:
 
     __add__ = merge
 
+    def copy(self) -> StatisticsAccumulator:
+        """A new accumulator holding the same sums (independent tensors)."""
+        out = StatisticsAccumulator(
+            self.n_layers,
+            self.hidden_size,
+            self.n_classes,
+            device=self.device,
+            product_dtype=self.product_dtype,
+        )
+        out._add_(self)  # 0 + x = x exactly: the sums start at +0 and can never be -0
+        return out
+
+    def reset_(self) -> None:
+        """Zero every sum and count in place (the tensors are reused, not reallocated)."""
+        for name in (*_LAYER_SUMS, "label_counts"):
+            getattr(self, name).zero_()
+        for name in _COUNTS:
+            setattr(self, name, 0)
+
     def _add_(self, other: StatisticsAccumulator) -> None:
         """Add ``other``'s sums into this accumulator in place (the numbers of :meth:`merge`)."""
         self._check_compatible(other)
@@ -565,6 +584,41 @@ def splice_statistics(
     their statistics are the base model's, exactly. Raises NTPSError if the two were not
     accumulated over the same texts, tokens and labels.
     """
+    layers = _check_same_texts(base, upper, first_state)
+    get = _getter(base)
+    upper.symmetrize_()  # as every stored statistic (StatisticsAccumulator.to_tensors)
+    out = {key: value for key, value in base.items() if is_count_key(key)}
+    for layer in layers:
+        for name in _LAYER_SUMS:
+            key = statistics_key(layer, name)
+            if layer < first_state:
+                out[key] = get(key)
+            else:
+                out[key] = getattr(upper, name)[layer - first_state].cpu().contiguous()
+    return out
+
+
+def upper_statistics(
+    base: Mapping[str, Tensor], upper: StatisticsAccumulator, first_state: int
+) -> dict[str, Tensor]:
+    """What :func:`splice_statistics` takes from ``upper``: its states under their own indices
+    (``first_state..L``) and the counts, after the same checks. The states below ``first_state``
+    are ``base``'s, so a reader that needs them reads ``base``; this is what the post-LoRA
+    statistics file stores (those states' scores are the pre-LoRA scores)."""
+    _check_same_texts(base, upper, first_state)
+    upper.symmetrize_()
+    out = {key: value for key, value in base.items() if is_count_key(key)}
+    for i in range(upper.n_layers):
+        for name in _LAYER_SUMS:
+            out[statistics_key(first_state + i, name)] = getattr(upper, name)[i].cpu().contiguous()
+    return out
+
+
+def _check_same_texts(
+    base: Mapping[str, Tensor], upper: StatisticsAccumulator, first_state: int
+) -> list[int]:
+    """The layers of ``base``; NTPSError unless ``upper`` holds its states ``first_state..`` of
+    the same texts, tokens and labels."""
     layers = stored_layers(base.keys())
     n_states = len(layers)
     if first_state < 0 or first_state + upper.n_layers != n_states:
@@ -580,17 +634,7 @@ def splice_statistics(
             )
     if not torch.equal(base["label_counts"].to(torch.int64).cpu(), upper.label_counts.cpu()):
         raise NTPSError("label counts differ between the base and the upper statistics")
-    get = _getter(base)
-    upper.symmetrize_()  # as every stored statistic (StatisticsAccumulator.to_tensors)
-    out = {key: value for key, value in base.items() if is_count_key(key)}
-    for layer in layers:
-        for name in _LAYER_SUMS:
-            key = statistics_key(layer, name)
-            if layer < first_state:
-                out[key] = get(key)
-            else:
-                out[key] = getattr(upper, name)[layer - first_state].cpu().contiguous()
-    return out
+    return layers
 
 
 # --- jackknife shards -------------------------------------------------------------------------
@@ -682,23 +726,33 @@ def check_partition(index_sets: Sequence[Sequence[int]], n: int, what: str) -> N
         )
 
 
-def shards_to_tensors(
-    shards: Sequence[StatisticsAccumulator], *, compact: bool = False
-) -> dict[str, Tensor]:
-    """Safetensors-ready dict of K shard accumulators: ``shard{j}.layer{l}.{name}`` and counts.
+def shard_tensors(shard: StatisticsAccumulator) -> dict[str, Tensor]:
+    """One jackknife shard as stored: :meth:`StatisticsAccumulator.to_tensors` with the layer sums
+    in float32 (new tensors: the accumulator may be reset or freed afterwards)."""
+    out = {}
+    for key, value in shard.to_tensors().items():
+        out[key] = value.to(torch.float32) if STATISTICS_KEY_RE.match(key) else value.clone()
+    return out
 
-    Layer sums are stored in float32: a leave-one-shard-out replicate is ``total - shard_j`` with
-    ``total`` in float64, so the rounding (u32 of one shard, ~u32 / K of the total) stays below
-    the precision the scores assume for the statistics (``ntps.scores.STATISTICS_PRECISION``).
-    ``compact``: Cxx and S0 as their upper triangles (:func:`pack_statistics`).
+
+def shards_to_tensors(
+    shards: Sequence[StatisticsAccumulator | Mapping[str, Tensor]], *, compact: bool = False
+) -> dict[str, Tensor]:
+    """Safetensors-ready dict of K shards: ``shard{j}.layer{l}.{name}`` and counts.
+
+    Each shard is an accumulator or its :func:`shard_tensors` (what the extraction keeps of a
+    finished shard). Layer sums are stored in float32: a leave-one-shard-out replicate is
+    ``total - shard_j`` with ``total`` in float64, so the rounding (u32 of one shard, ~u32 / K of
+    the total) stays below the precision the scores assume for the statistics
+    (``ntps.scores.STATISTICS_PRECISION``). ``compact``: Cxx and S0 as their upper triangles
+    (:func:`pack_statistics`), packed one shard at a time.
     """
-    if compact:
-        return pack_statistics(shards_to_tensors(shards))
     out: dict[str, Tensor] = {N_SHARDS_KEY: torch.tensor([len(shards)], dtype=torch.int64)}
     for j, shard in enumerate(shards):
-        for key, value in shard.to_tensors().items():
-            if STATISTICS_KEY_RE.match(key):
-                value = value.to(torch.float32)
+        tensors = shard if isinstance(shard, Mapping) else shard_tensors(shard)
+        if compact:
+            tensors = pack_statistics(tensors)
+        for key, value in tensors.items():
             out[shard_prefix(j) + key] = value
     return out
 

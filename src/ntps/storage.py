@@ -40,7 +40,13 @@ from typing import Any
 import yaml
 
 from ntps.config import known_model_shape, validate_config
-from ntps.sizes import features_bytes, lora_adapter_bytes, statistics_bytes
+from ntps.sizes import (
+    features_bytes,
+    jackknife_replicates_bytes,
+    lora_adapter_bytes,
+    lora_recomputed_states,
+    statistics_bytes,
+)
 from ntps.workflow import DEFAULT_N_PARAMS, lora_pairs
 
 # (transformer blocks, hidden size) of the paper's hub models, from each repository's config.json
@@ -91,6 +97,7 @@ STAGES = (
     "datasets",
     "statistics",
     "jackknife shards",
+    "jackknife replicates",
     "pooled features",
     "LoRA adapters",
     "post-LoRA statistics",
@@ -245,6 +252,9 @@ def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, Stag
                     pair,
                     n_shards * statistics_bytes(states, d, c, element_bytes=4, compact=compact),
                 )
+                out["jackknife replicates"].add(
+                    pair, jackknife_replicates_bytes(states, d, n_shards)
+                )
             out["pooled features"].add(pair, features_bytes(states, d, size.n_train + size.n_test))
             stages = 1
             if (model, dataset) in lora:
@@ -253,7 +263,10 @@ def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, Stag
                     lora_adapter_bytes(d, shape.n_blocks, c, config["lora"]["settings"])
                     + LORA_FILES_BYTES,
                 )
-                out["post-LoRA statistics"].add(pair, stats)
+                recomputed = lora_recomputed_states(shape.n_blocks, config["lora"]["settings"])
+                out["post-LoRA statistics"].add(
+                    pair, statistics_bytes(recomputed, d, c, compact=compact)
+                )
                 stages = 2
             records = states * n_k * stages
             out["scores, tables, plots"].add(
@@ -293,6 +306,9 @@ def measure(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, i
         extract = root / "results" / "extract" / m / d
         out["statistics"] += _size(extract / "stats.safetensors")
         out["jackknife shards"] += _size(extract / "stats_shards.safetensors")
+        out["jackknife replicates"] += _size(
+            root / "results" / "jackknife" / m / f"{d}.safetensors"
+        )
         out["pooled features"] += _size(extract / "features.safetensors")
         lora = root / "results" / "lora" / m / d
         out["LoRA adapters"] += _size(lora / "adapter") + _size(lora / "metrics.json")

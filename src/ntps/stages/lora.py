@@ -12,10 +12,15 @@ from typing import Any
 
 from ntps.datasets import load_prepared
 from ntps.io import load_tensor_metadata, load_tensors, provenance, read_json, save_tensors
-from ntps.layout import HEAD_BIAS_KEY, HEAD_TEST_PREDICTIONS_KEY, HEAD_WEIGHT_KEY
+from ntps.layout import (
+    FIRST_RECOMPUTED_STATE_KEY,
+    HEAD_BIAS_KEY,
+    HEAD_TEST_PREDICTIONS_KEY,
+    HEAD_WEIGHT_KEY,
+)
 from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
 from ntps.models import load_for_inference, resolve_device
-from ntps.stats import is_packed, pack_statistics, splice_statistics
+from ntps.stats import is_packed, pack_statistics, upper_statistics
 from ntps.text import check_prompt_format
 
 LOG = logging.getLogger("ntps")
@@ -97,15 +102,17 @@ def train_lora_pair(
     )
     # Read only now: the pre-LoRA sums (0.25 GB for SmolLM2) need not sit in memory during training.
     base = load_tensors(stats_path)
-    stats = splice_statistics(base, upper, first_state)
+    # Only the recomputed states are stored: the ones below are the pre-LoRA statistics, exactly,
+    # and so are their scores (rule score_post_lora takes them from the pre-LoRA scores).
+    stats = upper_statistics(base, upper, first_state)
     save_tensors(
         out_stats,
         # The pre-LoRA statistics' storage form (storage.compact_statistics) carries over.
         pack_statistics(stats) if is_packed(base) else stats,
-        {**load_tensor_metadata(stats_path), "first_recomputed_state": str(first_state)},
+        {**load_tensor_metadata(stats_path), FIRST_RECOMPUTED_STATE_KEY: str(first_state)},
     )
     LOG.info(
-        "post-LoRA statistics: hidden states %d.. recomputed, 0..%d copied from %s (%.1f s)",
+        "post-LoRA statistics: hidden states %d.. recomputed (0..%d are those of %s) in %.1f s",
         first_state, first_state - 1, stats_path, time.perf_counter() - started,
     )  # fmt: skip
     save_lora(result, out_adapter_dir)
