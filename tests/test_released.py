@@ -17,8 +17,12 @@ import torch
 from ntps.errors import ConfigError
 from ntps.released import (
     RoundingSpread,
+    nested_projection_scores,
+    released_k,
     released_rounding_scores,
     released_scores,
+    released_scores_float32,
+    released_solve,
     rounding_spread,
     stochastic_float32,
 )
@@ -176,3 +180,84 @@ def test_the_summary_shows_the_released_value_with_its_range() -> None:
     scores = pd.DataFrame({"released_roundings": [0, 16, 0]})
     assert "16 seeded random float32" in _released_spread_text(scores)
     assert _released_spread_text(scores.iloc[[0]]) == ""
+
+
+def pinv_score(u: np.ndarray, v: np.ndarray, k_u: int, k_v: int, rcond: float = 1e-15) -> float:
+    """The released closed form: ``||V_k pinv(V_k) U_k||_F^2 / ||U_k||_F^2``."""
+    u_k, v_k = u[:, :k_u], v[:, :k_v]
+    projector = v_k @ np.linalg.pinv(v_k, rcond=rcond)
+    return float(np.square(projector @ u_k).sum() / np.square(u_k).sum())
+
+
+def test_nested_projection_equals_the_pinv_projector() -> None:
+    # Columns scaled over four orders of magnitude, as V = W Y is (W = Q_r diag(b)^(-1/2)), yet
+    # well conditioned in float64; the inputs are float32 numbers, as the released procedure's.
+    g = np.random.default_rng(3)
+    d = 40
+    u = (g.normal(size=(d, 30)) * 10.0 ** g.uniform(-2, 2, 30)).astype(np.float32)
+    v = (g.normal(size=(d, d)) * 10.0 ** g.uniform(-2, 2, d)).astype(np.float32)
+    pairs = [(1, 1), (3, 7), (30, 2), (12, 12), (5, 36), (30, 39), (0, 4), (4, 0), (7, 7)]
+    got = nested_projection_scores(u, v, pairs)
+    for (k_u, k_v), value in zip(pairs, got, strict=True):
+        if k_u == 0 or k_v == 0:
+            assert math.isnan(value)
+            continue
+        expected = pinv_score(u.astype(np.float64), v.astype(np.float64), k_u, k_v)
+        assert value == pytest.approx(expected, abs=1e-10)
+    # k_V = d: V_k spans R^d and every U_k lies in it.
+    assert nested_projection_scores(u, v, [(30, d)])[0] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_released_scores_match_the_float32_pinv_loop() -> None:
+    # The released code's own loop (float32 pinv per k) on the same U and V: equal up to float32
+    # rounding of V_k pinv(V_k) on well-conditioned statistics.
+    m = synthetic_moments(24, 3)
+    cxx, cxy, s0, s1 = (x.numpy().astype(np.float32) for x in (m.cxx, m.cxy, m.s0, m.s1))
+    grid = [0.05, 0.25, 0.5, 0.95, 1, 4]
+    u = released_solve(cxy @ cxy.T, cxx)
+    v = released_solve(s1 @ s1.T, s0)
+    got = released_scores_float32(cxx, cxy, s0, s1, grid)
+    for k_spec, value in zip(grid, got, strict=True):
+        k_u, k_v = released_k(k_spec, u.shape[1]), released_k(k_spec, v.shape[1])
+        if k_u == 0 or k_v == 0:
+            assert math.isnan(value)
+            continue
+        assert value == pytest.approx(pinv_score(u, v, k_u, k_v), abs=1e-5)
+
+
+def test_nested_projection_drops_the_directions_pinv_drops() -> None:
+    # V_k rank deficient: a zero column, an exact duplicate and an exact sum of earlier columns
+    # (exact in float32: small integers). pinv's cut-off drops their zero singular values, so
+    # P_k projects onto the span of the independent columns; the nested basis must not add a
+    # direction for them, nor let a later column's component along a dropped one be lost.
+    g = np.random.default_rng(5)
+    d = 12
+    base = g.integers(-4, 5, size=(d, 6)).astype(np.float32)
+    v = np.column_stack(
+        [
+            base[:, 0],
+            np.zeros(d, np.float32),  # zero
+            base[:, 1],
+            base[:, 0],  # duplicate
+            base[:, 0] + base[:, 1],  # sum
+            base[:, 2],
+            base[:, 3],
+            base[:, 2] - 2 * base[:, 3],  # combination, in the same block as its parts
+            base[:, 4],
+            base[:, 5],
+        ]
+    )
+    u = g.normal(size=(d, 8)).astype(np.float32)
+    pairs = [(k_u, k_v) for k_u in (1, 3, 8) for k_v in (1, 2, 4, 5, 8, 9, 10)]
+    got = nested_projection_scores(u, v, pairs)
+    independent = {1: [0], 2: [0], 4: [0, 2], 5: [0, 2], 8: [0, 2, 5, 6], 9: [0, 2, 5, 6, 8]}
+    independent[10] = [*independent[9], 9]
+    u64, v64 = u.astype(np.float64), v.astype(np.float64)
+    for (k_u, k_v), value in zip(pairs, got, strict=True):
+        # The closed form on the independent columns alone, and pinv of V_k with a cut-off
+        # clear of float64 rounding: the same projector.
+        q, _ = np.linalg.qr(v64[:, independent[k_v]])
+        u_k = u64[:, :k_u]
+        expected = float(np.square(q.T @ u_k).sum() / np.square(u_k).sum())
+        assert value == pytest.approx(expected, abs=1e-12)
+        assert value == pytest.approx(pinv_score(u64, v64, k_u, k_v, rcond=1e-10), abs=1e-12)
