@@ -13,9 +13,16 @@ PNG embed creation dates) is compared:
   ``adapter_config.json`` up to the order of ``target_modules`` (peft writes a set, whose order
   follows ``PYTHONHASHSEED``);
 - safetensors files as tensors (every key, every value) and their metadata without provenance;
+  statistics as statistics: a symmetric sum stored as its upper triangle (``<key>.triu``,
+  ``storage.compact_statistics``) is compared as the full matrix it stands for, and post-LoRA
+  statistics that hold only the recomputed states (metadata ``first_recomputed_state``) are
+  compared on those states;
 - CSV tables as frames without timing columns;
 
 numbers (JSON, tensors, tables) equal or, with ``--rtol``, within that relative tolerance.
+
+Files only one run has are differences, except those matching a ``--layout-change`` glob (a file
+a layout change added or removed on purpose), which are listed apart.
 
 Prints one line per file that differs, a count of each outcome and exits 1 if any file differs.
 Used for the byte-identity checks of restructurings and optimisations (docs/performance.md).
@@ -24,6 +31,7 @@ Used for the byte-identity checks of restructurings and optimisations (docs/perf
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from collections.abc import Iterable
@@ -102,9 +110,40 @@ def _relative_difference(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.nanmax(diff, initial=0.0)) if diff.size else 0.0
 
 
+PACKED_SUFFIX = ".triu"
+
+
+def _unpacked(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Statistics with every upper-triangle key (``<key>.triu``) replaced by its full matrix."""
+    out = {}
+    for key, value in tensors.items():
+        if not key.endswith(PACKED_SUFFIX):
+            out[key] = value
+            continue
+        d = (int(np.sqrt(8 * value.size + 1)) - 1) // 2
+        full = np.zeros((d, d), dtype=value.dtype)
+        rows, cols = np.triu_indices(d)
+        full[rows, cols] = value
+        full[cols, rows] = value
+        out[key[: -len(PACKED_SUFFIX)]] = full
+    return out
+
+
+def _recomputed_only(meta: dict[str, str], tensors: dict[str, np.ndarray], other: dict) -> dict:
+    """``other`` restricted to the states ``tensors`` holds when ``tensors`` are post-LoRA
+    statistics of the recomputed states only (``first_recomputed_state`` in ``meta``)."""
+    first = int(meta.get("first_recomputed_state", 0))
+    if not first or any(k.startswith("layer0.") for k in tensors):
+        return other
+    return {k: v for k, v in other.items() if not k.startswith("layer") or k in tensors}
+
+
 def compare_tensors(a: Path, b: Path, rtol: float) -> str | None:
     meta_a, tensors_a = _tensors(a)
     meta_b, tensors_b = _tensors(b)
+    tensors_a, tensors_b = _unpacked(tensors_a), _unpacked(tensors_b)
+    tensors_a = _recomputed_only(meta_b, tensors_b, tensors_a)
+    tensors_b = _recomputed_only(meta_a, tensors_a, tensors_b)
     if meta_a != meta_b:
         return "metadata differs"
     if set(tensors_a) != set(tensors_b):
@@ -189,12 +228,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_b", type=Path)
     parser.add_argument("--rtol", type=float, default=0.0, help="relative tolerance for numbers")
     parser.add_argument("--ignore-columns", nargs="*", default=[], help="table columns to skip")
+    parser.add_argument(
+        "--layout-change",
+        nargs="*",
+        default=[],
+        help="globs (relative to results/) of files one run has on purpose and the other not",
+    )
     args = parser.parse_args(argv)
     files_a, files_b = result_files(args.run_a), result_files(args.run_b)
     counts = {"identical": 0, "equal": 0, "different": 0}
+    moved = {"A": 0, "B": 0}
     for name in sorted(set(files_a) ^ set(files_b)):
+        side = "A" if name in files_a else "B"
+        if any(fnmatch.fnmatch(name, pattern) for pattern in args.layout_change):
+            moved[side] += 1
+            continue
         counts["different"] += 1
-        print(f"only in {'A' if name in files_a else 'B'}: {name}")
+        print(f"only in {side}: {name}")
+    if moved["A"] or moved["B"]:
+        print(f"layout change: {moved['A']} files only in A, {moved['B']} only in B (expected)")
     for name in sorted(set(files_a) & set(files_b)):
         folders = (str(args.run_a.resolve()), str(args.run_b.resolve()))
         outcome, why = compare_file(
