@@ -9,6 +9,9 @@ splits):
   ``8 S (d^2 + d(d+1) + d c + d)``, plus the safetensors header (~90 bytes per tensor);
 * jackknife shards (float32 sums): ``4 K S (3 d^2 + d c + d)`` (compact as above);
 * pooled features (float32): ``4 S d N`` plus the labels;
+* LoRA's block inputs (the extraction's ``block_inputs.safetensors``, LoRA pairs whose adapters
+  leave frozen blocks below): ``4 d T`` for the ``T`` tokens of both splits, none above 4 GiB per
+  split (where LoRA recomputes them per batch);
 * LoRA adapter: fp32 ``r (d_in + d_out)`` per adapted module, counted as 3 modules (q, k, v) of
   ``d -> d`` per adapted block (an upper bound: grouped-query k/v are narrower), plus the head.
 """
@@ -73,3 +76,28 @@ def lora_adapter_bytes(
     modules = len(settings.get("target_modules") or ()) or LORA_MODULES_PER_BLOCK
     adapter = blocks * modules * r * 2 * hidden_size
     return 4 * (adapter + n_classes * hidden_size + n_classes)
+
+
+#: Above this many bytes (float32) per split LoRA recomputes the inputs of its first adapted block
+#: per batch instead of keeping them (ntps.lora.inputs.STATE_CACHE_MAX_BYTES), and the extraction
+#: keeps none.
+BLOCK_INPUTS_MAX_BYTES = 4 * 2**30
+
+
+def has_frozen_lower_blocks(settings: Mapping[str, Any], n_blocks: int) -> bool:
+    """Whether LoRA ``settings`` (a config mapping) adapt no block below some block s > 0: then the
+    inputs of block s are computed once per text (ntps.lora.settings.first_adapted_block)."""
+    if settings.get("top_blocks"):
+        return int(settings["top_blocks"]) < n_blocks
+    layers = settings.get("layers_to_transform")
+    return bool(layers) and min(layers) > 0
+
+
+def block_inputs_bytes(hidden_size: int, split_tokens: Mapping[str, int]) -> int:
+    """float32 states (4 d bytes per token) of the splits' tokens (``split_tokens``: split -> tokens;
+    the offsets, 8 bytes per text, are left out); 0 when a split is above
+    :data:`BLOCK_INPUTS_MAX_BYTES` (then none are kept)."""
+    states = {split: 4 * hidden_size * int(n) for split, n in split_tokens.items()}
+    if any(size > BLOCK_INPUTS_MAX_BYTES for size in states.values()):
+        return 0
+    return sum(states.values())
