@@ -72,7 +72,10 @@ wildcard_constraints:
 def no_rerun(value):
     """A param a job reads that cannot change its outputs (the progress bar, a cache folder,
     the checks after acquisition). Snakemake's params rerun trigger leaves out params computed
-    from a job's files: as a function of `output`, a change of it re-runs no job."""
+    from a job's files: as a function of `output`, a change of it re-runs no job. A callable
+    `value` is called with the job's wildcards."""
+    if callable(value):
+        return lambda wildcards, output: value(wildcards)
     return lambda wildcards, output: value
 
 
@@ -144,6 +147,15 @@ def extraction_params(wildcards):
     }
 
 
+def extraction_batching(wildcards):
+    """What decides the extraction's batches (ntps.stages.extract.extraction_batching)."""
+    return {
+        "batch_size": model_spec(wildcards)["batch_size"],
+        "jackknife_shards": config["uncertainty"]["jackknife_shards"],
+        "jackknife_seed": config["uncertainty"]["seed"],
+    }
+
+
 def model_mem_mb(wildcards, attempt):
     return model_resources(config, wildcards.model, attempt)["mem_mb"]
 
@@ -206,8 +218,8 @@ def shard_statistics(path):
 
 
 def statistics_output(path):
-    """Pre- and post-LoRA statistics: kept, or deleted once every job reading them ran
-    (storage.statistics: temp)."""
+    """Pre- and post-LoRA statistics, and the extraction's copy of LoRA's block inputs: kept, or
+    deleted once every job reading them ran (storage.statistics: temp)."""
     return temp(path) if config["storage"]["statistics"] == "temp" else path
 
 
@@ -220,6 +232,13 @@ def lora_pair_outputs(pattern):
 
 def lora_settings(wildcards):
     return canonical(config["lora"]["settings"])
+
+
+def lora_settings_of_pair(wildcards):
+    """The LoRA settings of a pair that gets LoRA, else None."""
+    if (wildcards.model, wildcards.dataset) in lora_pairs(config):
+        return canonical(config["lora"]["settings"])
+    return None
 
 
 def lora_checkpoint_dir(wildcards):

@@ -16,6 +16,10 @@ rule extract:
         ),
         features="results/extract/{model}/{dataset}/features.safetensors",
         record="results/extract/{model}/{dataset}/extract.json",
+        # The inputs of LoRA's first adapted block, for the lora job (no states for other pairs).
+        block_inputs=statistics_output(
+            "results/extract/{model}/{dataset}/block_inputs.safetensors"
+        ),
     log:
         "results/logs/extract/{model}/{dataset}.log",
     benchmark:
@@ -35,6 +39,9 @@ rule extract:
         splits=["train", "test"],
         # Toggling the progress bar re-extracts nothing.
         progress=no_rerun(config["extraction"]["progress"]),
+        # Which hidden state to keep for LoRA: a cache, so changing the LoRA settings re-extracts
+        # nothing (the lora job then computes the states itself).
+        lora=no_rerun(lora_settings_of_pair),
     script:
         "../scripts/extract.py"
 
@@ -91,6 +98,10 @@ rule merge_extract:
         ),
         features="results/extract/{model}/{dataset}/features.safetensors",
         record="results/extract/{model}/{dataset}/extract.json",
+        # No states: extraction shards keep none (the lora job computes them).
+        block_inputs=statistics_output(
+            "results/extract/{model}/{dataset}/block_inputs.safetensors"
+        ),
     log:
         "results/logs/merge_extract/{model}/{dataset}.log",
     benchmark:

@@ -10,6 +10,8 @@ rule lora:
         dataset="resources/datasets/{dataset}/dataset.json",
         probe_head="results/probes/{model}/{dataset}.head.safetensors",
         stats="results/extract/{model}/{dataset}/stats.safetensors",
+        # The extraction's copy of the inputs of the first adapted block, used when it fits.
+        block_inputs="results/extract/{model}/{dataset}/block_inputs.safetensors",
     output:
         adapter=directory("results/lora/{model}/{dataset}/adapter"),
         metrics="results/lora/{model}/{dataset}/metrics.json",
@@ -34,6 +36,9 @@ rule lora:
         threads=model_threads,
         max_length=lambda wildcards: model_spec(wildcards)["max_length"],
         prompt_format=lambda wildcards: model_spec(wildcards)["prompt_format"],
+        # The frozen lower blocks run in the extraction's batches: their outputs are then the
+        # extraction's bit for bit, whether read from input.block_inputs or computed here.
+        extraction_batching=extraction_batching,
         device=config["extraction"]["device"],
         # Not an output: Snakemake must not delete it when a job dies, so a re-run resumes.
         checkpoints=lora_checkpoint_dir,

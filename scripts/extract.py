@@ -18,4 +18,6 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         out_record=snakemake.output.record,
         model_record_path=snakemake.input.model_record,
         splits=snakemake.params.splits,
+        lora=snakemake.params.lora,
+        out_block_inputs=snakemake.output.block_inputs,
     )

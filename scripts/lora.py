@@ -27,6 +27,8 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         probe_head_path=snakemake.input.probe_head,
         prompt_format=snakemake.params.prompt_format,
         progress=snakemake.params.progress,
+        block_inputs_path=snakemake.input.block_inputs,
+        extraction_batching=snakemake.params.extraction_batching,
     )
     write_pair_json(
         snakemake.output.metrics, snakemake.wildcards.model, snakemake.wildcards.dataset, metrics

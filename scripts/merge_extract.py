@@ -15,5 +15,6 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         out_record=snakemake.output.record,
         model_record_path=snakemake.input.model_record,
         out_shards=snakemake.output.shards,
+        out_block_inputs=snakemake.output.block_inputs,
         pair=f"model {snakemake.wildcards.model!r}, dataset {snakemake.wildcards.dataset!r}",
     )

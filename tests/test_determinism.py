@@ -100,6 +100,7 @@ SERIAL_TARGETS = (
     f"results/scores_post_lora/{MODEL}/{LORA_DATASET}.json",
     f"results/extract/{MODEL}/{LORA_DATASET}/stats.safetensors",
     f"results/extract/{MODEL}/{LORA_DATASET}/features.safetensors",
+    f"results/extract/{MODEL}/{LORA_DATASET}/block_inputs.safetensors",
     f"results/lora/{MODEL}/{LORA_DATASET}/stats_post_lora.safetensors",
 )
 # Made on the way to the targets (the adapter folder is a directory output). The score JSONs are

@@ -457,6 +457,8 @@ def test_sharded_workflow_equals_unsharded_and_resumes(tiny_study: Path, tmp_pat
                                            atol=tol * scale)  # fmt: skip
         record = read_json(b / "extract.json")
         assert record["extraction_shards"]["count"] == 3
+        # Extraction shards keep no hidden states for LoRA: the merge writes a file without them.
+        assert load_tensor_metadata(b / "block_inputs.safetensors")["state"] == ""
         assert (
             record["splits"]["train"]["n_texts"]
             == read_json(a / "extract.json")["splits"]["train"]["n_texts"]

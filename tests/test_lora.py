@@ -105,9 +105,10 @@ def quick_settings(**overrides) -> LoRASettings:
 
 def run(task, settings: LoRASettings, **kwargs):
     tokenizer, (train_x, train_y), (test_x, test_y) = task
+    kwargs.setdefault("log", lambda _msg: None)
     return train_lora_classifier(
         make_base(len(tokenizer)), tokenizer, train_x, train_y, 2, settings, device="cpu",
-        test_texts=test_x, test_labels=test_y, progress=False, log=lambda _msg: None, **kwargs,
+        test_texts=test_x, test_labels=test_y, progress=False, **kwargs,
     )  # fmt: skip
 
 
@@ -461,3 +462,101 @@ def test_lora_pools_the_features_the_extraction_pools(task, top_blocks):
                                  batch_size=16, max_length=32, accumulate_statistics=False,
                                  progress=False).pooled[-1]  # fmt: skip
     assert torch.allclose(pooled, extracted, atol=1e-5)
+
+
+def test_lora_reads_the_block_inputs_the_extraction_kept(task, tmp_path):
+    """The extraction's copy of the inputs of the first adapted block (keep_state) equals, bit for
+    bit, what LoRA computes itself in the extraction's batches (train texts batched within their
+    jackknife shards); LoRA read from it trains, evaluates and computes post-LoRA statistics
+    exactly as without it, and falls back (saying why) when the copy does not match the job."""
+    from ntps.extract import extract_features
+    from ntps.io import save_tensors
+    from ntps.layout import block_inputs_metadata, block_offsets_key, block_states_key
+    from ntps.lora import StoredBlockInputs
+    from ntps.lora.inputs import batching_metadata
+
+    tokenizer, (train_x, train_y), (test_x, _) = task
+    settings = quick_settings(max_steps=12, top_blocks=1)
+    batching = {"batch_size": 5, "jackknife_shards": 3, "jackknife_seed": 7}
+    kept = {
+        split: extract_features(make_base(len(tokenizer)), tokenizer, texts, labels, 2,
+                                batch_size=5, max_length=32, accumulate_statistics=split == "train",
+                                n_shards=3, shard_seed=7, progress=False, keep_state=1)
+        for split, texts, labels in (("train", train_x, train_y), ("test", test_x, None))
+    }  # fmt: skip
+
+    def stored(name: str, **changes) -> StoredBlockInputs:
+        meta = dict(limit=32, prompt_format="raw", batching=batching_metadata(batching),
+                    dtype="float32", device_type="cpu", fingerprint="data",
+                    model_provenance={"sha": "m"})  # fmt: skip
+        meta.update(changes)
+        tensors = {}
+        for split, result in kept.items():
+            tensors[block_states_key(split)] = result.block_states
+            tensors[block_offsets_key(split)] = result.block_offsets
+        save_tensors(tmp_path / name, tensors, block_inputs_metadata(1, "", **meta))
+        return StoredBlockInputs(tmp_path / name, "data", {"sha": "m"}, batching)
+
+    messages: list[str] = []
+    computed = run(task, settings, extraction_batching=batching)
+    read = run(task, settings, stored_inputs=stored("good.safetensors"), log=messages.append,
+               extraction_batching=batching)  # fmt: skip
+    assert computed.train_inputs.source == "computed"
+    assert read.train_inputs.source == "read from the extraction"
+    assert any("(kept in memory, read from the extraction); ready after" in m for m in messages)
+    cached = computed.train_inputs.cached
+    assert torch.equal(torch.cat(cached), kept["train"].block_states)
+    assert [len(t) for t in cached] == kept["train"].block_offsets.diff().tolist()
+    assert read.loss_curve == computed.loss_curve
+    assert torch.equal(read.test_logits, computed.test_logits)
+    for name, tensor in computed.classifier.trainable_state().items():
+        assert torch.equal(read.classifier.trainable_state()[name], tensor), name
+    ours = post_lora_statistics(read.classifier, read.train_inputs, train_y, 16)[1]
+    theirs = post_lora_statistics(computed.classifier, computed.train_inputs, train_y, 16)[1]
+    for name in ("cxx_sum", "cxy_sum", "s0_sum", "s1_sum"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+
+    # A copy made with another token limit, in other batches, or for other data, is not used.
+    for name, change, reason in (
+        ("limit.safetensors", {"limit": 16}, "max_length is '16'"),
+        ("batches.safetensors", {"batching": batching_metadata({"batch_size": 8})}, "batching"),
+        ("data.safetensors", {"fingerprint": "other"}, "dataset_fingerprint is 'other'"),
+    ):
+        messages.clear()
+        other = run(task, settings, stored_inputs=stored(name, **change), log=messages.append,
+                    extraction_batching=batching)  # fmt: skip
+        assert other.train_inputs.source == "computed"
+        assert sum("computed here, not read from" in m for m in messages) == 1
+        assert any(reason in m for m in messages), messages
+        assert torch.equal(other.test_logits, computed.test_logits)
+    # A pair whose extraction kept no states: LoRA computes them and says why.
+    save_tensors(tmp_path / "none.safetensors", {}, block_inputs_metadata(
+        None, "the pair gets no LoRA", limit=32, prompt_format="raw",
+        batching=batching_metadata(batching), dtype="float32", device_type="cpu",
+        fingerprint="data", model_provenance={"sha": "m"},
+    ))  # fmt: skip
+    messages.clear()
+    none = StoredBlockInputs(tmp_path / "none.safetensors", "data", {"sha": "m"}, batching)
+    run(task, settings, stored_inputs=none, log=messages.append, extraction_batching=batching)
+    assert any("holds no states (the pair gets no LoRA)" in m for m in messages)
+
+
+@pytest.mark.parametrize(
+    ("changes", "first"),
+    [
+        ({"top_blocks": 2}, 28),
+        ({"top_blocks": 30}, None),
+        ({"top_blocks": 40}, None),
+        ({"layers_to_transform": [5, 3]}, 3),
+        ({"layers_to_transform": [0, 3]}, None),
+        ({}, None),
+    ],
+)
+def test_first_adapted_block_follows_the_settings(changes, first):
+    """The extraction's choice of state (and the disk plan's) is where LoRA's adapters start."""
+    from ntps.lora import first_adapted_block
+    from ntps.sizes import has_frozen_lower_blocks
+
+    settings = quick_settings(**changes)
+    assert first_adapted_block(settings, 30) == first
+    assert has_frozen_lower_blocks(settings.to_dict(), 30) == (first is not None)

@@ -35,7 +35,9 @@ def jobs_planned(dry_run_stdout: str) -> dict[str, int]:
 def test_outputs_exist_and_are_complete(study: Path) -> None:
     results = study / "results"
     for dataset in SIGNAL:
-        for name in ("stats.safetensors", "features.safetensors", "extract.json"):
+        for name in (
+            "stats.safetensors", "features.safetensors", "extract.json", "block_inputs.safetensors"
+        ):  # fmt: skip
             assert (results / "extract" / "tiny-llama" / dataset / name).stat().st_size > 0
     for stem in ("ntps_vs_accuracy", "correlation_heatmap", "layer_profile"):
         for ext in ("png", "pdf"):
@@ -181,6 +183,51 @@ def test_lora_stage(study: Path) -> None:
     assert {"mae", "mae_baseline"} <= set(prediction.columns)
     for kind in ("ntps_vs_gain", "ntps_before_after"):
         assert (study / f"results/plots/lora/{kind}.png").stat().st_size > 1000
+
+
+def test_lora_reads_the_block_inputs_the_extraction_kept(study: Path) -> None:
+    """The extraction keeps hidden state 1 (top_blocks: 1 of 2 blocks) of every token, the very
+    states the LoRA job computes in the extraction's batches, and the LoRA job reads them instead
+    of running block 0."""
+    import torch
+
+    from ntps.datasets import load_prepared
+    from ntps.io import load_tensor_metadata
+    from ntps.layout import block_offsets_key, block_states_key
+    from ntps.lora import LoRASettings, TextInputs, build_classifier, configure_split
+    from ntps.models import load_for_inference
+    from ntps.stages.extract import extraction_batching
+    from ntps.workflow import DEFAULT_MODEL_THREADS
+
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    settings = LoRASettings.from_dict(config["lora"]["settings"])
+    cpu = torch.device("cpu")
+    for dataset in SIGNAL:
+        path = study / f"results/extract/tiny-llama/{dataset}/block_inputs.safetensors"
+        assert load_tensor_metadata(path)["state"] == "1"
+        log = (study / f"results/logs/lora/tiny-llama/{dataset}.log").read_text()
+        assert "inputs of block 1 (kept in memory, read from the extraction)" in log
+    stored = load_tensors(path)
+    prepared = load_prepared(
+        study / f"resources/datasets/{dataset}/data.parquet",
+        study / f"resources/datasets/{dataset}/dataset.json",
+    )
+    base, tokenizer = load_for_inference(study / "resources/models/tiny-llama/weights", "float32")
+    record = read_json(study / f"results/extract/tiny-llama/{dataset}/extract.json")
+    batching = extraction_batching(record["settings"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_MODEL_THREADS)  # the jobs' thread count: kernels round alike
+    classifier = build_classifier(base, len(prepared.label_names), settings).eval()
+    for split in ("train", "test"):
+        texts = prepared.frame.loc[prepared.frame["split"] == split, "text"].tolist()
+        assert configure_split(classifier, tokenizer, texts, 32, cpu) == 1
+        inputs = TextInputs(
+            classifier, tokenizer, texts, 32, cpu, settings.eval_batch_size, None, split, batching
+        )
+        offsets = stored[block_offsets_key(split)]
+        assert offsets.diff().tolist() == [len(ids) for ids in inputs.ids]
+        assert torch.equal(torch.cat(inputs.cached), stored[block_states_key(split)]), split
+    torch.set_num_threads(threads)
 
 
 def test_predictors_beside_ntps(study: Path) -> None:
@@ -350,3 +397,14 @@ def test_changing_k_grid_does_not_rerun_extraction(study: Path) -> None:
     assert not list((study / "results/extract").rglob("stats_shards.safetensors"))
     assert "extract" not in planned and "acquire_model" not in planned
     assert "prepare_dataset" not in planned and "probe" not in planned
+
+
+def test_changing_the_lora_settings_does_not_rerun_extraction(study: Path) -> None:
+    """Which hidden state the extraction keeps for LoRA is a no_rerun param: new LoRA settings
+    retrain, and the LoRA jobs compute the states the file does not hold."""
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    config["lora"]["settings"]["top_blocks"] = 2
+    changed = study / "config-lora.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    planned = jobs_planned(run_snakemake(study, "--dry-run", configfile=changed).stdout)
+    assert planned.get("lora") == len(SIGNAL) and "extract" not in planned

@@ -418,7 +418,12 @@ def interruption_scenario(reference: Path, dest: Path) -> dict[str, Any]:
     state: dict[str, Any] = {"reference": reference, "root": root, "pair": pair}
     extract_outputs = [
         root / f"results/extract/{pair}/{name}"
-        for name in ("stats.safetensors", "features.safetensors", "extract.json")
+        for name in (
+            "stats.safetensors",
+            "features.safetensors",
+            "extract.json",
+            "block_inputs.safetensors",
+        )
     ]
     proc = start_snakemake(root, cores=1)
     wait_for(job_started(root, "extract", pair), proc, root)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ntps.model_shape import BLOCK_COUNT_KEYS
 from ntps.text import forward_kwargs
 
 
@@ -49,6 +50,16 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     if best is None or len(best) == 0:
         raise ValueError(f"{type(model).__name__} has no list of blocks (nn.ModuleList)")
     return best
+
+
+def block_count(model: nn.Module) -> int:
+    """Number of transformer blocks: from the model's config, else by counting them."""
+    config = getattr(model, "config", None)
+    for key in BLOCK_COUNT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return len(decoder_blocks(model))
 
 
 @torch.no_grad()

@@ -58,6 +58,11 @@ class ExtractionResult:
     n_batches_total: int | None = None
     #: Texts in the whole split (``n_texts`` when the result is the whole split).
     n_texts_split: int | None = None
+    #: With ``keep_state``: hidden state ``keep_state`` of every real token (n_tokens, d), texts in
+    #: input order, in the dtype the model produced, and its offsets (N + 1,) int64 (text i is
+    #: rows ``offsets[i]:offsets[i+1]``); None when not asked or above ``keep_state_max_bytes``.
+    block_states: torch.Tensor | None = None
+    block_offsets: torch.Tensor | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -112,6 +117,8 @@ def extract_features(
     n_shards: int = 0,
     shard_seed: int = 0,
     part: tuple[int, int] = (0, 1),
+    keep_state: int | None = None,
+    keep_state_max_bytes: int | None = None,
 ) -> ExtractionResult:
     """Mean-pooled hidden states of every layer (0 = embeddings) for ``texts``.
 
@@ -131,6 +138,10 @@ def extract_features(
     whole run): ``pooled`` then holds the part's texts (positions ``indices``), ``shards`` its
     per-jackknife-shard statistics (merged across parts by :func:`ntps.stats.merge_parts`), and
     ``n_truncated`` still counts the whole split (every part tokenises every text).
+
+    ``keep_state`` (whole splits only) also keeps hidden state ``keep_state`` of every real token
+    (``block_states``, ``block_offsets``): the inputs of LoRA's first adapted block, which the LoRA
+    job then need not recompute; not kept when they would exceed ``keep_state_max_bytes``.
     """
     name = name or _model_label(base_model)
     if accumulate_statistics and labels is None:
@@ -195,6 +206,10 @@ def extract_features(
             acc.reset_()
         live += 1
 
+    if keep_state is not None and n_parts != 1:
+        raise ValueError(f"{name}: keep_state needs the whole split, not part {index} of {n_parts}")
+    offsets = [0, *itertools.accumulate(lengths)]  # text i: tokens offsets[i]:offsets[i+1]
+    kept: torch.Tensor | None = None
     label_tensor = torch.as_tensor(list(labels), dtype=torch.long) if labels is not None else None
     pad_id = pad_token_id(tokenizer)
 
@@ -228,6 +243,12 @@ def extract_features(
                             )
                             for _ in range(n_shards if sharded and not streamed else 1)
                         ]
+                    state = hidden[keep_state] if keep_state is not None else None
+                    if state is not None and (
+                        keep_state_max_bytes is None
+                        or offsets[-1] * hidden_size * state.element_size() <= keep_state_max_bytes
+                    ):
+                        kept = torch.empty(offsets[-1], hidden_size, dtype=state.dtype)
             if accumulators:
                 while streamed and live < shard:
                     finish_live()
@@ -240,6 +261,9 @@ def extract_features(
             else:
                 pooled = torch.stack([masked_mean_pool(h, mask) for h in hidden])
             features[:, [row_of[i] for i in batch]] = pooled.float().cpu()
+            if kept is not None:
+                for row, i in enumerate(batch):
+                    kept[offsets[i] : offsets[i + 1]] = hidden[keep_state][row, : lengths[i]]
             del out, hidden, pooled
             bar.update(len(batch))
     bar.close()
@@ -283,6 +307,8 @@ def extract_features(
         batch_range=None if whole else (first, last),
         n_batches_total=n_batches_total,
         n_texts_split=len(texts),
+        block_states=kept,
+        block_offsets=torch.tensor(offsets, dtype=torch.int64) if kept is not None else None,
     )
 
 

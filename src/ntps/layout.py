@@ -17,6 +17,9 @@ Every writer and reader of these files names its keys here, so a key is spelled 
   texts with their positions (:func:`index_key`), the statistics of each jackknife shard the
   part fed under :func:`part_statistics_prefix`, the train texts' jackknife shards
   (:data:`JACKKNIFE_KEY`) and the part's record in the metadata (:data:`PART_RECORD_KEY`);
+- the inputs of LoRA's first adapted block kept by the extraction
+  (``block_inputs.safetensors``): :func:`block_states_key`, :func:`block_offsets_key` per split and
+  :func:`block_inputs_metadata`;
 - the probe head (``probes/{model}/{dataset}.head.safetensors``): :data:`HEAD_WEIGHT_KEY`,
   :data:`HEAD_BIAS_KEY`, :data:`HEAD_TEST_PREDICTIONS_KEY`;
 - the metadata extraction writes into its tensor files (:func:`tensor_metadata`) and the
@@ -115,6 +118,60 @@ def part_statistics_prefix(j: int) -> str:
 
 #: Safetensors metadata key of an extraction shard's record (JSON).
 PART_RECORD_KEY = "extraction_shard"
+
+# --- the inputs of LoRA's first adapted block (block_inputs.safetensors) ----------------------
+
+
+def block_states_key(split: str) -> str:
+    """Hidden states (n_tokens, d) entering LoRA's first adapted block of every real token of
+    ``split``, texts in table order, each text's tokens in order."""
+    return f"{split}.states"
+
+
+def block_offsets_key(split: str) -> str:
+    """Offsets (N + 1,) int64 into :func:`block_states_key`: text i is rows ``o[i]:o[i+1]``."""
+    return f"{split}.offsets"
+
+
+#: Metadata of block_inputs.safetensors: the hidden-state index kept ("" when none is kept), why
+#: none is kept, and what the states depend on besides the dataset and the model: the token
+#: limit, the prompt format, the batches (JSON: batch size, jackknife shards and seed), the dtype
+#: and the device type they were computed in.
+BLOCK_STATE_KEY = "state"
+BLOCK_REASON_KEY = "no_states_because"
+BLOCK_LIMIT_KEY = "max_length"
+BLOCK_PROMPT_FORMAT_KEY = "prompt_format"
+BLOCK_DTYPE_KEY = "dtype"
+BLOCK_DEVICE_KEY = "device_type"
+BLOCK_BATCHING_KEY = "batching"
+
+
+def block_inputs_metadata(
+    state: int | None,
+    reason: str,
+    *,
+    limit: int,
+    prompt_format: str,
+    batching: str,
+    dtype: str,
+    device_type: str,
+    fingerprint: str,
+    model_provenance: Any,
+) -> dict[str, str]:
+    """The metadata of block_inputs.safetensors: hidden state ``state`` (None: the file holds no
+    states, ``reason`` says why) and everything a reader must match to use them."""
+    return {
+        BLOCK_STATE_KEY: "" if state is None else str(state),
+        BLOCK_REASON_KEY: "" if state is not None else reason,
+        BLOCK_LIMIT_KEY: str(limit),
+        BLOCK_PROMPT_FORMAT_KEY: prompt_format,
+        BLOCK_BATCHING_KEY: batching,
+        BLOCK_DTYPE_KEY: dtype,
+        BLOCK_DEVICE_KEY: device_type,
+        DATASET_FINGERPRINT_KEY: fingerprint,
+        MODEL_PROVENANCE_KEY: json.dumps(model_provenance, sort_keys=True),
+    }
+
 
 # --- the probe head ---------------------------------------------------------------------------
 

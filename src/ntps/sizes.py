@@ -12,6 +12,9 @@ splits):
   ``K S (8 d + 24 n_k)`` with ``n_k ~ 4 d`` (k_ar, k_perception) pairs, plus headers;
 * post-LoRA statistics: the statistics of the states LoRA can change only (its top blocks' outputs);
 * pooled features (float32): ``4 S d N`` plus the labels;
+* LoRA's block inputs (the extraction's ``block_inputs.safetensors``, LoRA pairs whose adapters
+  leave frozen blocks below): ``4 d T`` for the ``T`` tokens of both splits, none above 4 GiB per
+  split (where LoRA recomputes them per batch);
 * LoRA adapter: fp32 ``r (d_in + d_out)`` per adapted module, counted as 3 modules (q, k, v) of
   ``d -> d`` per adapted block (an upper bound: grouped-query k/v are narrower), plus the head.
 """
@@ -100,3 +103,28 @@ def lora_recomputed_states(n_blocks: int, settings: Mapping[str, Any]) -> int:
     if settings.get("top_blocks"):
         return min(int(settings["top_blocks"]), n_blocks)
     return n_blocks + 1
+
+
+#: Above this many bytes (float32) per split LoRA recomputes the inputs of its first adapted block
+#: per batch instead of keeping them (ntps.lora.inputs.STATE_CACHE_MAX_BYTES), and the extraction
+#: keeps none.
+BLOCK_INPUTS_MAX_BYTES = 4 * 2**30
+
+
+def has_frozen_lower_blocks(settings: Mapping[str, Any], n_blocks: int) -> bool:
+    """Whether LoRA ``settings`` (a config mapping) adapt no block below some block s > 0: then the
+    inputs of block s are computed once per text (ntps.lora.settings.first_adapted_block)."""
+    if settings.get("top_blocks"):
+        return int(settings["top_blocks"]) < n_blocks
+    layers = settings.get("layers_to_transform")
+    return bool(layers) and min(layers) > 0
+
+
+def block_inputs_bytes(hidden_size: int, split_tokens: Mapping[str, int]) -> int:
+    """float32 states (4 d bytes per token) of the splits' tokens (``split_tokens``: split -> tokens;
+    the offsets, 8 bytes per text, are left out); 0 when a split is above
+    :data:`BLOCK_INPUTS_MAX_BYTES` (then none are kept)."""
+    states = {split: 4 * hidden_size * int(n) for split, n in split_tokens.items()}
+    if any(size > BLOCK_INPUTS_MAX_BYTES for size in states.values()):
+        return 0
+    return sum(states.values())

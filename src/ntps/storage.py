@@ -1,8 +1,8 @@
 """Disk plan of a study: estimated bytes per stage from the config alone (issue #15).
 
 ``python -m ntps.storage CONFIG [--directory DIR] [--measure]`` prints, per stage (acquired models,
-prepared datasets, statistics, jackknife shards, pooled features, LoRA adapters, post-LoRA
-statistics, scores/tables/plots), the estimated disk of the whole study, which stages
+prepared datasets, statistics, jackknife shards, pooled features, LoRA's block inputs, LoRA
+adapters, post-LoRA statistics, scores/tables/plots), the estimated disk of the whole study, which stages
 ``storage.statistics: temp`` or ``uncertainty.keep_shard_statistics: false`` delete after use,
 and, with ``--measure``, the sizes of the files a finished run left in ``DIR`` beside the estimate.
 
@@ -19,7 +19,9 @@ The bytes of statistics, shards, features and adapters come from the size formul
   by ``max_train`` / ``max_test``; else the caps; else 10,000 / 2,000 texts, marked ``assumed``;
 * weights on disk: the record's ``size_bytes``; else 0 for a local folder (linked, not copied);
   else ``n_params`` x 4 bytes (GGUF is stored dequantised to float32) or x 2 (hub checkpoints as published in bf16; the
-  hub cache under ``resources/cache`` holds a second copy).
+  hub cache under ``resources/cache`` holds a second copy);
+* tokens per split (LoRA's block inputs): the extraction's record (``extract.json``); before the
+  extraction ran, the upper bound of every text at the model's ``max_length``, marked in the notes.
 
 Scores, probes, predictors, tables, plots and the report are counted as ~1.25 kB per (layer, k)
 record and stage, 2 kB per layer and 0.8 MB per pair, measured on the default study (below 0.1% of
@@ -41,13 +43,15 @@ import yaml
 
 from ntps.config import known_model_shape, validate_config
 from ntps.sizes import (
+    block_inputs_bytes,
     features_bytes,
+    has_frozen_lower_blocks,
     jackknife_replicates_bytes,
     lora_adapter_bytes,
     lora_recomputed_states,
     statistics_bytes,
 )
-from ntps.workflow import DEFAULT_N_PARAMS, lora_pairs
+from ntps.workflow import DEFAULT_N_PARAMS, extraction_shards, lora_pairs
 
 # (transformer blocks, hidden size) of the paper's hub models, from each repository's config.json
 # (num_hidden_layers / hidden_size; OpenELM: num_transformer_layers / model_dim).
@@ -99,6 +103,7 @@ STAGES = (
     "jackknife shards",
     "jackknife replicates",
     "pooled features",
+    "LoRA block inputs",
     "LoRA adapters",
     "post-LoRA statistics",
     "scores, tables, plots",
@@ -228,6 +233,7 @@ def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, Stag
     out["statistics"].deleted_after_use = storage["statistics"] == "temp"
     out["post-LoRA statistics"].deleted_after_use = storage["statistics"] == "temp"
     out["jackknife shards"].deleted_after_use = not config["uncertainty"]["keep_shard_statistics"]
+    out["LoRA block inputs"].deleted_after_use = storage["statistics"] == "temp"
     lora = set(lora_pairs(config))
     for name, shape in models.items():
         out["models"].add(name, shape.weight_bytes)
@@ -267,6 +273,10 @@ def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, Stag
                 out["post-LoRA statistics"].add(
                     pair, statistics_bytes(recomputed, d, c, compact=compact)
                 )
+                if block_inputs_kept(config, model, dataset, shape.n_blocks):
+                    tokens, basis = split_tokens(config, model, dataset, size, workdir)
+                    out["LoRA block inputs"].add(pair, block_inputs_bytes(d, tokens))
+                    out["LoRA block inputs"].notes.append(f"{pair}: {tokens} tokens ({basis})")
                 stages = 2
             records = states * n_k * stages
             out["scores, tables, plots"].add(
@@ -276,6 +286,32 @@ def plan(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, Stag
                 + PER_PAIR_REPORT_BYTES,
             )
     return out
+
+
+def block_inputs_kept(config: Mapping[str, Any], model: str, dataset: str, n_blocks: int) -> bool:
+    """Whether the extraction of a LoRA pair keeps LoRA's block inputs: adapters leave frozen
+    blocks below, one extraction job, LoRA cuts texts where the extraction does (docs/outputs.md,
+    "LoRA's block inputs"; the dtype, known only once the model is loaded, is not checked)."""
+    settings = config["lora"]["settings"]
+    entry = next(m for m in config["models"] if m["name"] == model)
+    return (
+        has_frozen_lower_blocks(settings, n_blocks)
+        and extraction_shards(config, dataset) == 1
+        and settings.get("max_length") in (None, entry["max_length"])
+    )
+
+
+def split_tokens(
+    config: Mapping[str, Any], model: str, dataset: str, size: DatasetSize, workdir: Path
+) -> tuple[dict[str, int], str]:
+    """Tokens per split of a pair: from its extract.json, else every text at ``max_length``."""
+    record = workdir / "results" / "extract" / model / dataset / "extract.json"
+    try:
+        splits = json.loads(record.read_text())["splits"]
+        return {split: int(splits[split]["n_tokens"]) for split in ("train", "test")}, "extracted"
+    except (OSError, ValueError, KeyError):
+        limit = int(next(m for m in config["models"] if m["name"] == model)["max_length"])
+        return {"train": size.n_train * limit, "test": size.n_test * limit}, "upper bound"
 
 
 # --- what a finished run left on disk ---------------------------------------------------------------
@@ -310,6 +346,7 @@ def measure(config: Mapping[str, Any], workdir: str | Path = ".") -> dict[str, i
             root / "results" / "jackknife" / m / f"{d}.safetensors"
         )
         out["pooled features"] += _size(extract / "features.safetensors")
+        out["LoRA block inputs"] += _size(extract / "block_inputs.safetensors")
         lora = root / "results" / "lora" / m / d
         out["LoRA adapters"] += _size(lora / "adapter") + _size(lora / "metrics.json")
         out["post-LoRA statistics"] += _size(lora / "stats_post_lora.safetensors")

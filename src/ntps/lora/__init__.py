@@ -34,14 +34,19 @@ from ntps.lora.checkpoint import seed_everything
 from ntps.lora.classifier import (
     AUTO_TARGET_GROUPS,
     LoRAClassifier,
-    adapted_blocks,
     build_classifier,
     linear_module_names,
     resolve_target_modules,
     set_head,
 )
-from ntps.lora.inputs import STATE_CACHE_MAX_BYTES, TextInputs, configure_split, sample_order
-from ntps.lora.settings import LoRASettings
+from ntps.lora.inputs import (
+    STATE_CACHE_MAX_BYTES,
+    StoredBlockInputs,
+    TextInputs,
+    configure_split,
+    sample_order,
+)
+from ntps.lora.settings import LoRASettings, adapted_blocks, first_adapted_block
 from ntps.lora.train import (
     HEAD_FILE,
     META_FILE,
@@ -61,10 +66,12 @@ __all__ = [
     "LoRAClassifier",
     "LoRAResult",
     "LoRASettings",
+    "StoredBlockInputs",
     "TextInputs",
     "adapted_blocks",
     "build_classifier",
     "configure_split",
+    "first_adapted_block",
     "linear_module_names",
     "post_lora_statistics",
     "predict_inputs",

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ntps.blocks import decoder_blocks, upper_forward
+from ntps.blocks import block_count, upper_forward
 from ntps.errors import ConfigError, ModelSourceError
-from ntps.lora.settings import LoRASettings
-from ntps.model_shape import BLOCK_COUNT_KEYS
+from ntps.lora.settings import LoRASettings, adapted_blocks
 from ntps.models import hidden_size_of
 from ntps.text import forward_kwargs, masked_mean_pool
 
@@ -86,16 +85,6 @@ def _layers_pattern(model: nn.Module, targets: Sequence[str]) -> str:
     )
 
 
-def _block_count(model: nn.Module) -> int:
-    """Number of transformer blocks: from the model's config, else by counting them."""
-    config = getattr(model, "config", None)
-    for key in BLOCK_COUNT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return len(decoder_blocks(model))
-
-
 # --------------------------------------------------------------------------------------------
 # the classifier
 
@@ -155,13 +144,6 @@ class LoRAClassifier(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
 
-def adapted_blocks(settings: LoRASettings, n_blocks: int) -> list[int] | None:
-    """Block indices that get adapters (None = all), from ``top_blocks`` or ``layers_to_transform``."""
-    if settings.top_blocks is not None:
-        return list(range(max(0, n_blocks - settings.top_blocks), n_blocks))
-    return settings.layers_to_transform
-
-
 def build_classifier(
     base_model: nn.Module, n_classes: int, settings: LoRASettings
 ) -> LoRAClassifier:
@@ -169,7 +151,7 @@ def build_classifier(
     from peft import LoraConfig, get_peft_model
 
     targets = resolve_target_modules(base_model, settings.target_modules)
-    n_layers = _block_count(base_model)
+    n_layers = block_count(base_model)
     layers = adapted_blocks(settings, n_layers)
     if layers is not None:
         bad = [i for i in layers if i >= n_layers]

@@ -3,7 +3,10 @@ block; where the model splits in two; the order in which training visits the tex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,13 +14,107 @@ import torch
 
 from ntps.blocks import block_inputs, split_forward_matches
 from ntps.errors import DatasetError
+from ntps.io import load_tensor_metadata
+from ntps.layout import (
+    BLOCK_BATCHING_KEY,
+    BLOCK_DEVICE_KEY,
+    BLOCK_DTYPE_KEY,
+    BLOCK_LIMIT_KEY,
+    BLOCK_PROMPT_FORMAT_KEY,
+    BLOCK_REASON_KEY,
+    BLOCK_STATE_KEY,
+    DATASET_FINGERPRINT_KEY,
+    MODEL_PROVENANCE_KEY,
+    block_offsets_key,
+    block_states_key,
+)
 from ntps.lora.classifier import LoRAClassifier
 from ntps.models import hidden_size_of
+from ntps.sizes import BLOCK_INPUTS_MAX_BYTES
+from ntps.stats import shard_assignment
 from ntps.text import length_batches, length_limit, pad_batch, pad_token_id, tokenize_all
 
 # Above this size (float32) the inputs of the first adapted block are recomputed for every batch
-# instead of being kept in memory for the whole run.
-STATE_CACHE_MAX_BYTES = 4 * 2**30
+# instead of being kept in memory for the whole run (and the extraction keeps none for LoRA).
+STATE_CACHE_MAX_BYTES = BLOCK_INPUTS_MAX_BYTES
+
+
+@dataclass
+class StoredBlockInputs:
+    """The inputs of the first adapted block that the extraction kept (block_inputs.safetensors),
+    with what the LoRA job knows of its own data and model, to check them against."""
+
+    path: str | Path
+    fingerprint: str  # the prepared dataset's
+    model_provenance: Any  # the acquisition record's provenance (None when not known)
+    batching: Mapping[str, int] | None = None  # the extraction's batching this job runs in
+
+    def load(
+        self,
+        split: str,
+        *,
+        start: int,
+        limit: int,
+        prompt_format: str,
+        device: torch.device,
+        lengths: Sequence[int],
+    ) -> tuple[list[torch.Tensor] | None, str]:
+        """Per text (n_i, d) float32, views of one tensor of the split, when the file holds hidden
+        state ``start`` computed as this job would (same data, model, token limit, prompt format,
+        batches, float32 on this device type, ``lengths`` tokens per text); else None and why
+        not."""
+        meta = load_tensor_metadata(self.path)
+        want = {
+            BLOCK_STATE_KEY: str(start),
+            BLOCK_LIMIT_KEY: str(limit),
+            BLOCK_PROMPT_FORMAT_KEY: prompt_format,
+            BLOCK_DTYPE_KEY: "float32",
+            BLOCK_DEVICE_KEY: device.type,
+            DATASET_FINGERPRINT_KEY: self.fingerprint,
+            MODEL_PROVENANCE_KEY: json.dumps(self.model_provenance, sort_keys=True),
+            BLOCK_BATCHING_KEY: batching_metadata(self.batching),
+        }
+        if not meta.get(BLOCK_STATE_KEY):
+            return None, f"it holds no states ({meta.get(BLOCK_REASON_KEY) or 'no reason given'})"
+        for key, value in want.items():
+            if meta.get(key) != value:
+                return None, f"its {key} is {meta.get(key)!r}, this job's {value!r}"
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as handle:
+            if block_states_key(split) not in handle.keys():
+                return None, f"it has no {split} split"
+            offsets = handle.get_tensor(block_offsets_key(split))
+            if offsets.diff().tolist() != list(lengths):
+                return None, f"its {split} texts have other token counts than this job's"
+            states = handle.get_tensor(block_states_key(split))
+        bounds = offsets.tolist()
+        return [states[bounds[i] : bounds[i + 1]] for i in range(len(lengths))], ""
+
+
+def batching_metadata(batching: Mapping[str, int] | None) -> str:
+    """How the lower blocks batch the texts, as stored in block_inputs.safetensors."""
+    return json.dumps(dict(batching) if batching else None, sort_keys=True)
+
+
+def extraction_batches(
+    lengths: Sequence[int], split: str, batching: Mapping[str, int]
+) -> list[list[int]]:
+    """The batches in which the extraction runs the texts of ``split`` (``lengths`` tokens each):
+    :func:`ntps.extract.plan_batches` with the model's ``batch_size``, train texts within their
+    ``jackknife_shards`` (seed ``jackknife_seed``). A hidden state depends on the batch a text
+    shares (its padded length changes how kernels sum), so running the lower blocks in these
+    batches gives the extraction's states bit for bit."""
+    from ntps.extract import plan_batches
+
+    n_shards = int(batching.get("jackknife_shards", 0))
+    sharded = split == "train" and n_shards >= 2
+    shard_of = (
+        shard_assignment(len(lengths), n_shards, int(batching.get("jackknife_seed", 0)))
+        if sharded
+        else None
+    )
+    return plan_batches(lengths, int(batching["batch_size"]), shard_of)[0]
 
 
 class TextInputs:
@@ -27,6 +124,10 @@ class TextInputs:
     classifier runs in two parts, each batch is the hidden states entering block ``start``: kept in
     memory for the whole run (computed once per text) when they fit in
     :data:`STATE_CACHE_MAX_BYTES`, else recomputed by the frozen lower blocks for every batch.
+    With ``stored`` (the extraction's copy of them), the kept states are read from there when it
+    holds exactly what this job would compute (``source`` says which; ``not_stored`` why not).
+    They are computed in ``batching``'s batches (:func:`extraction_batches`; default: batches of
+    ``batch_size`` texts of similar length), the split's name being ``split``.
     """
 
     def __init__(
@@ -37,6 +138,9 @@ class TextInputs:
         max_length: int,
         device: torch.device,
         batch_size: int,
+        stored: StoredBlockInputs | None = None,
+        split: str = "train",
+        batching: Mapping[str, int] | None = None,
     ) -> None:
         self.classifier = classifier
         self.limit = length_limit(classifier.peft_model.get_base_model(), max_length)
@@ -48,6 +152,8 @@ class TextInputs:
         self.pad_id = pad_token_id(tokenizer)
         self.device = device
         self.cached: list[torch.Tensor] | None = None
+        self.source = "computed"
+        self.not_stored = ""
         start = classifier.start
         if start is None or start == 0:
             return  # nothing below the adapters worth keeping (at most an embedding lookup)
@@ -55,8 +161,26 @@ class TextInputs:
         n_tokens = sum(len(seq) for seq in self.ids)
         if n_tokens * hidden * 4 > STATE_CACHE_MAX_BYTES:
             return
+        if stored is not None:
+            self.cached, self.not_stored = stored.load(
+                split,
+                start=start,
+                limit=self.limit,
+                prompt_format=classifier.prompt_format,
+                device=device,
+                lengths=[len(seq) for seq in self.ids],
+            )
+            if self.cached is not None:
+                self.source = "read from the extraction"
+                return
         self.cached = [torch.empty(0)] * len(self.ids)
-        for batch in length_batches([len(seq) for seq in self.ids], batch_size):
+        lengths = [len(seq) for seq in self.ids]
+        batches = (
+            extraction_batches(lengths, split, batching)
+            if batching
+            else length_batches(lengths, batch_size)
+        )
+        for batch in batches:
             input_ids, mask, positions = pad_batch(
                 [self.ids[i] for i in batch], self.pad_id, device
             )

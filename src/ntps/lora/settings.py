@@ -61,4 +61,23 @@ class LoRASettings:
         return math.ceil(self.warmup_ratio * self.max_steps)
 
 
+def adapted_blocks(settings: LoRASettings, n_blocks: int) -> list[int] | None:
+    """Block indices that get adapters (None = all), from ``top_blocks`` or ``layers_to_transform``."""
+    if settings.top_blocks is not None:
+        return list(range(max(0, n_blocks - settings.top_blocks), n_blocks))
+    return settings.layers_to_transform
+
+
+def first_adapted_block(settings: LoRASettings, n_blocks: int) -> int | None:
+    """The first block with adapters of a model with ``n_blocks`` blocks when it is not block 0:
+    the block whose inputs LoRA can compute once per text (hidden state of that index); None when
+    every block, or block 0, is adapted. The split itself is confirmed on the model by
+    :func:`ntps.lora.inputs.configure_split`."""
+    layers = adapted_blocks(settings, n_blocks)
+    if not layers:
+        return None
+    start = min(layers)
+    return start if start > 0 else None
+
+
 _FIELDS = frozenset(field.name for field in dataclasses.fields(LoRASettings))

@@ -6,7 +6,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,13 @@ from ntps.errors import DatasetError, NumericalError
 from ntps.io import atomic_directory, save_tensors, write_json
 from ntps.lora.checkpoint import Progress, restore_latest, run_key, save_checkpoint, seed_everything
 from ntps.lora.classifier import LoRAClassifier, build_classifier, set_head
-from ntps.lora.inputs import TextInputs, check_labels, configure_split, sample_order
+from ntps.lora.inputs import (
+    StoredBlockInputs,
+    TextInputs,
+    check_labels,
+    configure_split,
+    sample_order,
+)
 from ntps.lora.settings import LoRASettings
 from ntps.probes import classification_metrics
 from ntps.stats import StatisticsAccumulator
@@ -166,6 +172,8 @@ def train_lora_classifier(
     log: Callable[[str], Any] = print,
     on_step: Callable[[int, float], Any] | None = None,
     prompt_format: str = "raw",
+    stored_inputs: StoredBlockInputs | None = None,
+    extraction_batching: Mapping[str, int] | None = None,
 ) -> LoRAResult:
     """Fine-tune LoRA adapters + head with cross-entropy; evaluate on the test split if given.
 
@@ -180,6 +188,11 @@ def train_lora_classifier(
     ``checkpoint_dir`` and ``checkpoint_every > 0`` the run saves its full state periodically and at
     the end, and resumes from the latest checkpoint there (same result as an uninterrupted run).
     ``on_step(step, loss)`` is called after every optimizer step (e.g. for a time budget).
+    ``extraction_batching`` (the extraction's ``batch_size``, ``jackknife_shards``,
+    ``jackknife_seed``) runs the lower blocks in the extraction's batches, so that their outputs
+    are the extraction's bit for bit; ``stored_inputs``, the extraction's copy of them, is then
+    used instead of running them when it holds exactly what they would give here
+    (:meth:`StoredBlockInputs.load`).
     """
     train_y, test_y = _checked_labels(train_texts, train_labels, test_texts, test_labels, n_classes)
     device = torch.device(device) if device is not None else next(base_model.parameters()).device
@@ -202,8 +215,9 @@ def train_lora_classifier(
 
     classifier.eval()
     train_inputs, test_inputs = _prepare_inputs(
-        classifier, tokenizer, train_texts, test_texts, limit, device, settings.eval_batch_size
-    )
+        classifier, tokenizer, train_texts, test_texts, limit, device, settings.eval_batch_size,
+        stored_inputs, log, extraction_batching,
+    )  # fmt: skip
     ready = time.perf_counter() - start_time
     log(f"LoRA: {_describe_split(train_inputs)}; ready after {ready:.1f} s")
     initial_logits = None
@@ -282,15 +296,37 @@ def _prepare_inputs(
     max_length: int,
     device: torch.device,
     batch_size: int,
+    stored: StoredBlockInputs | None = None,
+    log: Callable[[str], Any] = print,
+    batching: Mapping[str, int] | None = None,
 ) -> tuple[TextInputs, TextInputs | None]:
-    """Decide where the model splits in two (``classifier.start``), then prepare both splits."""
+    """Decide where the model splits in two (``classifier.start``), then prepare both splits:
+    their block inputs computed in ``batching``'s batches, or read from ``stored`` when it holds
+    exactly those (one line says why not)."""
     configure_split(classifier, tokenizer, train_texts, max_length, device)
-    train_inputs = TextInputs(classifier, tokenizer, train_texts, max_length, device, batch_size)
-    test_inputs = (
-        TextInputs(classifier, tokenizer, test_texts, max_length, device, batch_size)
-        if test_texts is not None
-        else None
-    )
+    train_inputs = TextInputs(
+        classifier, tokenizer, train_texts, max_length, device, batch_size, stored, "train",
+        batching,
+    )  # fmt: skip
+    test_inputs = None
+    if test_texts is not None:
+        test_inputs = TextInputs(
+            classifier, tokenizer, test_texts, max_length, device, batch_size, stored, "test",
+            batching,
+        )  # fmt: skip
+    reasons = {
+        split: inputs.not_stored
+        for split, inputs in (("train", train_inputs), ("test", test_inputs))
+        if inputs is not None and inputs.not_stored
+    }
+    if stored is not None and reasons:
+        why = (
+            next(iter(reasons.values()))
+            if len(set(reasons.values())) == 1
+            else "; ".join(f"{split}: {reason}" for split, reason in reasons.items())
+        )
+        log(f"LoRA: inputs of block {classifier.start} computed here, not read from {stored.path}: "
+            f"{why}")  # fmt: skip
     return train_inputs, test_inputs
 
 
@@ -298,7 +334,7 @@ def _describe_split(inputs: TextInputs) -> str:
     start = inputs.classifier.start
     if start is None:
         return "the whole model runs at every step"
-    kept = "kept in memory" if inputs.cached is not None else "recomputed per batch"
+    kept = "recomputed per batch" if inputs.cached is None else f"kept in memory, {inputs.source}"
     return f"blocks {start}.. run at every step on the inputs of block {start} ({kept})"
 
 

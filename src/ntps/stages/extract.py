@@ -2,8 +2,9 @@
 job (:func:`extract_pair`) or in S extraction shards (:func:`extract_part`) merged into the same
 files (:func:`merge_extract_parts`).
 
-The outputs (statistics, their jackknife shards, pooled features, extract.json) are laid out as
-:mod:`ntps.layout` says; the statistics are :mod:`ntps.stats` accumulators.
+The outputs (statistics, their jackknife shards, pooled features, extract.json, and for the LoRA
+job the inputs of its first adapted block) are laid out as :mod:`ntps.layout` says; the statistics
+are :mod:`ntps.stats` accumulators.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from ntps.layout import (
     N_CLASSES_KEY,
     N_LAYERS_KEY,
     PART_RECORD_KEY,
+    block_inputs_metadata,
+    block_offsets_key,
+    block_states_key,
     feature_key,
     index_key,
     labels_key,
@@ -60,26 +64,36 @@ def extract_pair(
     splits: Sequence[str] = ("train", "test"),
     out_shards: str | Path | None = None,
     model_name: str | None = None,
+    lora: Mapping[str, Any] | None = None,
+    out_block_inputs: str | Path | None = None,
 ) -> dict[str, Any]:
     """Forward pass over train (statistics + pooled features) and test (pooled features).
 
     ``settings["jackknife_shards"]`` >= 2 also writes the statistics of that many disjoint random
     shards of the train texts to ``out_shards`` (an empty set of shards otherwise). ``model_name``
     names the model in messages (default: the folder's name).
+
+    ``out_block_inputs`` receives, when ``lora`` (the pair's LoRA settings; None when it gets no
+    LoRA) leaves frozen blocks below the first adapted one, every token's hidden state entering
+    that block, which the LoRA job then reads instead of running the lower blocks again; else a
+    file with no states that says why.
     """
     run = _run_extraction(
         model_dir, table_path, dataset_record_path, settings, splits, model_name, (0, 1),
-        model_record_path,
+        model_record_path, lora=lora,
     )  # fmt: skip
     train = run.results["train"]
     assert train.statistics is not None
+    model_record = read_json(model_record_path) if model_record_path else None
+    if out_block_inputs is not None:
+        _write_block_inputs(out_block_inputs, run, settings, model_record)
     return _write_extraction(
         train.statistics,
         train.shards or [],
         run.features,
         n_classes=run.n_classes,
         fingerprint=run.fingerprint,
-        model_record=read_json(model_record_path) if model_record_path else None,
+        model_record=model_record,
         record={
             "device": str(run.device),
             "dtype": str(run.dtype).replace("torch.", ""),
@@ -105,6 +119,9 @@ class _Extraction:
     device: Any
     dtype: Any
     load_seconds: float
+    #: The hidden state kept for LoRA (None: none, ``block_reason`` says why).
+    block_state: int | None = None
+    block_reason: str = ""
 
 
 def _run_extraction(
@@ -116,13 +133,17 @@ def _run_extraction(
     model_name: str | None,
     part: tuple[int, int],
     model_record_path: str | Path | None = None,
+    *,
+    lora: Mapping[str, Any] | None = None,
 ) -> _Extraction:
     """Load the prepared table and the model, and extract ``splits`` (all of each, or one part).
-    The acquisition record (``model_record_path``) gives the model's load options."""
+    The acquisition record (``model_record_path``) gives the model's load options; ``lora`` (the
+    pair's LoRA settings) which hidden state to keep for the LoRA job."""
     # Only the jobs that run the model need these (pandas and the model loaders, ~0.7 s of
     # imports): the merge job of the same rule file imports this module without them.
     from ntps.datasets import load_prepared
     from ntps.extract import extract_features
+    from ntps.lora.inputs import STATE_CACHE_MAX_BYTES
     from ntps.models import load_for_inference, resolve_device, resolve_dtype
     from ntps.text import check_prompt_format
 
@@ -164,6 +185,7 @@ def _run_extraction(
     LOG.info("loaded model from %s on %s (%s) in %.1f s", model_dir, device, dtype, load_seconds)
     prompt_format = str(settings.get("prompt_format", "raw"))
     check_prompt_format(tokenizer, prompt_format, model_name)
+    block_state, block_reason = block_input_state(lora, settings, base_model, dtype)
 
     features: dict[str, torch.Tensor] = {}
     results: dict[str, Any] = {}
@@ -186,6 +208,8 @@ def _run_extraction(
             shard_seed=int(settings.get("jackknife_seed", 0)),
             name=model_name,
             part=part,
+            keep_state=block_state,
+            keep_state_max_bytes=STATE_CACHE_MAX_BYTES,
         )
         for layer in range(result.pooled.shape[0]):
             features[feature_key(split, layer)] = result.pooled[layer]
@@ -196,8 +220,87 @@ def _run_extraction(
         results[split] = result
         LOG.info("%s: %s", split, result.summary())
     return _Extraction(
-        results, features, n_classes, prepared.fingerprint, device, dtype, load_seconds
+        results, features, n_classes, prepared.fingerprint, device, dtype, load_seconds,
+        block_state, block_reason,
+    )  # fmt: skip
+
+
+def extraction_batching(settings: Mapping[str, Any]) -> dict[str, int]:
+    """What decides the extraction's batches (:func:`ntps.extract.plan_batches`): the LoRA job
+    runs its frozen lower blocks in the same batches (:func:`ntps.lora.inputs.extraction_batches`),
+    so their outputs are the extraction's bit for bit."""
+    return {
+        "batch_size": int(settings["batch_size"]),
+        "jackknife_shards": int(settings.get("jackknife_shards", 0)),
+        "jackknife_seed": int(settings.get("jackknife_seed", 0)),
+    }
+
+
+def block_input_state(
+    lora: Mapping[str, Any] | None, settings: Mapping[str, Any], model: Any, dtype: Any
+) -> tuple[int | None, str]:
+    """The hidden state entering LoRA's first adapted block, as the LoRA job will compute it
+    (:func:`ntps.lora.settings.first_adapted_block` on the model's block count), or None and why
+    the LoRA job could not use it."""
+    from ntps.blocks import block_count
+    from ntps.lora.settings import LoRASettings, first_adapted_block
+
+    if lora is None:
+        return None, "the pair gets no LoRA"
+    if dtype != torch.float32:
+        return None, f"extracted in {dtype}, LoRA runs the model in float32"
+    lora_settings = LoRASettings.from_dict(dict(lora))
+    if lora_settings.max_length not in (None, int(settings["max_length"])):
+        return None, (
+            f"LoRA cuts texts at {lora_settings.max_length} tokens, the extraction at "
+            f"{settings['max_length']}"
+        )
+    start = first_adapted_block(lora_settings, block_count(model))
+    if start is None:
+        return None, "LoRA adapts block 0 (or every block): no frozen lower blocks"
+    return start, ""
+
+
+def _write_block_inputs(
+    path: str | Path, run: _Extraction, settings: Mapping[str, Any], model_record: Any
+) -> None:
+    """block_inputs.safetensors: the kept hidden state of every split, or no states and why."""
+    from ntps.lora.inputs import STATE_CACHE_MAX_BYTES, batching_metadata
+
+    state, reason = run.block_state, run.block_reason
+    tensors: dict[str, torch.Tensor] = {}
+    for split, result in run.results.items():
+        if state is not None and result.block_states is None:
+            state = None
+            reason = (
+                f"the {split} split's states exceed {STATE_CACHE_MAX_BYTES} bytes, above which "
+                "LoRA recomputes them for every batch"
+            )
+        if state is not None:
+            tensors[block_states_key(split)] = result.block_states
+            tensors[block_offsets_key(split)] = result.block_offsets
+    if state is None:
+        tensors = {}
+    meta = block_inputs_metadata(
+        state,
+        reason,
+        limit=run.results["train"].max_length,
+        prompt_format=str(settings.get("prompt_format", "raw")),
+        batching=batching_metadata(extraction_batching(settings)),
+        dtype=str(run.dtype).replace("torch.", ""),
+        device_type=torch.device(run.device).type,
+        fingerprint=run.fingerprint,
+        model_provenance=model_record.get("provenance") if model_record else None,
     )
+    save_tensors(path, tensors, meta)
+    n_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+    for result in run.results.values():  # written: not held while the statistics are written
+        result.block_states = result.block_offsets = None
+    del tensors
+    if state is None:
+        LOG.info("no hidden states kept for LoRA: %s", reason)
+    else:
+        LOG.info("kept hidden state %d of every token for LoRA (%.1f MB)", state, n_bytes / 1e6)
 
 
 def _write_extraction(
@@ -358,6 +461,7 @@ def merge_extract_parts(
     model_record_path: str | Path | None = None,
     out_shards: str | Path | None = None,
     pair: str = "this pair",
+    out_block_inputs: str | Path | None = None,
 ) -> dict[str, Any]:
     """Combine a pair's extraction shards into the outputs of :func:`extract_pair`.
 
@@ -368,7 +472,8 @@ def merge_extract_parts(
     ``pair`` and the offending part otherwise). Then features are put back in table order
     (identical to one job's) and statistics summed per jackknife shard
     (:func:`ntps.stats.merge_parts`). ``extract.json`` adds ``extraction_shards``: each part's
-    device, batch ranges, times and provenance.
+    device, batch ranges, times and provenance. ``out_block_inputs`` gets a file with no states:
+    extraction shards keep none, and the LoRA job computes them itself.
     """
     settings = {k: v for k, v in settings.items() if k != "progress"}
     records = []
@@ -473,6 +578,19 @@ def merge_extract_parts(
             "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
         }
     devices = sorted({r["device"] for r in records})
+    if out_block_inputs is not None:
+        meta = block_inputs_metadata(
+            None,
+            f"extracted in {count} extraction shards, which keep no hidden states",
+            limit=int(records[0]["splits"]["train"]["max_length"]),
+            prompt_format=str(settings.get("prompt_format", "raw")),
+            batching=json.dumps(extraction_batching(settings), sort_keys=True),
+            dtype=records[0]["dtype"],
+            device_type=",".join(sorted({torch.device(d).type for d in devices})),
+            fingerprint=dataset_record["fingerprint"],
+            model_provenance=model_record.get("provenance") if model_record else None,
+        )
+        save_tensors(out_block_inputs, {}, meta)
     return _write_extraction(
         total,
         shards,

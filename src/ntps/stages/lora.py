@@ -18,7 +18,13 @@ from ntps.layout import (
     HEAD_TEST_PREDICTIONS_KEY,
     HEAD_WEIGHT_KEY,
 )
-from ntps.lora import LoRASettings, post_lora_statistics, save_lora, train_lora_classifier
+from ntps.lora import (
+    LoRASettings,
+    StoredBlockInputs,
+    post_lora_statistics,
+    save_lora,
+    train_lora_classifier,
+)
 from ntps.models import load_for_inference, resolve_device
 from ntps.stats import is_packed, pack_statistics, upper_statistics
 from ntps.text import check_prompt_format
@@ -42,6 +48,8 @@ def train_lora_pair(
     prompt_format: str = "raw",
     model_name: str | None = None,
     model_record_path: str | Path | None = None,
+    block_inputs_path: str | Path | None = None,
+    extraction_batching: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune LoRA adapters + a linear head on one dataset, save them, and write the adapted
     model's train-split statistics (post-LoRA NTPS); return the metrics.
@@ -51,7 +59,11 @@ def train_lora_pair(
     ``probe_head_path`` (the probe stage's last-layer head) starts the head when
     ``settings.head_init`` is "probe". ``max_length`` is the extraction's, used unless the LoRA
     settings give their own. ``model_record_path`` (the acquisition record) gives the model's load
-    options (remote code), as for the extraction.
+    options (remote code), as for the extraction. The frozen lower blocks run in the
+    extraction's batches (``extraction_batching``: its batch size and jackknife shards), so their
+    outputs are the extraction's bit for bit; ``block_inputs_path`` (the extraction's
+    block_inputs.safetensors) gives them when it holds exactly those this job would compute, and
+    training and the post-LoRA statistics then read them.
     """
     lora_settings = LoRASettings.from_dict(dict(settings))
     # The same fingerprint check as the extraction: LoRA must train on the texts that were scored.
@@ -68,12 +80,19 @@ def train_lora_pair(
     device = resolve_device(device_spec)
     # Training always runs in fp32 weights; on CUDA the LoRA code uses bf16 autocast.
     model_name = model_name or Path(model_dir).name
+    model_record = read_json(model_record_path) if model_record_path else None
     base_model, tokenizer = load_for_inference(
-        model_dir,
-        dtype="float32",
-        device=device,
-        source=read_json(model_record_path) if model_record_path else None,
-        name=model_name,
+        model_dir, dtype="float32", device=device, source=model_record, name=model_name
+    )
+    stored = (
+        StoredBlockInputs(
+            block_inputs_path,
+            prepared.fingerprint,
+            model_record.get("provenance") if model_record else None,
+            extraction_batching,
+        )
+        if block_inputs_path is not None
+        else None
     )
     check_prompt_format(tokenizer, prompt_format, model_name)
     train = table[table["split"] == "train"]
@@ -95,6 +114,8 @@ def train_lora_pair(
         checkpoint_dir=checkpoint_dir,
         log=LOG.info,
         prompt_format=prompt_format,
+        stored_inputs=stored,
+        extraction_batching=extraction_batching,
     )
     started = time.perf_counter()
     first_state, upper = post_lora_statistics(
