@@ -151,6 +151,10 @@ def test_paper_config_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert llama == ["llama3-8b: 32 blocks, d=4096 (published config)"]
     assert estimates["statistics"].largest[0].startswith("llama3-8b")
     assert not estimates["statistics"].deleted_after_use
+    full = plan(
+        load_config(repo / "config" / "paper.yaml", ["storage.compact_statistics=false"]),
+        tmp_path,
+    )
     temp = plan(
         load_config(
             repo / "config" / "paper.yaml",
@@ -159,7 +163,8 @@ def test_paper_config_plan(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
         tmp_path,
     )
     assert temp["statistics"].deleted_after_use and temp["post-LoRA statistics"].deleted_after_use
-    ratio = temp["statistics"].bytes / estimates["statistics"].bytes
+    assert temp["statistics"].bytes == estimates["statistics"].bytes  # paper.yaml: compact
+    ratio = temp["statistics"].bytes / full["statistics"].bytes
     assert 0.66 < ratio < 0.68
     assert main([str(repo / "config" / "paper.yaml"), "--directory", str(tmp_path)]) == 0
     out = capsys.readouterr().out
