@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Rules that load a model and therefore get model-sized resources and a GPU request.
 MODEL_RULES = {"extract", "lora"}
 # Rules that request a GPU only for models above scoring.gpu_min_params.
-SCORE_RULES = {"score", "score_post_lora"}
+SCORE_RULES = {"jackknife", "score", "score_post_lora"}
 CPU_RULES = {
     "prepare_dataset", "probe", "tables", "correlations", "plot_model", "plot_bounds",
     "lora_tables", "plot_lora",
@@ -207,7 +207,8 @@ def test_model_rules_request_model_sized_gpu_jobs(planned_jobs: list[dict[str, A
 
 def test_score_jobs_of_large_models_request_a_gpu(planned_jobs: list[dict[str, Any]]) -> None:
     score_jobs = [job for job in planned_jobs if job["rule"] in SCORE_RULES]
-    assert len(score_jobs) == 2 * 2 * 2  # 2 models x 2 datasets, before and after LoRA
+    # 2 models x 2 datasets: the jackknife replicates, the scores before and after LoRA.
+    assert len(score_jobs) == 2 * 2 * 3
     for job in score_jobs:
         # big (7e9 >= 5e9 parameters): one GPU and 7 hours; pinned: kept off GPUs by gpu: 0.
         big = "model=big" in job["wildcards"]
