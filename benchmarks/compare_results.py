@@ -52,7 +52,7 @@ VOLATILE_FIELDS = {
 TIMING_COLUMNS = {"seconds", "job_seconds", "seconds_per_pair", "job_seconds_per_pair"}
 #: Text files whose lines print timing columns (the summary's cost column): compared line by line
 #: with those lines left out.
-TIMED_TEXT = {"summary.md": ("(score)", "(predictors)", "(probe)")}
+TIMED_TEXT = {"summary.md": ("(score)", "(jackknife+score)", "(predictors)", "(probe)")}
 
 
 def _volatile(key: str) -> bool:

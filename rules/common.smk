@@ -255,6 +255,9 @@ def predictor_table_inputs(wildcards):
         "probes": "results/tables/probes.parquet",
         "correlations": "results/tables/correlations.csv",
         # Wall times of the jobs that produce each predictor's values (costs beside quality).
+        "jackknife_benchmarks": pair_outputs(
+            "results/benchmarks/jackknife/{model}/{dataset}.tsv"
+        ),
         "score_benchmarks": pair_outputs(
             "results/benchmarks/score/{model}/{dataset}.tsv"
         ),

@@ -24,7 +24,7 @@ with job_logging(snakemake.log[0]) as log:
     values = predictor_values_table(snakemake.input.predictors, probes, enabled)
     benchmarks = {
         job: snakemake.input.get(f"{job}_benchmarks", [])
-        for job in ("score", "probe", "predictors")
+        for job in ("jackknife", "score", "probe", "predictors")
     }
     costs = predictor_costs_table(snakemake.input.predictors, enabled, benchmarks)
     judged = judge_predictors(

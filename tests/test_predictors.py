@@ -146,15 +146,17 @@ def test_predictors_table_puts_ntps_first_with_costs(tmp_path: Path) -> None:
             },
         )
         paths.append(path)
-        for job, wall in (("score", 2.0), ("predictors", 1.0)):
+        for job, wall in (("jackknife", 1.5), ("score", 0.5), ("predictors", 1.0)):
             bench = tmp_path / job / "m" / f"{dataset}.tsv"
             bench.parent.mkdir(parents=True, exist_ok=True)
             bench.write_text(f"s\th:m:s\tmax_rss\n{wall}\t0:00:02\t100\n")
-    benchmarks = {job: sorted((tmp_path / job).rglob("*.tsv")) for job in ("score", "predictors")}
+    benchmarks = {
+        job: sorted((tmp_path / job).rglob("*.tsv")) for job in ("jackknife", "score", "predictors")
+    }
     costs = predictor_costs_table(paths, ["logme"], benchmarks).set_index(["dataset", "predictor"])
     assert len(costs) == 10
     assert costs.loc[("a", NTPS)].to_dict() == {
-        "model": "m", "seconds": 0.25, "job": "score", "job_seconds": 2.0
+        "model": "m", "seconds": 0.25, "job": "jackknife+score", "job_seconds": 2.0
     }  # fmt: skip
     assert costs.loc[("e", "logme")].to_dict() == {
         "model": "m", "seconds": 0.5, "job": "predictors", "job_seconds": 1.0
@@ -172,5 +174,9 @@ def test_predictors_table_puts_ntps_first_with_costs(tmp_path: Path) -> None:
     )
     assert all(p.stat().st_size > 1000 for p in written)
     text = "\n".join(predictor_lines(table))
-    assert "cheap pre-screens" in text and "1.00 [1.00, 1.00]" in text and "2.0 (score)" in text
+    assert (
+        "cheap pre-screens" in text
+        and "1.00 [1.00, 1.00]" in text
+        and "2.0 (jackknife+score)" in text
+    )
     assert predictor_lines(None) == []

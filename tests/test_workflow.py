@@ -254,7 +254,7 @@ def test_predictors_beside_ntps(study: Path) -> None:
     assert np.isnan(cost.loc["probe_accuracy", "seconds_per_pair"])
     assert (cost["job_seconds_per_pair"] > 0).all()
     assert cost["job"].to_dict() == {
-        "ntps": "score", "h_score": "predictors", "logme": "predictors", "knn": "predictors",
+        "ntps": "jackknife+score", "h_score": "predictors", "logme": "predictors", "knn": "predictors",
         "perception_only": "predictors", "probe_accuracy": "probe",
     }  # fmt: skip
     # Values: 4 datasets x 3 layers x 5 predictors; the feature-based perception-only equals the

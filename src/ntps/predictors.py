@@ -25,6 +25,8 @@ from ntps.tables import n_layers_by_model, pair_from_path
 NO_K = "-"
 #: The workflow job whose values each kind of predictor comes from (column ``job``).
 JOB_OF = {NTPS: "score", "probes": "probe", SOURCE_FEATURES: "predictors"}
+#: NTPS with its standard errors takes two jobs per pair: the jackknife replicates, then the score.
+NTPS_JOBS = ("jackknife", "score")
 
 # (target column, sign, table it comes from): as the NTPS correlations, a positive rho always
 # means "the predictor agrees with the task being easy".
@@ -94,8 +96,9 @@ def predictor_costs_table(
     ``seconds``: compute only, timed inside the predictors job with the inputs in memory (NTPS:
     every layer and k; the probe accuracy is not timed apart from its job, NaN). ``job_seconds``:
     wall time of the workflow job that produces the values in a study (``job``: score, probe or
-    predictors, the last shared by all feature predictors), from its Snakemake benchmark, so
-    including start-up and reading inputs. ``benchmarks`` maps job name -> benchmark files.
+    predictors, the last shared by all feature predictors; NTPS: jackknife+score, the sum of both
+    jobs where the jackknife ran), from its Snakemake benchmark, so including start-up and reading
+    inputs. ``benchmarks`` maps job name -> benchmark files.
     Columns: model, dataset, predictor, seconds, job, job_seconds.
     """
     walls = {
@@ -109,15 +112,17 @@ def predictor_costs_table(
         model, dataset = pair_of(data)
         timed = data["seconds"]
         for name in [NTPS, *enabled]:
-            job = JOB_OF[NTPS] if name == NTPS else JOB_OF[PREDICTORS[name].source]
+            jobs = [JOB_OF[PREDICTORS[name].source]] if name != NTPS else [
+                job for job in NTPS_JOBS if (job, model, dataset) in walls
+            ] or [JOB_OF[NTPS]]  # fmt: skip
             rows.append(
                 {
                     "model": model,
                     "dataset": dataset,
                     "predictor": name,
                     "seconds": float(timed.get(name, np.nan)),
-                    "job": job,
-                    "job_seconds": walls.get((job, model, dataset), np.nan),
+                    "job": "+".join(jobs),
+                    "job_seconds": sum(walls.get((job, model, dataset), np.nan) for job in jobs),
                 }
             )
     columns = ["model", "dataset", "predictor", "seconds", "job", "job_seconds"]
