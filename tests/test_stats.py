@@ -262,16 +262,22 @@ def test_tensors_round_trip_and_lazy_layer_loading(tmp_path):
         LayerMoments.from_tensors(tensors, 7)
 
 
-def test_splice_statistics_takes_lower_states_from_base_and_the_rest_from_upper():
-    from ntps.errors import NTPSError
-    from ntps.stats import splice_statistics
-
-    gen = torch.Generator().manual_seed(0)
+def four_states(seed: int):
+    """Random hidden states of 4 states x 3 texts (ragged), their mask, labels and statistics."""
+    gen = torch.Generator().manual_seed(seed)
     hidden = [torch.randn(3, 5, 4, generator=gen) for _ in range(4)]
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
     labels = torch.tensor([0, 1, 1])
     base = StatisticsAccumulator(4, 4, 2)
     base.update(hidden, mask, labels)
+    return hidden, mask, labels, base
+
+
+def test_splice_statistics_takes_lower_states_from_base_and_the_rest_from_upper():
+    from ntps.errors import NTPSError
+    from ntps.stats import splice_statistics
+
+    hidden, mask, labels, base = four_states(seed=0)
     changed = [h + 1.0 for h in hidden[2:]]
     upper = StatisticsAccumulator(2, 4, 2)
     upper.update(changed, mask, labels)
@@ -292,12 +298,7 @@ def test_upper_statistics_keep_only_the_recomputed_states_under_their_own_indice
     from ntps.errors import NTPSError
     from ntps.stats import splice_statistics, stored_layers, upper_statistics
 
-    gen = torch.Generator().manual_seed(1)
-    hidden = [torch.randn(3, 5, 4, generator=gen) for _ in range(4)]
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
-    labels = torch.tensor([0, 1, 1])
-    base = StatisticsAccumulator(4, 4, 2)
-    base.update(hidden, mask, labels)
+    hidden, mask, labels, base = four_states(seed=1)
     upper = StatisticsAccumulator(2, 4, 2)
     upper.update([h * 2.0 for h in hidden[2:]], mask, labels)
     kept = upper_statistics(base.to_tensors(), upper, 2)

@@ -444,17 +444,8 @@ class StatisticsAccumulator:
     def merge(self, other: StatisticsAccumulator) -> StatisticsAccumulator:
         """Return a new accumulator holding the sums of both (exact: sums are additive)."""
         self._check_compatible(other)
-        out = StatisticsAccumulator(
-            self.n_layers,
-            self.hidden_size,
-            self.n_classes,
-            device=self.device,
-            product_dtype=self.product_dtype,
-        )
-        for name in (*_LAYER_SUMS, "label_counts"):
-            setattr(out, name, getattr(self, name) + getattr(other, name).to(self.device))
-        for name in _COUNTS:
-            setattr(out, name, getattr(self, name) + getattr(other, name))
+        out = self.copy()
+        out._add_(other)  # (0 + self) + other: the same sums as self + other, bit for bit
         return out
 
     __add__ = merge
