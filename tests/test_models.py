@@ -13,6 +13,7 @@ import torch
 from ntps.errors import ModelSourceError
 from ntps.io import read_json, write_json
 from ntps.models import (
+    _gguf_parsed_once,
     acquire_model,
     count_parameters,
     ensure_pad_token,
@@ -225,6 +226,37 @@ def test_pypi_gguf_smollm2_converts_to_plain_folder(tmp_path):
         out = base(**ids, output_hidden_states=True)
     assert len(out.hidden_states) == 31
     assert torch.isfinite(out.last_hidden_state).all()
+
+
+def test_gguf_parsed_once_shares_parses_and_restores(tmp_path):
+    """Within the block one parse per file and one name map per (arch, depth); gguf as before
+    after it, and the shared reader reads what a fresh one reads."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_token_list(["<s>", "a", "b"])
+    writer.add_tensor("token_embd.weight", np.arange(6, dtype=np.float32).reshape(3, 2))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    reader_class, name_map_of = gguf.GGUFReader, gguf.get_tensor_name_map
+    fresh = gguf.GGUFReader(path)
+    with _gguf_parsed_once():
+        shared = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is shared
+        assert list(shared.fields) == list(fresh.fields)
+        assert [bytes(p) for p in shared.fields["tokenizer.ggml.tokens"].parts] == [
+            bytes(p) for p in fresh.fields["tokenizer.ggml.tokens"].parts
+        ]
+        assert np.array_equal(shared.tensors[0].data, fresh.tensors[0].data)
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+        assert gguf.get_tensor_name_map(arch, 2).mapping == name_map_of(arch, 2).mapping
+    assert gguf.GGUFReader is reader_class and gguf.get_tensor_name_map is name_map_of
 
 
 def test_pypi_gguf_checksum_mismatch_leaves_no_joined_file(tmp_path):
