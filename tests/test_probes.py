@@ -88,3 +88,74 @@ def test_fit_probe_records_the_standard_error_of_its_mse():
     per_text = ((np.eye(3)[y_test] - ridge.predict(scaler.transform(x_test))) ** 2).sum(axis=1)
     assert result.mse == pytest.approx(per_text.mean(), rel=1e-12)
     assert result.mse_se == pytest.approx(per_text.std(ddof=1) / np.sqrt(40), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "k"),
+    [(120, 15, 4), (200, 40, 1), (40, 90, 3), (60, 60, 2), (25, 8, 5)],
+    ids=["n>d", "n>d-single-target", "n<d", "n=d", "small"],
+)
+def test_ridge_gcv_is_ridgecv(n, d, k):
+    """The same alpha, coefficients and intercept as scikit-learn's RidgeCV, in both regimes."""
+    from sklearn.linear_model import RidgeCV
+
+    from ntps.probes import DEFAULT_RIDGE_ALPHAS, ridge_gcv
+
+    rng = np.random.default_rng(n * 1000 + d)
+    # correlated, off-centre features and labels that depend on them: an interior alpha
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + rng.normal(scale=5.0, size=d)
+    labels = (x[:, :3] @ rng.normal(size=(3, k)) + rng.normal(scale=4.0, size=(n, k))).argmax(1)
+    y = np.eye(k)[labels] if k > 1 else x[:, :1] + rng.normal(size=(n, 1))
+    reference = RidgeCV(alphas=list(DEFAULT_RIDGE_ALPHAS)).fit(x, y)
+    coef, intercept, alpha = ridge_gcv(x, y, DEFAULT_RIDGE_ALPHAS)
+    assert alpha == reference.alpha_
+    assert coef.shape == (k, d) and intercept.shape == (k,)
+    np.testing.assert_allclose(coef, reference.coef_.reshape(k, d), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(intercept, np.reshape(reference.intercept_, k), rtol=1e-9)
+    x_new = rng.normal(size=(30, d)) * 2.0
+    np.testing.assert_allclose(
+        x_new @ coef.T + intercept, reference.predict(x_new).reshape(30, k), rtol=1e-9, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize(("n", "d"), [(150, 10), (30, 50)])
+def test_ridge_gcv_chooses_ridgecv_alpha_on_every_grid(n, d):
+    """The choice over many grids (interior optima, unsorted grids, a single alpha), as RidgeCV's."""
+    from sklearn.linear_model import RidgeCV
+
+    from ntps.probes import ridge_gcv
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.1, 10.0, d)
+    y = x @ rng.normal(size=(d, 2)) + rng.normal(scale=3.0, size=(n, 2))
+    grids = [np.logspace(lo, lo + 3, 7) for lo in range(-3, 4)]
+    grids += [[100.0, 0.1, 10.0, 1.0], [3.0]]
+    chosen = set()
+    for grid in grids:
+        alpha = ridge_gcv(x, y, grid)[2]
+        assert alpha == RidgeCV(alphas=list(grid)).fit(x, y).alpha_
+        chosen.add(alpha)
+    assert len(chosen) > 3  # not always an end of the grid
+
+
+def test_fit_probe_ridge_matches_ridgecv_on_tiny_models_n_below_d():
+    """fit_probe's ridge numbers are RidgeCV's where N < d (the workflow's test models)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.preprocessing import StandardScaler
+
+    from ntps.probes import DEFAULT_RIDGE_ALPHAS
+
+    rng = np.random.default_rng(3)
+    y_train, y_test = rng.integers(0, 4, 24), rng.integers(0, 4, 12)
+    x_train, x_test = rng.normal(size=(24, 32)) + 3.0, rng.normal(size=(12, 32)) + 3.0
+    x_train[:, :4] += 2.0 * np.eye(4)[y_train]
+    result = fit_probe(x_train, y_train, x_test, y_test, 4, c_grid=[1.0])
+    scaler = StandardScaler().fit(x_train)
+    ridge = RidgeCV(alphas=list(DEFAULT_RIDGE_ALPHAS)).fit(
+        scaler.transform(x_train), np.eye(4)[y_train]
+    )
+    assert result.ridge_alpha == ridge.alpha_
+    test_errors = ((np.eye(4)[y_test] - ridge.predict(scaler.transform(x_test))) ** 2).sum(1)
+    train_errors = ((np.eye(4)[y_train] - ridge.predict(scaler.transform(x_train))) ** 2).sum(1)
+    assert result.mse == pytest.approx(test_errors.mean(), rel=1e-9)
+    assert result.train_mse == pytest.approx(train_errors.mean(), rel=1e-9)

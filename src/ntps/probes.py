@@ -6,9 +6,10 @@ Regularisation (stated because it changes the numbers):
   small training sets have N < d, where an unregularised fit separates the data perfectly; a fixed C
   would over-regularise some layers and under-regularise others. The test split is never seen while
   choosing C.
-- Least squares on one-hot labels: ridge with alpha chosen by efficient leave-one-out CV
-  (``RidgeCV``) on the train split, for the same N < d reason (plain least squares interpolates the
-  training labels and its held-out MSE is meaningless).
+- Least squares on one-hot labels: ridge with alpha chosen by efficient leave-one-out CV on the
+  train split (:func:`ridge_gcv`: the estimator of scikit-learn's ``RidgeCV``, computed from one
+  eigendecomposition), for the same N < d reason (plain least squares interpolates the training
+  labels and its held-out MSE is meaningless).
 Features are standardised with train-split statistics. MSE is the mean over examples of the squared
 error summed over classes, E||y - y_hat||^2, the loss the NTPS excess-loss bound is stated in; its
 standard error ``mse_se`` is that of a mean over the test texts (:func:`ntps.analysis.mean_se`).
@@ -142,6 +143,100 @@ def squared_error(y_true_onehot: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(squared_errors(y_true_onehot, y_pred)))
 
 
+def ridge_gcv(
+    x: np.ndarray, y: np.ndarray, alphas: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ridge regression with an intercept, alpha chosen by efficient leave-one-out CV.
+
+    The estimator of scikit-learn's ``RidgeCV(alphas=alphas)`` (no sample weights, default
+    scoring, ``alpha_per_target=False``, ``gcv_mode="auto"``): the same leave-one-out errors per
+    alpha up to rounding, the same choice, and the chosen fit's coefficients by the same sequence
+    of operations (the formulas are those of scikit-learn 1.9's ``_RidgeGCV``). ``RidgeCV`` in its
+    ``n > d`` mode builds the d x d inverse and the diagonal of ``X H^-1 X^T`` anew for every alpha,
+    O(n d^2) each; here one eigendecomposition ``Xc^T Xc = V diag(lam) V^T`` serves all alphas,
+    with ``Xc V`` precomputed, so each alpha costs O(n d k). For ``n <= d`` it is the Gram form
+    ``Xc Xc^T = Q diag(lam) Q^T``, as in ``RidgeCV``.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples, n_targets)
+    alphas : sequence of float
+        Candidate penalties, tried in the given order.
+
+    Returns
+    -------
+    coef : ndarray of shape (n_targets, n_features)
+    intercept : ndarray of shape (n_targets,)
+        Predictions are ``x @ coef.T + intercept``.
+    alpha : float
+        The alpha of the smallest mean over samples and targets of the squared leave-one-out
+        error; ties go to the first in ``alphas`` (``RidgeCV``'s strict ``>`` on the score).
+
+    Notes
+    -----
+    With ``Xc``, ``yc`` the centred data and ``H = Xc^T Xc + alpha I``, the leave-one-out residual
+    of sample i is ``(yc - Xc H^-1 Xc^T yc)_i / (1 - h_i - (1 - (Xc H^-1 Xc^T 1)_i) / n)`` with
+    ``h_i = (Xc H^-1 Xc^T)_ii``: the hat matrix of ridge plus the unpenalised intercept. The
+    ``Xc^T 1`` term is zero but for rounding; it is kept because ``RidgeCV`` keeps it.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be (n_samples, n_targets) with n_samples={x.shape[0]}")
+    if not len(alphas):
+        raise ValueError("ridge_gcv needs at least one alpha")
+    n, d = x.shape
+    # Centring as RidgeCV does it (mean of x and y; ones as the square-root sample weights).
+    x_mean = np.mean(x, axis=0)
+    xc = x - x_mean
+    y_mean = np.mean(y, axis=0)
+    yc = y - y_mean
+    ones = np.ones(n)
+    if n > d:
+        lam, v = np.linalg.eigh(xc.T @ xc)
+        xty = xc.T @ yc
+        xv = xc @ v  # (n, d)
+        xv2 = xv**2
+        vt_xty = v.T @ xty  # (d, k)
+        vt_xt1 = v.T @ (xc.T @ ones)  # (d,)
+
+        def loo_score(alpha: float) -> float:
+            inv = 1.0 / (lam + alpha)
+            residual = yc - xv @ (inv[:, None] * vt_xty)
+            denominator = 1.0 - xv2 @ inv - (1.0 - xv @ (inv * vt_xt1)) / n
+            return float(np.mean(-((residual / denominator[:, None]) ** 2)))
+
+        def coefficients(alpha: float) -> np.ndarray:
+            # RidgeCV's own order of products, so the chosen fit matches it to the last bits.
+            return ((v * (1.0 / (lam + alpha))) @ v.T) @ xty
+    else:
+        lam, q = np.linalg.eigh(xc @ xc.T)
+        q2 = q**2
+        qt_y = q.T @ yc  # (n, k)
+        qt_1 = q.T @ ones  # (n,)
+
+        def dual(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+            inv = 1.0 / (lam + alpha)
+            c = q @ (inv[:, None] * qt_y)
+            return c, q2 @ inv - (q @ (inv * qt_1)) / n
+
+        def loo_score(alpha: float) -> float:
+            c, denominator = dual(alpha)
+            return float(np.mean(-((c / denominator[:, None]) ** 2)))
+
+        def coefficients(alpha: float) -> np.ndarray:
+            return xc.T @ dual(alpha)[0]
+
+    best_alpha, best_score = None, None
+    for alpha in map(float, alphas):
+        score = loo_score(alpha)
+        if best_score is None or score > best_score:
+            best_alpha, best_score = alpha, score
+    coef = coefficients(best_alpha).T
+    return coef, y_mean - x_mean @ coef.T, best_alpha
+
+
 def choose_logistic_c(
     x: np.ndarray, y: np.ndarray, c_grid: Sequence[float], n_folds: int, seed: int
 ) -> float:
@@ -187,7 +282,6 @@ def fit_probe(
     (:func:`folded_head`) and its test predictions.
     """
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
 
     from ntps.analysis.uncertainty import mean_se
@@ -206,19 +300,21 @@ def fit_probe(
     test_pred = clf.predict(xte)
     train_pred = clf.predict(xtr)
 
-    ridge = RidgeCV(alphas=list(ridge_alphas)).fit(xtr, one_hot(train_y, n_classes))
+    ridge_coef, ridge_intercept, ridge_alpha = ridge_gcv(
+        xtr, one_hot(train_y, n_classes), ridge_alphas
+    )
     counts = np.bincount(test_y, minlength=n_classes)
     accuracy, macro_f1 = classification_metrics(test_y, test_pred, n_classes)
-    test_errors = squared_errors(one_hot(test_y, n_classes), ridge.predict(xte))
+    test_errors = squared_errors(one_hot(test_y, n_classes), xte @ ridge_coef.T + ridge_intercept)
     return ProbeResult(
         accuracy=accuracy,
         macro_f1=macro_f1,
         mse=float(np.mean(test_errors)),
         mse_se=mean_se(test_errors),
         train_accuracy=classification_metrics(train_y, train_pred, n_classes)[0],
-        train_mse=squared_error(one_hot(train_y, n_classes), ridge.predict(xtr)),
+        train_mse=squared_error(one_hot(train_y, n_classes), xtr @ ridge_coef.T + ridge_intercept),
         logistic_c=c,
-        ridge_alpha=float(ridge.alpha_),
+        ridge_alpha=ridge_alpha,
         n_train=int(train_y.shape[0]),
         n_test=int(test_y.shape[0]),
         n_classes=int(n_classes),
