@@ -8,7 +8,8 @@ PNG embed creation dates) is compared:
 
 - byte for byte first;
 - else, JSON files as data without the fields that record how long a job took or which code and
-  folder made it (``provenance``, timing fields, the model folder's path; paths inside run A's
+  folder made it (``provenance``, timing fields such as the score and predictors JSONs'
+  ``seconds``, the model folder's path; paths inside run A's
   folder read as run B's), and peft's
   ``adapter_config.json`` up to the order of ``target_modules`` (peft writes a set, whose order
   follows ``PYTHONHASHSEED``);
@@ -43,7 +44,9 @@ import pandas as pd
 from safetensors import safe_open
 
 SKIPPED_FOLDERS = ("logs/", "benchmarks/", "plots/")
-#: JSON fields (at any depth) that record time or origin, not a result.
+#: JSON fields (at any depth) that record time or origin, not a result. ``seconds``: the compute
+#: time of each predictor (predictors JSONs), of NTPS (score JSONs, ``seconds.ntps``) and of an
+#: extraction split (``extract.json``).
 VOLATILE_FIELDS = {
     "provenance", "seconds", "wall_time_s", "train_time_s_total", "seconds_per_step",
     "model_dir", "load_seconds", "forward_seconds", "tokens_per_second",

@@ -252,6 +252,8 @@ def predictors_enabled():
 def predictor_table_inputs(wildcards):
     inputs = {
         "predictors": pair_outputs("results/predictors/{model}/{dataset}.json"),
+        # NTPS's compute seconds, timed in the score job.
+        "scores": pair_outputs("results/scores/{model}/{dataset}.json"),
         "probes": "results/tables/probes.parquet",
         "correlations": "results/tables/correlations.csv",
         # Wall times of the jobs that produce each predictor's values (costs beside quality).

@@ -1,13 +1,12 @@
 # Transferability baselines (H-score, LogME, kNN, perception-only; probe accuracy for the LoRA gain)
-# from the cached pooled train features, judged beside NTPS. See docs/predictors.md.
+# from the cached pooled train features, judged beside NTPS. See docs/predictors.md. NTPS's cost
+# comes from the score JSONs: the predictors jobs do not depend on the k grid or scoring settings.
 
 
 rule predictors:
     input:
         features="results/extract/{model}/{dataset}/features.safetensors",
         dataset="resources/datasets/{dataset}/dataset.json",
-        # Only to time NTPS under the same conditions as the baselines.
-        stats="results/extract/{model}/{dataset}/stats.safetensors",
     output:
         predictors="results/predictors/{model}/{dataset}.json",
     log:
@@ -20,7 +19,6 @@ rule predictors:
     params:
         settings=canonical(predictor_settings(config)),
         threads=1,
-        ntps=scoring_params(),
     script:
         "../scripts/predictors.py"
 

@@ -26,7 +26,9 @@ with job_logging(snakemake.log[0]) as log:
         job: snakemake.input.get(f"{job}_benchmarks", [])
         for job in ("jackknife", "score", "probe", "predictors")
     }
-    costs = predictor_costs_table(snakemake.input.predictors, enabled, benchmarks)
+    costs = predictor_costs_table(
+        snakemake.input.predictors, snakemake.input.scores, enabled, benchmarks
+    )
     judged = judge_predictors(
         values,
         probes,

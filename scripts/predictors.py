@@ -14,7 +14,5 @@ with job_logging(snakemake.log[0], threads=snakemake.params.threads):
         len(read_json(snakemake.input.dataset)["label_names"]),
         snakemake.params.settings,
         where=f"model {model!r} x dataset {dataset!r}",
-        stats_path=snakemake.input.stats,
-        ntps_settings=snakemake.params.ntps,
     )
     write_pair_json(snakemake.output.predictors, model, dataset, result)

@@ -7,6 +7,7 @@ the in-memory per-layer function give the same records.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from test_uncertainty import sharded, synthetic_texts
 
 from ntps.errors import ConfigError
 from ntps.io import save_tensors
+from ntps.layout import NTPS
 from ntps.released import RoundingSpread
 from ntps.stages.score import score_layer_with_se, score_pair, scoring_device
 from ntps.stats import shards_to_tensors
@@ -63,15 +65,38 @@ def test_the_job_records_its_device_and_matches_the_per_layer_function(statistic
     assert all(r["jackknife_shards"] == 4 and r["ntps_reg_se"] > 0 for r in result["records"])
     # The job body on open files and the per-layer function on in-memory dicts agree exactly.
     _, _, tensors, shard_tensors = statistics
-    direct = [
-        record
-        for layer in range(2)
-        for record in score_layer_with_se(
+    per_layer = [
+        score_layer_with_se(
             tensors, shard_tensors, layer, K_GRID, ridge=0.0, centered=False, device="cpu"
         )
+        for layer in range(2)
     ]
-    cpu = score(statistics, "cpu")["records"]
-    assert cpu == direct
+    direct = [record for records, _ in per_layer for record in records]
+    cpu = score(statistics, "cpu")
+    assert cpu["records"] == direct
+    # The one timing field: the seconds of bare NTPS summed over the layers (not the whole job).
+    assert list(cpu["seconds"]) == [NTPS] and cpu["seconds"][NTPS] > 0
+    assert all(seconds > 0 for _, seconds in per_layer)
+
+
+def test_timing_ntps_apart_leaves_the_records_as_score_layer_makes_them(statistics) -> None:
+    """score_layer_with_se times score_layer(released=False) and then adds the released column
+    (add_released): the same records, key order included, as score_layer with it."""
+    from ntps.scores import score_layer
+    from ntps.stats import LayerMoments
+
+    _, _, tensors, _ = statistics
+    spread = RoundingSpread(n_roundings=2, seed=0, k=(0.5,))
+    for layer in range(2):
+        records, _ = score_layer_with_se(
+            tensors, None, layer, K_GRID, ridge=0.0, centered=False, rounding_spread=spread
+        )
+        whole = score_layer(
+            LayerMoments.from_tensors(tensors, layer), K_GRID, rounding_spread=spread
+        )
+        added = ("layer", "ntps_paper_se", "ntps_reg_se", "jackknife_shards")
+        mine = [{k: v for k, v in r.items() if k not in added} for r in records]
+        assert json.dumps(mine) == json.dumps(whole)
 
 
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA device")

@@ -88,13 +88,17 @@ def benchmark_seconds(path: str | Path) -> float:
 
 def predictor_costs_table(
     predictor_paths: Iterable[str | Path],
+    score_paths: Iterable[str | Path],
     enabled: Sequence[str],
     benchmarks: Mapping[str, Iterable[str | Path]],
 ) -> pd.DataFrame:
     """Cost of each predictor and of NTPS per (model, dataset), in two measures.
 
-    ``seconds``: compute only, timed inside the predictors job with the inputs in memory (NTPS:
-    every layer and k; the probe accuracy is not timed apart from its job, NaN). ``job_seconds``:
+    ``seconds``: compute only, with the inputs in memory: each baseline's timed inside the
+    predictors job (``predictor_paths``), NTPS's (every layer and k, without the released column
+    and the jackknife SEs) inside the score job (``score_paths``, the pre-LoRA score JSONs); the
+    probe accuracy is not timed apart from its job (NaN), nor is a pair without a score JSON or
+    without its time in it. ``job_seconds``:
     wall time of the workflow job that produces the values in a study (``job``: score, probe or
     predictors, the last shared by all feature predictors; NTPS: jackknife+score, the sum of both
     jobs where the jackknife ran), from its Snakemake benchmark, so including start-up and reading
@@ -106,11 +110,15 @@ def predictor_costs_table(
         for job, paths in benchmarks.items()
         for path in paths
     }
+    ntps_seconds = {}
+    for path in score_paths:
+        data = read_json(path)
+        ntps_seconds[pair_of(data)] = data.get("seconds", {}).get(NTPS, np.nan)
     rows = []
     for path in predictor_paths:
         data = read_json(path)
         model, dataset = pair_of(data)
-        timed = data["seconds"]
+        timed = {**data["seconds"], NTPS: ntps_seconds.get((model, dataset), np.nan)}
         for name in [NTPS, *enabled]:
             jobs = [JOB_OF[PREDICTORS[name].source]] if name != NTPS else [
                 job for job in NTPS_JOBS if (job, model, dataset) in walls

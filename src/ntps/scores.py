@@ -361,15 +361,29 @@ def score_layer(
             ntps_released_sd=math.nan,
             released_roundings=0,
         )
+    records = [{key: record[key] for key in RECORD_FIELDS} for record in records]
     if released:
-        from ntps.released import released_scores  # scipy: imported only when used
+        add_released(records, m, k_grid, rounding_spread)
+    return records
 
-        values = released_scores(m.cxx, m.cxy, m.s0, m.s1, k_grid)
-        for record, value in zip(records, values, strict=True):
-            record["ntps_released"] = value
-        if rounding_spread is not None and rounding_spread.n_roundings > 0:
-            _add_rounding_spread(records, m, k_grid, rounding_spread)
-    return [{key: record[key] for key in RECORD_FIELDS} for record in records]
+
+def add_released(
+    records: list[dict[str, Any]],
+    m: LayerMoments,
+    k_grid: Sequence[int | float],
+    rounding_spread: RoundingSpread | None = None,
+) -> None:
+    """Fill, in place, the released-convention fields of :func:`score_layer` records made with
+    ``released=False`` (one per k of ``k_grid``, of the same ``m``): ``score_layer(...)`` equals
+    ``score_layer(..., released=False)`` followed by this. Lets a caller time NTPS itself apart
+    from the released column, which only qualifies it (:func:`ntps.stages.score.score_pair`)."""
+    from ntps.released import released_scores  # scipy: imported only when used
+
+    values = released_scores(m.cxx, m.cxy, m.s0, m.s1, k_grid)
+    for record, value in zip(records, values, strict=True):
+        record["ntps_released"] = value
+    if rounding_spread is not None and rounding_spread.n_roundings > 0:
+        _add_rounding_spread(records, m, k_grid, rounding_spread)
 
 
 def _add_rounding_spread(

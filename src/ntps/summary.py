@@ -377,11 +377,12 @@ def predictor_lines(predictors: pd.DataFrame | None) -> list[str]:
         "leave-one-dataset-out; in-sample best and p-values are in `predictors.csv`. H-score, LogME, "
         "kNN and perception-only are computed from the cached train features of every layer; "
         "`probe_accuracy` (the held-out probe itself) is judged against the gain only. Cost per "
-        "(model, dataset), all layers: `compute s / pair` timed inside the predictors job with the "
-        "inputs in memory (NTPS over every layer and k of the grid; the probes are not timed apart "
-        "from their job), `job s / pair` the wall time of the workflow job that produces the values "
-        "(score, probe, or predictors, one job for all feature predictors), including start-up and "
-        "reading inputs.",
+        "(model, dataset), all layers: `compute s / pair` timed with the inputs in memory, inside the "
+        "predictors job for the feature predictors and inside the score job for NTPS (every layer "
+        "and k of the grid, without the released column and standard errors; the probes are not "
+        "timed apart from their job), `job s / pair` the wall time of the workflow job that "
+        "produces the values (score, probe, or predictors, one job for all feature predictors), "
+        "including start-up and reading inputs.",
         "",
     ]
 

@@ -1,5 +1,6 @@
 """Job body of the predictors (rules/predictors.smk): every enabled transferability baseline on
-every layer's cached train features of one pair, each timed, and NTPS timed beside them.
+every layer's cached train features of one pair, each timed (NTPS is timed in the score job,
+:func:`ntps.stages.score.score_pair`).
 
 The estimators are :mod:`ntps.baselines`'; the study-level tables and their judgement beside NTPS
 are :mod:`ntps.predictors`.
@@ -19,9 +20,7 @@ from safetensors import safe_open
 from ntps.baselines import predictor_value, preload
 from ntps.errors import NTPSError, NumericalError
 from ntps.io import provenance
-from ntps.layout import N_LAYERS_KEY, NTPS, feature_key, input_provenance, labels_key
-from ntps.scores import score_layer
-from ntps.stats import LayerMoments
+from ntps.layout import N_LAYERS_KEY, feature_key, input_provenance, labels_key
 
 LOG = logging.getLogger("ntps")
 
@@ -31,18 +30,13 @@ def predictors_pair(
     n_classes: int,
     settings: Mapping[str, Mapping[str, Any]],
     where: str = "",
-    stats_path: str | Path | None = None,
-    ntps_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every predictor in ``settings`` on every layer's cached TRAIN features of one pair.
 
     ``settings`` maps predictor name -> keyword arguments (:func:`ntps.workflow.predictor_settings`). Each
     predictor's compute time over all layers is recorded under ``seconds`` (features already in
-    memory; the time to read them is ``load_seconds``). With ``stats_path`` and ``ntps_settings``
-    (``k_grid``, ``eigen_cutoff``, ``ridge``, ``centered``) NTPS is scored again from the cached statistics
-    for its time only, under the same conditions (``seconds["ntps"]``: every layer and k; the score
-    job's own wall time includes start-up and reading). ``where`` ("model x dataset") prefixes
-    error messages.
+    memory; the time to read them is ``load_seconds``); NTPS's, measured the same way, is in the
+    score JSON. ``where`` ("model x dataset") prefixes error messages.
     """
     preload()
     records: list[dict[str, Any]] = []
@@ -79,8 +73,6 @@ def predictors_pair(
                         "%s: predictor %r undefined on layer %d: %s", where, name, layer, reason
                     )
                 records.append(record)
-    if stats_path is not None and ntps_settings is not None:
-        seconds[NTPS] = time_ntps(stats_path, n_layers, ntps_settings)
     for name, spent in seconds.items():
         LOG.info("%s: %d layers in %.3f s", name, n_layers, spent)
     return {
@@ -95,24 +87,3 @@ def predictors_pair(
         "load_seconds": load_seconds,
         "provenance": provenance(**input_provenance(meta)),
     }
-
-
-def time_ntps(stats_path: str | Path, n_layers: int, ntps_settings: Mapping[str, Any]) -> float:
-    """Seconds :func:`ntps.scores.score_layer` takes over all layers and the whole k grid, with each
-    layer's statistics already in memory (the scores themselves come from the score job). The
-    released-convention column and the jackknife replicates are left out: they qualify NTPS, the
-    pre-screen itself does not need them."""
-    spent = 0.0
-    kwargs = {
-        "tol": ntps_settings["eigen_cutoff"],
-        "ridge": ntps_settings["ridge"],
-        "centered": ntps_settings["centered"],
-        "released": False,
-    }
-    with safe_open(str(stats_path), framework="pt") as handle:
-        for layer in range(n_layers):
-            moments = LayerMoments.from_tensors(handle, layer)
-            started = time.perf_counter()
-            score_layer(moments, ntps_settings["k_grid"], **kwargs)
-            spent += time.perf_counter() - started
-    return spent

@@ -26,13 +26,20 @@ from ntps.layout import (
     JACKKNIFE_SETTINGS_KEY,
     N_LAYERS_KEY,
     N_SHARDS_KEY,
+    NTPS,
     input_provenance,
     replicate_key,
 )
 from ntps.models import resolve_device
 from ntps.regime import REGIME_OK, regime_warning
 from ntps.released import RoundingSpread
-from ntps.scores import ReplicateCurves, jackknife_se, replicate_curves, score_layer
+from ntps.scores import (
+    ReplicateCurves,
+    add_released,
+    jackknife_se,
+    replicate_curves,
+    score_layer,
+)
 from ntps.stats import (
     LayerMoments,
     jackknife_replicates,
@@ -231,8 +238,9 @@ def score_layer_with_se(
     device: Any = "cpu",
     released: bool = True,
     rounding_spread: RoundingSpread | None = None,
-) -> list[dict[str, Any]]:
-    """One layer's score records with their jackknife SEs (the body of :func:`score_pair`).
+) -> tuple[list[dict[str, Any]], float]:
+    """One layer's score records with their jackknife SEs (the body of :func:`score_pair`), and
+    the seconds the bare NTPS scoring took.
 
     ``tensors`` holds the layer's :meth:`ntps.stats.StatisticsAccumulator.to_tensors` keys;
     ``shards`` the layer's jackknife replicates (a list of :class:`ntps.scores.ReplicateCurves`),
@@ -241,6 +249,11 @@ def score_layer_with_se(
     column (``released``, else NaN) always on the CPU, with scipy, as the authors ran it, and its
     spread over random float32 roundings where ``rounding_spread`` asks for it (this layer is
     meant: its ``layer`` is not looked at here).
+
+    The seconds are those of :func:`ntps.scores.score_layer` without the released column, the
+    statistics already in memory on ``device``: NTPS as a pre-screen costs that, while reading the
+    statistics, the released column and the jackknife replicates only qualify its numbers (the
+    cost compared with the baselines', :func:`ntps.predictors.predictor_costs_table`).
     """
     if shards is None or isinstance(shards, list):
         replicates = shards or []
@@ -252,15 +265,13 @@ def score_layer_with_se(
     else:
         replicates = []
     moments = LayerMoments.from_tensors(tensors, layer, device=device)
+    started = time.perf_counter()
     layer_records = score_layer(
-        moments,
-        k_grid,
-        tol=eigen_cutoff,
-        ridge=ridge,
-        centered=centered,
-        released=released,
-        rounding_spread=rounding_spread,
+        moments, k_grid, tol=eigen_cutoff, ridge=ridge, centered=centered, released=False
     )
+    seconds = time.perf_counter() - started
+    if released:
+        add_released(layer_records, moments, k_grid, rounding_spread)
     forms = [rep.forms(k_grid) for rep in replicates]
     n_shards = len(replicates)
     records = []
@@ -276,7 +287,7 @@ def score_layer_with_se(
                 "jackknife_shards": n_shards,
             }
         )
-    return records
+    return records, seconds
 
 
 def _spread_layers(spread: RoundingSpread | None, n_layers: int) -> frozenset[int]:
@@ -334,9 +345,14 @@ def score_pair(
     column's spread over random float32 roundings of the statistics at its layer (a config layer
     spec, resolved against this pair's depth; None: every layer) and k: ``ntps_released_min``,
     ``ntps_released_max``, ``ntps_released_sd`` (docs/method.md section 7).
+
+    ``seconds["ntps"]``: the compute time of NTPS itself over the layers scored here and the whole
+    grid (:func:`score_layer_with_se`; post-LoRA: the recomputed states only), the one value that
+    differs between runs.
     """
     torch_device = scoring_device(device)
     records: list[dict[str, Any]] = []
+    ntps_seconds = 0.0
     started = time.perf_counter()
     with ExitStack() as stack:
         handle = stack.enter_context(safe_open(str(stats_path), framework="pt"))
@@ -364,7 +380,7 @@ def score_pair(
                 lower_scores, first, k_grid, {**settings, "released_column": released}, stats_path
             )
         for layer in range(first, n_layers):
-            records += score_layer_with_se(
+            layer_records, seconds = score_layer_with_se(
                 layer_tensors(handle, layer),
                 replicates_from_tensors(stored, layer, n_shards) if stored else shards,
                 layer,
@@ -376,12 +392,13 @@ def score_pair(
                 released=released,
                 rounding_spread=rounding_spread if layer in spread_layers else None,
             )
+            records += layer_records
+            ntps_seconds += seconds
     if records and records[0]["regime"] != REGIME_OK:
         LOG.warning("REGIME: %s", regime_warning(records[0]["n_train"], records[0]["hidden_size"]))
-    # Timings go to the log, not the output: score JSONs are byte-identical across runs.
     LOG.info(
-        "scored %d layers (%d jackknife replicates each) on %s in %.2f s",
-        n_layers, n_shards, torch_device, time.perf_counter() - started,
+        "scored %d layers (%d jackknife replicates each) on %s in %.2f s (bare NTPS: %.3f s)",
+        n_layers, n_shards, torch_device, time.perf_counter() - started, ntps_seconds,
     )  # fmt: skip
     return {
         "n_layers": n_layers,
@@ -395,6 +412,9 @@ def score_pair(
             "released_spread": _spread_settings(rounding_spread, spread_layers),
         },
         "device": str(torch_device),
+        # The one timing field (the only value that differs between runs): the cost of NTPS as a
+        # pre-screen, beside the baselines' in the predictors job's JSON (same name and layout).
+        "seconds": {NTPS: ntps_seconds},
         "records": records,
         "provenance": provenance(**input_provenance(meta)),
     }
