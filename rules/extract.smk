@@ -26,6 +26,11 @@ rule extract:
         "results/benchmarks/extract/{model}/{dataset}.tsv"
     wildcard_constraints:
         dataset=names_regex(UNSHARDED_DATASETS),
+    # The forward passes are most of a study's time: start them first (equal priority: the
+    # largest inputs first), so no long extraction is left to run alone at the end. The
+    # jackknife job has the same priority, so each pair's temporary shard statistics are
+    # consumed (and deleted) soon after its extraction.
+    priority: 1
     conda:
         conda_env
     threads: model_threads
@@ -67,6 +72,8 @@ rule extract_shard:
         dataset=names_regex(SHARDED_DATASETS),
         shard=r"\d+",
         shards=r"\d+",
+    # As rule extract: forward passes first.
+    priority: 1
     conda:
         conda_env
     threads: model_threads

@@ -16,6 +16,8 @@ rule jackknife:
         "results/logs/jackknife/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/jackknife/{model}/{dataset}.tsv"
+    # As the extraction (rules/extract.smk): the shards it deletes are the largest temp files.
+    priority: 1
     conda:
         conda_env
     threads: score_threads
