@@ -63,14 +63,6 @@ class Whitener(NamedTuple):
     def rank(self) -> int:
         return int(self.values.shape[0])
 
-    def transpose_apply(self, f: Tensor) -> Tensor:
-        """``W^T F`` for F (d, m)."""
-        return self.matrix.T @ f
-
-    def apply(self, y: Tensor) -> Tensor:
-        """``W Y`` for Y (r, m)."""
-        return self.matrix @ y
-
     @property
     def root(self) -> Tensor:
         """G = B W: ``B ~= G G^T`` on the retained range and ``W^T G = I_r``."""
@@ -89,21 +81,15 @@ def jacobi_scaled(b: Tensor) -> tuple[Tensor, Tensor]:
     A PSD matrix with a zero diagonal entry has that whole row and column zero, so leaving it
     unscaled keeps it an exact zero direction.
     """
-    return _jacobi_scaled_symmetric(symmetrize(b))
-
-
-def _jacobi_scaled_symmetric(b: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`jacobi_scaled` of a B already symmetrized in float64 (symmetrizing it again would
-    change no bit, only cost a pass over B)."""
+    b = symmetrize(b)
     diag = b.diagonal()
     scale = torch.where(diag > 0, diag.clamp(min=0).sqrt(), torch.ones_like(diag))
     return symmetrize(b / scale[:, None] / scale[None, :]), scale
 
 
 def _scaled_eigh(b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Eigenvalues (ascending) and eigenvectors of ``D^-1 B D^-1``, and D (see jacobi_scaled), for
-    a B already symmetrized in float64."""
-    scaled, scale = _jacobi_scaled_symmetric(b)
+    """Eigenvalues (ascending) and eigenvectors of ``D^-1 B D^-1``, and D (see jacobi_scaled)."""
+    scaled, scale = jacobi_scaled(b)
     values, vectors = torch.linalg.eigh(scaled)
     return values, vectors, scale
 
@@ -130,9 +116,7 @@ def whitener(b: Tensor, *, tol: float = 1e-10) -> Whitener:
     null = vectors[:, ~keep] / scale[:, None]
     q_full, _ = torch.linalg.qr(null, mode="complete")
     complement = q_full[:, null.shape[1] :]  # (d, r) orthonormal, orthogonal to the null space
-    inner_values, inner_vectors, inner_scale = _scaled_eigh(
-        symmetrize(complement.T @ b @ complement)
-    )
+    inner_values, inner_vectors, inner_scale = _scaled_eigh(complement.T @ b @ complement)
     # The complement excludes the null directions, so B is positive definite on it; the clamp only
     # guards against rounding of an eigenvalue that sat right at the cut-off.
     inner_values = inner_values.clamp(min=tol)
@@ -140,45 +124,15 @@ def whitener(b: Tensor, *, tol: float = 1e-10) -> Whitener:
     return Whitener(values[keep], matrix, b)
 
 
-class TriangularWhitening(NamedTuple):
-    """``W = D^-1 L^-T`` (d, d) with ``W^T B W = I``, kept as its factors: ``D = sqrt(diag B)`` and
-    the Cholesky factor L of the Jacobi-scaled ``B' = D^-1 B D^-1 = L L^T``.
-
-    W and W^T are applied by one triangular solve each (d^2 flop per column): forming L^-1 and
-    multiplying by it would cost a solve and a GEMM.
-    """
-
-    lower: Tensor  # (d, d) L, lower triangular
-    scale: Tensor  # (d,) D
-
-    @property
-    def rank(self) -> int:
-        return int(self.scale.shape[0])
-
-    def transpose_apply(self, f: Tensor) -> Tensor:
-        """``W^T F = L^-1 D^-1 F`` for F (d, m)."""
-        return torch.linalg.solve_triangular(self.lower, f / self.scale[:, None], upper=False)
-
-    def apply(self, y: Tensor) -> Tensor:
-        """``W Y = D^-1 L^-T Y`` for Y (d, m)."""
-        return torch.linalg.solve_triangular(self.lower.mT, y, upper=True) / self.scale[:, None]
-
-    @property
-    def matrix(self) -> Tensor:
-        """W itself (d, d)."""
-        d = self.rank
-        return self.apply(torch.eye(d, dtype=self.lower.dtype, device=self.lower.device))
-
-
-def cholesky_whitening(b: Tensor, *, tol: float = 1e-10) -> TriangularWhitening | None:
-    """``W = D^-1 L^-T`` with ``W^T B W = I`` when B is numerically full rank, else None.
+def cholesky_whitening(b: Tensor, *, tol: float = 1e-10) -> Tensor | None:
+    """``W = D^-1 L^-T`` (d, d) with ``W^T B W = I`` when B is numerically full rank, else None.
 
     Full rank means what :func:`whitener` keeps: every eigenvalue of the scaled ``B' = L L^T``
     above ``tol``, i.e. ``B' - tol I`` positive definite, which its Cholesky factorisation decides
     without any eigenvalue. Any ``W`` with ``W^T B W = I`` gives the same generalized
     eigenvalues and, for simple eigenvalues, the same eigenvectors up to sign, so a solver that
     only needs the whitened problem (:func:`generalized_eigh_factored`) gets the same subspaces as
-    with :func:`whitener`, at two Cholesky factorisations and two triangular solves (~4/3 d^3 flop)
+    with :func:`whitener`, at two Cholesky factorisations and one triangular solve (~5/3 d^3 flop)
     instead of an eigendecomposition with eigenvectors (~9 d^3). Not for the perception side,
     where the basis of the degenerate eigenspace (``ntps_paper`` beyond the non-zero eigenvalues)
     depends on ``W``.
@@ -193,15 +147,15 @@ def cholesky_whitening(b: Tensor, *, tol: float = 1e-10) -> TriangularWhitening 
     lower, info = torch.linalg.cholesky_ex(scaled)
     if int(info) != 0:
         return None
-    return TriangularWhitening(lower, scale)
+    inv_lower = torch.linalg.solve_triangular(lower, eye, upper=False)  # L^-1
+    return inv_lower.T / scale[:, None]
 
 
-def whitening(b: Tensor, *, tol: float = 1e-10) -> TriangularWhitening | Whitener:
-    """A whitening of B on its numerical range (``W^T B W = I_r``): :func:`cholesky_whitening`
-    when B is numerically full rank (the usual case), else :func:`whitener` (rank decided the same
-    way). Either applies W and W^T (``apply``, ``transpose_apply``) and forms W (``matrix``)."""
+def whitening_matrix(b: Tensor, *, tol: float = 1e-10) -> Tensor:
+    """W (d, r) with ``W^T B W = I_r`` on B's numerical range: :func:`cholesky_whitening` when B is
+    numerically full rank (the usual case), else :func:`whitener` (rank decided the same way)."""
     w = cholesky_whitening(b, tol=tol)
-    return whitener(b, tol=tol) if w is None else w
+    return whitener(b, tol=tol).matrix if w is None else w
 
 
 def _descending(lam: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -222,23 +176,21 @@ def generalized_eigh_whitened(a: Tensor, w: Whitener) -> tuple[Tensor, Tensor]:
     return lam, wm @ y
 
 
-def generalized_eigh_factored(
-    f: Tensor, w: Whitener | TriangularWhitening
-) -> tuple[Tensor, Tensor]:
-    """Dense solve of ``F F^T x = lam B x`` given a whitening of B, without forming F F^T.
+def generalized_eigh_factored(f: Tensor, w: Whitener | Tensor) -> tuple[Tensor, Tensor]:
+    """Dense solve of ``F F^T x = lam B x`` given B's :class:`Whitener`, without forming F F^T.
 
     ``W^T F F^T W = M M^T`` with ``M = W^T F``: one GEMM fewer than :func:`generalized_eigh`
-    (used for the autoregressive problem, F = S1). ``w`` is B's :class:`Whitener` or, when B is
-    numerically full rank, its :class:`TriangularWhitening` (:func:`whitening`). Eigenvalues
-    descending; eigenvectors (d, r) ``X = W Y``.
+    (used for the autoregressive problem, F = S1). ``w`` may also be the whitening matrix W
+    (d, r) itself (:func:`whitening_matrix`). Eigenvalues descending.
     """
-    if w.rank == 0:
+    wm = w.matrix if isinstance(w, Whitener) else w
+    if wm.shape[1] == 0:
         d = f.shape[0]
         return f.new_zeros(0, dtype=torch.float64), f.new_zeros(d, 0, dtype=torch.float64)
-    m = w.transpose_apply(f.to(torch.float64))
+    m = wm.T @ f.to(torch.float64)
     lam, y = torch.linalg.eigh(symmetrize(m @ m.T))
     lam, y = _descending(lam, y)
-    return lam, w.apply(y)
+    return lam, wm @ y
 
 
 def generalized_eigh(a: Tensor, b: Tensor, *, tol: float = 1e-10) -> tuple[Tensor, Tensor]:

@@ -31,7 +31,7 @@ from ntps.eigen import (
     precision_cutoff,
     symmetrize,
     whitener,
-    whitening,
+    whitening_matrix,
 )
 from ntps.errors import ConfigError, NumericalError
 from ntps.regime import regime
@@ -448,7 +448,11 @@ def _score(
     # Autoregressive side. Only span(V_k) and the eigenvalues are used, which do not depend on
     # the whitening: a Cholesky factor when S0 is numerically full rank (``ar_whitening="eigh"``:
     # always the eigendecomposition, the reference the tests compare with).
-    s0_white = whitener(m.s0, tol=tol) if ar_whitening == "eigh" else whitening(m.s0, tol=tol)
+    s0_white = (
+        whitener(m.s0, tol=tol).matrix
+        if ar_whitening == "eigh"
+        else whitening_matrix(m.s0, tol=tol)
+    )
     lam_ar, v = generalized_eigh_factored(m.s1, s0_white)
     rank_ar = v.shape[1]
     if rank_ar == 0:
