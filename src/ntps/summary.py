@@ -380,9 +380,9 @@ def predictor_lines(predictors: pd.DataFrame | None) -> list[str]:
         "(model, dataset), all layers: `compute s / pair` timed with the inputs in memory, inside the "
         "predictors job for the feature predictors and inside the score job for NTPS (every layer "
         "and k of the grid, without the released column and standard errors; the probes are not "
-        "timed apart from their job), `job s / pair` the wall time of the workflow job that "
-        "produces the values (score, probe, or predictors, one job for all feature predictors), "
-        "including start-up and reading inputs.",
+        "timed apart from their job), `job s / pair` the wall time of the workflow jobs that "
+        "produce the values (jackknife+score for NTPS, probe, or predictors, one job for all "
+        "feature predictors), including start-up and reading inputs.",
         "",
     ]
 
